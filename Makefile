@@ -1,0 +1,72 @@
+# cowatch developer commands. Needs only python3 (>= 3.11) and make: `install` fetches uv, uv builds .venv.
+#   make run     the whole stack locally (embedded PostgreSQL unless DATABASE_URL is set)
+#   make test    the whole suite (DATABASE_URL / REDIS_URL name servers to use; unset, it starts its own)
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+UV ?= uv
+PYTHON3 ?= python3
+BIN := .venv/bin
+PY := $(BIN)/python
+ARGS ?=
+
+# Finds uv (on PATH, or pip-installed as `python3 -m uv`), installing it for this user if it is missing.
+define find_uv
+if command -v $(UV) >/dev/null 2>&1; then uv="$(UV)"; \
+elif $(PYTHON3) -m uv --version >/dev/null 2>&1; then uv="$(PYTHON3) -m uv"; \
+else \
+  echo "uv not found: installing it with pip" >&2; \
+  $(PYTHON3) -m pip install --user --quiet uv 2>/dev/null \
+    || $(PYTHON3) -m pip install --user --quiet --break-system-packages uv 2>/dev/null \
+    || $(PYTHON3) -m pip install --quiet uv \
+    || { echo "could not install uv; see https://docs.astral.sh/uv/getting-started/installation/" >&2; exit 1; }; \
+  uv="$(PYTHON3) -m uv"; \
+fi
+endef
+
+.PHONY: help install gen gen-check lint test run bench up clean distclean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: ## create/refresh .venv from uv.lock (installs uv first if needed)
+	@$(find_uv); $$uv sync --frozen --quiet
+
+gen: install ## regenerate gen/ (and the googleapis copies in protos/google) from protos/
+	$(PY) protos/generate.py
+
+gen-check: gen ## fail if the committed generated code differs from a fresh `make gen`
+	@git diff --exit-code --stat -- gen/ protos/google/ \
+	  || { echo "generated code is stale: run 'make gen' and commit the result" >&2; exit 1; }
+	@untracked="$$(git ls-files --others --exclude-standard -- gen/ protos/google/)"; \
+	if [ -n "$$untracked" ]; then \
+	  echo "generated files not committed:" >&2; echo "$$untracked" >&2; exit 1; \
+	fi
+
+lint: install ## ruff, mypy, buf lint, buf format
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/buf lint
+	$(BIN)/buf format --diff --exit-code --path protos/cowatch
+
+test: install ## the whole suite; make test ARGS="-k booking -x" passes pytest arguments
+	$(BIN)/pytest $(ARGS)
+
+run: install ## the whole stack: PostgreSQL, migrations, services, worker, notification stand-in, Envoy
+	$(PY) -m services.dev.run
+
+bench: install ## benchmarks (make bench QUICK=1 for a seconds-long smoke run)
+	$(if $(QUICK),QUICK=$(QUICK) )$(PY) -m tests.bench
+
+up: ## the production shape in docker compose
+	docker compose up --build
+
+clean: ## remove caches and benchmark results (keeps .venv and the make-run data in .dev/)
+	rm -rf .pytest_cache .mypy_cache .ruff_cache tests/bench/results
+	find . -path ./.venv -prune -o -type d -name __pycache__ -print0 | xargs -0 rm -rf
+
+distclean: clean ## also remove .venv and .dev/ (the make-run database)
+	rm -rf .venv .dev

@@ -1,0 +1,115 @@
+"""asyncpg pool and transaction helpers.
+
+One pool per process, opened in ``App.start`` and closed in ``App.stop``. Timeouts keep "Postgres down" fast:
+``db_connect_timeout_seconds`` for new connections, ``db_command_timeout_seconds`` per statement, and
+``db_acquire_timeout_seconds`` to get a connection from the pool (exceeding it is ``UNAVAILABLE`` /
+``DATABASE_UNAVAILABLE`` rather than a request stuck behind an exhausted pool).
+
+    async with transaction(pool) as conn:
+        await conn.execute(...)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Final, Literal, TypeAlias
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from services.common.errors import Unavailable
+from services.common.settings import CommonSettings
+
+__all__ = [
+    "Connection",
+    "Pool",
+    "close_pool",
+    "connection",
+    "create_pool",
+    "ping",
+    "transaction",
+]
+
+Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
+Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
+Isolation = Literal["read_committed", "repeatable_read", "serializable"]
+
+DEFAULT_ACQUIRE_TIMEOUT_SECONDS: Final = 2.0
+_acquire_timeout = DEFAULT_ACQUIRE_TIMEOUT_SECONDS
+
+
+async def create_pool(settings: CommonSettings, *, application_name: str | None = None) -> Pool:
+    """Open the process's pool (connects ``db_pool_min_size`` connections now; raises if Postgres is down).
+
+    Also makes ``settings.db_acquire_timeout_seconds`` the default acquire timeout of :func:`connection` and
+    :func:`transaction`.
+    """
+    global _acquire_timeout
+    _acquire_timeout = settings.db_acquire_timeout_seconds
+    pool: Pool = await asyncpg.create_pool(
+        settings.database_url,
+        min_size=settings.db_pool_min_size,
+        max_size=settings.db_pool_max_size,
+        command_timeout=settings.db_command_timeout_seconds,
+        timeout=settings.db_connect_timeout_seconds,
+        # a connection idle for 5 minutes is closed; the pool reopens on demand
+        max_inactive_connection_lifetime=300.0,
+        server_settings={"application_name": application_name or settings.service_name},
+    )
+    return pool
+
+
+async def close_pool(pool: Pool, *, grace_seconds: float = 5.0) -> None:
+    """Close gracefully, or terminate the connections if that takes longer than ``grace_seconds``."""
+    try:
+        await asyncio.wait_for(pool.close(), grace_seconds)
+    except TimeoutError:
+        pool.terminate()
+
+
+def _acquire_failed() -> Unavailable:
+    return Unavailable("DATABASE_UNAVAILABLE", "no database connection available, retry later")
+
+
+@asynccontextmanager
+async def connection(pool: Pool, *, acquire_timeout: float | None = None) -> AsyncIterator[Connection]:
+    """A pooled connection outside of an explicit transaction (each statement autocommits)."""
+    try:
+        conn = await pool.acquire(timeout=_acquire_timeout if acquire_timeout is None else acquire_timeout)
+    except TimeoutError:
+        raise _acquire_failed() from None
+    try:
+        yield conn
+    finally:
+        await pool.release(conn)
+
+
+@asynccontextmanager
+async def transaction(
+    pool: Pool,
+    *,
+    isolation: Isolation | None = None,
+    readonly: bool = False,
+    acquire_timeout: float | None = None,
+) -> AsyncIterator[Connection]:
+    """A pooled connection inside one transaction: committed on normal exit, rolled back on any exception.
+
+    ``acquire_timeout`` bounds the wait for a pooled connection (default: the settings' acquire timeout).
+    """
+    async with (
+        connection(pool, acquire_timeout=acquire_timeout) as conn,
+        conn.transaction(isolation=isolation, readonly=readonly),
+    ):
+        yield conn
+
+
+async def ping(pool: Pool, *, within_seconds: float = 1.0) -> bool:
+    """``SELECT 1`` within ``within_seconds`` (pool wait included); ``False`` on any failure, never raises."""
+    try:
+        async with asyncio.timeout(within_seconds):
+            async with pool.acquire() as conn:
+                return bool(await conn.fetchval("SELECT 1") == 1)
+    except Exception:
+        return False

@@ -1,0 +1,61 @@
+"""Small protobuf helpers shared by the mappers (proto-aware; never imported by domain code)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf.message import Message
+
+from services.common.errors import InvalidArgument
+from services.common.idempotency import RequestKey, fingerprint, parse_request_id
+from services.common.identity import User
+
+
+def to_timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value.astimezone(UTC))
+    return ts
+
+
+def from_timestamp(ts: timestamp_pb2.Timestamp, field: str) -> datetime:
+    """A valid Timestamp → aware UTC datetime; out-of-range values are INVALID_ARGUMENT on ``field``."""
+    if not 0 <= ts.nanos < 1_000_000_000:
+        raise InvalidArgument.field(field, "is not a valid timestamp")
+    try:
+        value = ts.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError):
+        raise InvalidArgument.field(field, "is not a valid timestamp") from None
+    if not 1970 <= value.year <= 9998:
+        raise InvalidArgument.field(field, "is out of range")
+    return value
+
+
+def from_duration(d: duration_pb2.Duration, field: str) -> timedelta:
+    if abs(d.seconds) > 10 * 365 * 86400 or not -999_999_999 <= d.nanos <= 999_999_999:
+        raise InvalidArgument.field(field, "is out of range")
+    return timedelta(seconds=d.seconds, microseconds=d.nanos // 1000)
+
+
+def to_duration(value: timedelta) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromTimedelta(value)
+    return d
+
+
+def request_key(user: User, method: str, request: Message, request_id: str) -> RequestKey | None:
+    """The idempotency key of ``request``: its ``request_id`` plus a hash of everything else in it."""
+    parsed = parse_request_id(request_id)
+    if parsed is None:
+        return None
+    copy = type(request)()
+    copy.CopyFrom(request)
+    copy.ClearField("request_id")
+    return RequestKey(
+        caller_id=user.id,
+        method=method,
+        request_id=parsed,
+        request_hash=fingerprint(copy.SerializeToString(deterministic=True)),
+    )

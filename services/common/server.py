@@ -1,0 +1,273 @@
+"""Server bootstrap shared by every cowatch gRPC process.
+
+Order (STYLE.md): interceptor → servicers, health, reflection → bind → start → ``app.start()`` (pools) →
+readiness loop: health turns SERVING only while ``app.ready()`` answers true (Postgres down → NOT_SERVING,
+recovery → SERVING). On SIGTERM/SIGINT: health NOT_SERVING for good, ``server.stop(grace)`` lets in-flight RPCs
+finish, then ``app.stop()`` closes the pools.
+
+Each ``services/<x>/__main__.py`` is just ``run(build_app, XSettings)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable, Sequence
+from typing import Final, NoReturn, Protocol, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common.auth import TokenVerifier
+from services.common.interceptors import RpcInterceptor, RpcObserver
+from services.common.logging import configure_logging, get_logger
+from services.common.settings import CommonSettings, load_settings
+
+__all__ = ["App", "RunningServer", "run", "serve", "start_server"]
+
+SERVING: Final = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING: Final = health_pb2.HealthCheckResponse.NOT_SERVING
+DEFAULT_READINESS_INTERVAL: Final = 1.0
+DEFAULT_READINESS_TIMEOUT: Final = 2.0
+
+_log = get_logger("cowatch.server")
+
+S = TypeVar("S", bound=CommonSettings)
+
+
+class App(Protocol):
+    """What a service hands to the bootstrap."""
+
+    @property
+    def name(self) -> str:
+        """Short name for logs, e.g. ``"event"``."""
+        ...
+
+    @property
+    def service_names(self) -> Sequence[str]:
+        """Full proto service names (``"cowatch.event.v1.EventService"``) for health and reflection."""
+        ...
+
+    @property
+    def anonymous_methods(self) -> frozenset[str]:
+        """Full method names callable without a token (``"/cowatch.event.v1.EventService/GetEvent"``)."""
+        ...
+
+    def register(self, server: grpc.aio.Server) -> None:
+        """Add the servicers (``add_XServicer_to_server``)."""
+        ...
+
+    async def start(self) -> None:
+        """Open pools and clients. Called after the server started listening (health still NOT_SERVING)."""
+        ...
+
+    async def ready(self) -> bool:
+        """Cheap dependency check (``SELECT 1``), polled about once a second; must not raise or hang."""
+        ...
+
+    async def stop(self) -> None:
+        """Close pools and clients. Called after in-flight RPCs finished."""
+        ...
+
+
+class RunningServer:
+    """A started server: ``port`` is the bound port; ``stop()`` shuts it down gracefully."""
+
+    def __init__(
+        self,
+        *,
+        app: App,
+        server: grpc.aio.Server,
+        health_servicer: health.aio.HealthServicer,
+        port: int,
+        health_names: Sequence[str],
+        readiness_interval: float,
+        readiness_timeout: float,
+    ) -> None:
+        self.app = app
+        self.server = server
+        self.health = health_servicer
+        self.port = port
+        self._health_names = tuple(health_names)
+        self._interval = readiness_interval
+        self._timeout = readiness_timeout
+        self._serving = False
+        self._shutting_down = False
+        self._stopped = False
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stop_lock = asyncio.Lock()
+
+    @property
+    def serving(self) -> bool:
+        return self._serving and not self._shutting_down
+
+    async def check_readiness(self) -> bool:
+        """Ask the app once and publish the result to health; returns it."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                ready = bool(await self.app.ready())
+        except Exception:
+            _log.warning("readiness check failed", service=self.app.name, exc_info=True)
+            ready = False
+        if self._shutting_down:
+            return False
+        if ready != self._serving:
+            self._serving = ready
+            status = SERVING if ready else NOT_SERVING
+            for name in self._health_names:
+                await self.health.set(name, status)
+            if ready:
+                _log.info("serving", service=self.app.name)
+            else:
+                _log.warning("not serving: a dependency is unavailable", service=self.app.name)
+        return ready
+
+    def _start_readiness_loop(self) -> None:
+        self._loop_task = asyncio.create_task(self._readiness_loop(), name=f"{self.app.name}-readiness")
+
+    async def _readiness_loop(self) -> None:
+        while not self._shutting_down:
+            await asyncio.sleep(self._interval)
+            await self.check_readiness()
+
+    async def begin_shutdown(self) -> None:
+        """Health NOT_SERVING for good (the load balancer drains us); stop polling readiness. Idempotent."""
+        if self._shutting_down:
+            return
+        self._shutting_down = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        await self.health.enter_graceful_shutdown()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """``begin_shutdown()``, refuse new RPCs, let in-flight ones finish within ``grace`` s, ``app.stop()``."""
+        async with self._stop_lock:
+            if self._stopped:
+                return
+            await self.begin_shutdown()
+            await self.server.stop(grace)
+            try:
+                await self.app.stop()
+            except Exception:
+                _log.exception("app stop failed", service=self.app.name)
+            self._stopped = True
+
+    async def wait_for_termination(self) -> None:
+        await self.server.wait_for_termination()
+
+
+async def start_server(
+    app: App,
+    settings: CommonSettings,
+    *,
+    verifier: TokenVerifier,
+    port: int | None = None,
+    host: str | None = None,
+    observer: RpcObserver | None = None,
+    readiness_interval: float = DEFAULT_READINESS_INTERVAL,
+    readiness_timeout: float = DEFAULT_READINESS_TIMEOUT,
+) -> RunningServer:
+    """Build, bind and start the server for ``app``; ``port=0`` binds an ephemeral port (see ``.port``)."""
+    server = grpc.aio.server(
+        interceptors=[RpcInterceptor(verifier=verifier, anonymous_methods=app.anonymous_methods, observer=observer)],
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        # Never silently share a port with another process (grpc enables SO_REUSEPORT by default on Linux).
+        options=[("grpc.so_reuseport", 0)],
+    )
+
+    health_servicer = health.aio.HealthServicer()
+    health_names = [health.OVERALL_HEALTH, *app.service_names]
+    for name in health_names:  # the async servicer starts out SERVING
+        await health_servicer.set(name, NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+
+    app.register(server)
+    reflection.enable_server_reflection([*app.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+
+    bind_host = settings.grpc_host if host is None else host
+    bind_port = settings.grpc_port if port is None else port
+    address = f"[{bind_host}]:{bind_port}" if ":" in bind_host else f"{bind_host}:{bind_port}"
+    bound = server.add_insecure_port(address)
+    if bound == 0:
+        raise OSError(f"could not bind {address}")
+    await server.start()
+
+    running = RunningServer(
+        app=app,
+        server=server,
+        health_servicer=health_servicer,
+        port=bound,
+        health_names=health_names,
+        readiness_interval=readiness_interval,
+        readiness_timeout=readiness_timeout,
+    )
+    try:
+        await app.start()
+    except BaseException:
+        await running.begin_shutdown()
+        await server.stop(0)
+        raise
+    await running.check_readiness()
+    running._start_readiness_loop()
+    return running
+
+
+async def serve(
+    app: App,
+    settings: CommonSettings,
+    *,
+    verifier: TokenVerifier,
+    stop_signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
+) -> int:
+    """Run ``app`` until a stop signal, then shut down gracefully. Returns the process exit code."""
+    try:
+        running = await start_server(app, settings, verifier=verifier)
+    except Exception:
+        _log.exception("startup failed", service=app.name)
+        return 1
+    _log.info("listening", service=app.name, host=settings.grpc_host, port=running.port)
+
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    forced: list[asyncio.Task[None]] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not stop_requested.is_set():
+            _log.info("shutdown requested", service=app.name, signal=sig.name)
+            stop_requested.set()
+        elif not forced:
+            _log.warning("second signal: cancelling in-flight RPCs", service=app.name, signal=sig.name)
+            forced.append(loop.create_task(running.server.stop(0)))
+
+    for sig in stop_signals:
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        waiters = {
+            asyncio.ensure_future(stop_requested.wait()),
+            asyncio.ensure_future(running.wait_for_termination()),
+        }
+        _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        await running.begin_shutdown()
+        await running.stop(settings.shutdown_grace_seconds)
+        for task in forced:
+            await task
+    finally:
+        for sig in stop_signals:
+            loop.remove_signal_handler(sig)
+    _log.info("stopped", service=app.name)
+    return 0
+
+
+def run(app_factory: Callable[[S], App], settings_cls: type[S]) -> NoReturn:
+    """Process entry point: settings (exit 2 when invalid), logging, serve until SIGTERM, exit 0."""
+    settings = load_settings(settings_cls)
+    configure_logging(level=settings.log_level, json=settings.log_json, cache_loggers=True)
+    verifier = TokenVerifier.from_settings(settings)
+    app = app_factory(settings)
+    raise SystemExit(asyncio.run(serve(app, settings, verifier=verifier)))

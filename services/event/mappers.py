@@ -1,0 +1,275 @@
+"""Proto ↔ domain for EventService. Generated types stop here: nothing below the servicer sees them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from cowatch.event.v1 import resources_pb2, service_pb2
+from cowatch.type.v1 import rating_pb2
+
+from services.common.errors import InvalidArgument, Violations
+from services.common.identity import User
+from services.common.protos import from_duration, from_timestamp, request_key, to_duration, to_timestamp
+from services.event import domain
+from services.event.domain import EventDetails, Film, Place, Visibility
+from services.event.service import (
+    CancelEvent,
+    CreateEvent,
+    EventView,
+    Guest,
+    ListEvents,
+    SendInvitations,
+    UpdateEvent,
+)
+
+_STATE = {
+    domain.State.SCHEDULED: resources_pb2.Event.SCHEDULED,
+    domain.State.CANCELLED: resources_pb2.Event.CANCELLED,
+    domain.State.COMPLETED: resources_pb2.Event.COMPLETED,
+}
+_VISIBILITY_TO_PROTO = {
+    Visibility.PUBLIC: resources_pb2.Event.PUBLIC,
+    Visibility.PRIVATE: resources_pb2.Event.PRIVATE,
+}
+_VISIBILITY_FROM_PROTO = {v: k for k, v in _VISIBILITY_TO_PROTO.items()}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+QUERY_MAX = 100
+
+
+def _details(e: resources_pb2.Event, *, require_all: bool) -> EventDetails:
+    """The host-chosen fields of ``e``. With ``require_all`` (create), missing messages and enums are errors;
+    otherwise (update patches) they get placeholders that only matter if the update mask names them."""
+    v = Violations()
+    start = _EPOCH
+    if e.HasField("start_time"):
+        try:
+            start = from_timestamp(e.start_time, "event.start_time")
+        except InvalidArgument as exc:
+            v.add(*exc.field_violations[0])
+    elif require_all:
+        v.add("event.start_time", "is required")
+    duration = timedelta(0)
+    if e.HasField("duration"):
+        try:
+            duration = from_duration(e.duration, "event.duration")
+        except InvalidArgument as exc:
+            v.add(*exc.field_violations[0])
+    elif require_all:
+        v.add("event.duration", "is required")
+    if require_all and not e.HasField("film"):
+        v.add("event.film", "is required")
+    if require_all and not e.HasField("place"):
+        v.add("event.place", "is required")
+    visibility = _VISIBILITY_FROM_PROTO.get(e.visibility)
+    if visibility is None and (require_all or e.visibility != resources_pb2.Event.VISIBILITY_UNSPECIFIED):
+        v.add("event.visibility", "must be PUBLIC or PRIVATE")
+    v.raise_if_any()
+    return EventDetails(
+        film=Film(e.film.id, e.film.title),
+        title=e.title,
+        description=e.description,
+        start_time=start,
+        time_zone=e.time_zone,
+        duration=duration,
+        place=Place(e.place.name, e.place.address, e.place.city),
+        capacity=e.capacity,
+        visibility=visibility or Visibility.PUBLIC,
+    )
+
+
+def to_create_command(request: service_pb2.CreateEventRequest, user: User) -> CreateEvent:
+    if not request.HasField("event"):
+        raise InvalidArgument.field("event", "is required")
+    return CreateEvent(
+        user=user,
+        details=_details(request.event, require_all=True),
+        request=request_key(user, "CreateEvent", request, request.request_id),
+    )
+
+
+def _populated_paths(e: resources_pb2.Event) -> frozenset[str]:
+    paths: set[str] = set()
+    for name in ("title", "description", "time_zone"):
+        if getattr(e, name):
+            paths.add(name)
+    if e.HasField("start_time"):
+        paths.add("start_time")
+    if e.HasField("duration"):
+        paths.add("duration")
+    if e.capacity:
+        paths.add("capacity")
+    if e.visibility != resources_pb2.Event.VISIBILITY_UNSPECIFIED:
+        paths.add("visibility")
+    for sub in ("id", "title"):
+        if getattr(e.film, sub):
+            paths.add(f"film.{sub}")
+    for sub in ("name", "address", "city"):
+        if getattr(e.place, sub):
+            paths.add(f"place.{sub}")
+    return frozenset(paths)
+
+
+def to_update_command(request: service_pb2.UpdateEventRequest, user: User) -> UpdateEvent:
+    if not request.HasField("event"):
+        raise InvalidArgument.field("event", "is required")
+    event_id = domain.parse_event_name(request.event.name, "event.name")
+    if request.update_mask.paths:
+        unknown = [p for p in request.update_mask.paths if p not in domain.MUTABLE_FIELDS]
+        if unknown:
+            raise InvalidArgument.field(
+                "update_mask",
+                f"can't update {', '.join(unknown)}; mutable: {', '.join(sorted(domain.MUTABLE_FIELDS))}",
+            )
+        paths = frozenset(request.update_mask.paths)
+        if "visibility" in paths and request.event.visibility == resources_pb2.Event.VISIBILITY_UNSPECIFIED:
+            raise InvalidArgument.field("event.visibility", "must be PUBLIC or PRIVATE")
+        if "start_time" in paths and not request.event.HasField("start_time"):
+            raise InvalidArgument.field("event.start_time", "is required when named in update_mask")
+        if "duration" in paths and not request.event.HasField("duration"):
+            raise InvalidArgument.field("event.duration", "is required when named in update_mask")
+    else:
+        paths = _populated_paths(request.event)
+    return UpdateEvent(
+        user=user,
+        event_id=event_id,
+        patch=_details(request.event, require_all=False),
+        paths=paths,
+        etag=etag(request.event.etag),
+    )
+
+
+def etag(value: str) -> str:
+    if value and not value.isdigit():
+        raise InvalidArgument.field("etag", "is not an etag returned by this API")
+    return value
+
+
+def to_cancel_command(request: service_pb2.CancelEventRequest, user: User) -> CancelEvent:
+    return CancelEvent(
+        user=user,
+        event_id=domain.parse_event_name(request.name),
+        etag=etag(request.etag),
+        reason=request.reason,
+        request=request_key(user, "CancelEvent", request, request.request_id),
+    )
+
+
+def to_list_query(request: service_pb2.ListEventsRequest, user: User | None) -> ListEvents:
+    v = Violations()
+    if request.page_size < 0:
+        v.add("page_size", "must not be negative")
+    start_from = start_to = None
+    for attr in ("start_time_from", "start_time_to"):
+        if request.HasField(attr):
+            try:
+                value = from_timestamp(getattr(request, attr), attr)
+            except InvalidArgument as exc:
+                v.add(*exc.field_violations[0])
+                continue
+            if attr == "start_time_from":
+                start_from = value
+            else:
+                start_to = value
+    if start_from and start_to and start_to <= start_from:
+        v.add("start_time_to", "must be after start_time_from")
+    if len(request.query) > QUERY_MAX:
+        v.add("query", f"must be at most {QUERY_MAX} characters")
+    if len(request.film_id) > domain.FILM_ID_MAX:
+        v.add("film_id", f"must be at most {domain.FILM_ID_MAX} characters")
+    if len(request.city) > domain.CITY_MAX:
+        v.add("city", f"must be at most {domain.CITY_MAX} characters")
+    host_id = None
+    if request.host:
+        try:
+            host_id = domain.parse_user_name(request.host, "host")
+        except InvalidArgument as exc:
+            v.add(*exc.field_violations[0])
+    v.raise_if_any()
+    return ListEvents(
+        user=user,
+        page_size=request.page_size,
+        page_token=request.page_token,
+        film_id=request.film_id or None,
+        city=request.city.strip() or None,
+        start_from=start_from,
+        start_to=start_to,
+        has_free_seats=request.has_free_seats,
+        host_id=host_id,
+        text=request.query.strip() or None,
+    )
+
+
+def to_send_invitations(request: service_pb2.SendInvitationsRequest, user: User) -> SendInvitations:
+    v = Violations()
+    if not request.users:
+        v.add("users", "must name at least one user")
+    if len(request.users) > 50:
+        v.add("users", "must name at most 50 users")
+    ids: list[str] = []
+    for i, name in enumerate(request.users):
+        try:
+            ids.append(domain.parse_user_name(name, f"users[{i}]"))
+        except InvalidArgument as exc:
+            v.add(*exc.field_violations[0])
+    if len(set(ids)) != len(ids):
+        v.add("users", "must not repeat a user")
+    v.raise_if_any()
+    return SendInvitations(
+        user=user,
+        event_id=domain.parse_event_name(request.name),
+        user_ids=ids,
+        note=request.message,
+        request=request_key(user, "SendInvitations", request, request.request_id),
+    )
+
+
+def _rating(average: float, count: int) -> rating_pb2.Rating:
+    return rating_pb2.Rating(average=average, count=count)
+
+
+def event_to_proto(view: EventView, share_link: str) -> resources_pb2.Event:
+    e, access = view.event, view.access
+    d = e.details
+    msg = resources_pb2.Event(
+        name=e.name,
+        host=domain.user_name(e.host_id),
+        host_display_name=e.host_display_name,
+        film=resources_pb2.Film(id=d.film.id, title=d.film.title),
+        title=d.title,
+        description=d.description,
+        start_time=to_timestamp(d.start_time),
+        time_zone=d.time_zone,
+        duration=to_duration(d.duration),
+        end_time=to_timestamp(d.end_time),
+        place=resources_pb2.Place(
+            name=d.place.name, address=d.place.address if access.sees_address else "", city=d.place.city
+        ),
+        address_hidden=not access.sees_address,
+        capacity=d.capacity,
+        seats_taken=e.seats_taken,
+        seats_available=e.seats_available,
+        visibility=_VISIBILITY_TO_PROTO[d.visibility],
+        state=_STATE[e.state],
+        share_link=share_link,
+        invite_token=e.invite_token if access.sees_invite_token and d.visibility is Visibility.PRIVATE else "",
+        host_rating=_rating(e.host_rating.average, e.host_rating.count),
+        create_time=to_timestamp(e.create_time),
+        update_time=to_timestamp(e.update_time),
+        etag=e.etag,
+    )
+    if e.cancel_time:
+        msg.cancel_time.FromDatetime(e.cancel_time)
+    if e.complete_time:
+        msg.complete_time.FromDatetime(e.complete_time)
+    return msg
+
+
+def guest_to_proto(g: Guest) -> resources_pb2.Guest:
+    return resources_pb2.Guest(
+        user=domain.user_name(g.user_id),
+        display_name=g.display_name,
+        seats=g.seats,
+        booking=f"bookings/{g.booking_id}",
+        book_time=to_timestamp(g.book_time),
+        guest_rating=_rating(g.rating_average, g.rating_count),
+    )

@@ -1,0 +1,253 @@
+"""SQL over event.events and event.participants; the only writer of those tables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from services.common.dbtypes import Conn
+from services.event.domain import (
+    Event,
+    EventDetails,
+    Film,
+    Place,
+    Rating,
+    State,
+    Visibility,
+)
+
+_COLUMNS = """
+    e.id, e.host_id, u.display_name AS host_display_name, e.film_id, e.film_title, e.title, e.description,
+    e.start_time, e.end_time, e.time_zone, e.place_name, e.place_address, e.place_city, e.capacity,
+    e.seats_taken, e.visibility, e.state, e.invite_token, e.version, e.create_time, e.update_time,
+    e.cancel_time, e.complete_time,
+    coalesce(hr.rating_sum, 0) AS host_rating_sum, coalesce(hr.rating_count, 0) AS host_rating_count
+"""
+_FROM = """
+FROM event.events e
+JOIN account.users u ON u.id = e.host_id
+LEFT JOIN review.user_ratings hr ON hr.user_id = e.host_id AND hr.role = 'HOST'
+"""
+
+GET = f"SELECT {_COLUMNS} {_FROM} WHERE e.id = $1"
+GET_FOR_UPDATE = f"SELECT {_COLUMNS} {_FROM} WHERE e.id = $1 FOR UPDATE OF e"
+
+INSERT = """
+INSERT INTO event.events (
+    id, host_id, film_id, film_title, title, description, start_time, end_time, time_zone,
+    place_name, place_address, place_city, capacity, visibility, invite_token, create_time, update_time
+) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $16)
+"""
+
+UPDATE_DETAILS = """
+UPDATE event.events SET
+    film_id = $2, film_title = $3, title = $4, description = $5, start_time = $6, end_time = $7,
+    time_zone = $8, place_name = $9, place_address = $10, place_city = $11, capacity = $12,
+    visibility = $13, version = version + 1, update_time = $14
+WHERE id = $1
+"""
+
+MARK_CANCELLED = """
+UPDATE event.events SET state = 'CANCELLED', cancel_time = $2, seats_taken = 0,
+    version = version + 1, update_time = $2
+WHERE id = $1 AND state = 'SCHEDULED'
+"""
+
+MARK_COMPLETED = """
+UPDATE event.events SET state = 'COMPLETED', complete_time = $2, version = version + 1, update_time = $2
+WHERE id = $1 AND state = 'SCHEDULED'
+"""
+
+RECORD_PARTICIPANTS = """
+INSERT INTO event.participants (event_id, user_id, role)
+SELECT $1, host_id, 'HOST' FROM event.events WHERE id = $1
+UNION ALL
+SELECT $1, guest_id, 'GUEST' FROM booking.bookings WHERE event_id = $1 AND state = 'CONFIRMED'
+ON CONFLICT DO NOTHING
+"""
+
+ROTATE_INVITE = """
+UPDATE event.events SET invite_token = $2, version = version + 1, update_time = $3 WHERE id = $1
+"""
+
+
+def _rating(total: int, count: int) -> Rating:
+    return Rating(average=round(total / count, 2) if count else 0.0, count=count)
+
+
+def to_event(r: asyncpg.Record) -> Event:
+    details = EventDetails(
+        film=Film(r["film_id"], r["film_title"]),
+        title=r["title"],
+        description=r["description"],
+        start_time=r["start_time"],
+        time_zone=r["time_zone"],
+        duration=r["end_time"] - r["start_time"],
+        place=Place(r["place_name"], r["place_address"], r["place_city"]),
+        capacity=r["capacity"],
+        visibility=Visibility(r["visibility"]),
+    )
+    return Event(
+        id=r["id"],
+        host_id=r["host_id"],
+        host_display_name=r["host_display_name"],
+        details=details,
+        seats_taken=r["seats_taken"],
+        state=State(r["state"]),
+        invite_token=r["invite_token"],
+        version=r["version"],
+        create_time=r["create_time"],
+        update_time=r["update_time"],
+        cancel_time=r["cancel_time"],
+        complete_time=r["complete_time"],
+        host_rating=_rating(r["host_rating_sum"], r["host_rating_count"]),
+    )
+
+
+async def get(conn: Conn, event_id: UUID, *, for_update: bool = False) -> Event | None:
+    row = await conn.fetchrow(GET_FOR_UPDATE if for_update else GET, event_id)
+    return to_event(row) if row else None
+
+
+async def insert(conn: Conn, event_id: UUID, host_id: str, d: EventDetails, invite_token: str, now: datetime) -> None:
+    await conn.execute(
+        INSERT,
+        event_id,
+        host_id,
+        d.film.id,
+        d.film.title,
+        d.title,
+        d.description,
+        d.start_time,
+        d.end_time,
+        d.time_zone,
+        d.place.name,
+        d.place.address,
+        d.place.city,
+        d.capacity,
+        d.visibility.value,
+        invite_token,
+        now,
+    )
+
+
+async def update_details(conn: Conn, event_id: UUID, d: EventDetails, now: datetime) -> None:
+    await conn.execute(
+        UPDATE_DETAILS,
+        event_id,
+        d.film.id,
+        d.film.title,
+        d.title,
+        d.description,
+        d.start_time,
+        d.end_time,
+        d.time_zone,
+        d.place.name,
+        d.place.address,
+        d.place.city,
+        d.capacity,
+        d.visibility.value,
+        now,
+    )
+
+
+async def mark_cancelled(conn: Conn, event_id: UUID, now: datetime) -> None:
+    await conn.execute(MARK_CANCELLED, event_id, now)
+
+
+async def mark_completed(conn: Conn, event_id: UUID, now: datetime) -> None:
+    await conn.execute(MARK_COMPLETED, event_id, now)
+    await conn.execute(RECORD_PARTICIPANTS, event_id)
+
+
+async def rotate_invite_token(conn: Conn, event_id: UUID, token: str, now: datetime) -> None:
+    await conn.execute(ROTATE_INVITE, event_id, token, now)
+
+
+# --------------------------------------------------------------------------- listing
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    """ListEvents filters, already validated. ``own_host_id`` set means "the caller's own events, all of them"."""
+
+    start_from: datetime | None
+    start_to: datetime | None
+    film_id: str | None
+    city: str | None
+    has_free_seats: bool
+    host_id: str | None
+    own: bool
+    text: str | None
+    viewer_id: str | None
+    after: tuple[datetime, UUID] | None
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    event: Event
+    viewer_is_guest: bool
+
+
+def _like_pattern(text: str) -> str:
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def build_list_sql(q: ListQuery) -> tuple[str, list[Any]]:
+    """One keyset-paginated statement; filters add predicates that match the partial indexes' WHERE clause."""
+    args: list[Any] = []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    where: list[str] = []
+    if q.own:
+        where.append(f"e.host_id = {arg(q.host_id)}")
+    else:
+        where.append("e.visibility = 'PUBLIC' AND e.state = 'SCHEDULED'")
+        if q.host_id is not None:
+            where.append(f"e.host_id = {arg(q.host_id)}")
+    if q.start_from is not None:
+        where.append(f"e.start_time >= {arg(q.start_from)}")
+    if q.start_to is not None:
+        where.append(f"e.start_time < {arg(q.start_to)}")
+    if q.film_id is not None:
+        where.append(f"e.film_id = {arg(q.film_id)}")
+    if q.city is not None:
+        where.append(f"lower(e.place_city) = {arg(q.city.lower())}")
+    if q.has_free_seats:
+        where.append("e.seats_taken < e.capacity")
+    if q.text is not None:
+        where.append(f"lower(e.title || ' ' || e.film_title) LIKE {arg(_like_pattern(q.text))}")
+    if q.after is not None:
+        where.append(f"(e.start_time, e.id) > ({arg(q.after[0])}, {arg(q.after[1])})")
+    if q.viewer_id is not None:
+        viewer = arg(q.viewer_id)
+        guest = (
+            "EXISTS (SELECT 1 FROM booking.bookings b WHERE b.event_id = e.id "
+            f"AND b.guest_id = {viewer} AND b.state = 'CONFIRMED')"
+        )
+    else:
+        guest = "false"
+    sql = (
+        f"SELECT {_COLUMNS}, {guest} AS viewer_is_guest {_FROM} WHERE {' AND '.join(where)} "
+        f"ORDER BY e.start_time, e.id LIMIT {arg(q.limit)}"
+    )
+    return sql, args
+
+
+async def list_events(conn: Conn | asyncpg.Pool[asyncpg.Record], q: ListQuery) -> list[Listed]:
+    sql, args = build_list_sql(q)
+    rows = await conn.fetch(sql, *args)
+    return [Listed(to_event(r), r["viewer_is_guest"]) for r in rows]
+
+
+def duration_minutes(d: timedelta) -> int:
+    return int(d.total_seconds() // 60)

@@ -1,0 +1,82 @@
+"""EventService over gRPC: proto in → command → service → proto out. Errors are raised as domain exceptions and
+turned into google.rpc.Status by the interceptor."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from cowatch.event.v1 import resources_pb2, service_pb2, service_pb2_grpc
+
+from services.common.context import current_user, require_user
+from services.event import domain, mappers
+from services.event.service import EventService, EventView
+
+SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["EventService"].full_name
+# Public reads work without a token; every other method needs one.
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+ANONYMOUS_METHODS = frozenset({f"/{SERVICE_NAME}/GetEvent", f"/{SERVICE_NAME}/ListEvents"})
+
+
+class EventServicer(service_pb2_grpc.EventServiceServicer):
+    def __init__(self, events: Callable[[], EventService]) -> None:
+        self._get_events = events
+
+    @property
+    def _events(self) -> EventService:
+        return self._get_events()
+
+    def _proto(self, view: EventView) -> resources_pb2.Event:
+        link = self._events.share_link(view.event, with_invite=view.access.sees_invite_token)
+        return mappers.event_to_proto(view, link)
+
+    async def CreateEvent(self, request: service_pb2.CreateEventRequest, context: Ctx) -> resources_pb2.Event:
+        view = await self._events.create(mappers.to_create_command(request, require_user()))
+        return self._proto(view)
+
+    async def GetEvent(self, request: service_pb2.GetEventRequest, context: Ctx) -> resources_pb2.Event:
+        event_id = domain.parse_event_name(request.name)
+        return self._proto(await self._events.get(current_user(), event_id, request.invite_token))
+
+    async def ListEvents(self, request: service_pb2.ListEventsRequest, context: Ctx) -> service_pb2.ListEventsResponse:
+        page = await self._events.list(mappers.to_list_query(request, current_user()))
+        return service_pb2.ListEventsResponse(
+            events=[self._proto(v) for v in page.items], next_page_token=page.next_page_token
+        )
+
+    async def UpdateEvent(self, request: service_pb2.UpdateEventRequest, context: Ctx) -> resources_pb2.Event:
+        return self._proto(await self._events.update(mappers.to_update_command(request, require_user())))
+
+    async def CancelEvent(self, request: service_pb2.CancelEventRequest, context: Ctx) -> resources_pb2.Event:
+        return self._proto(await self._events.cancel(mappers.to_cancel_command(request, require_user())))
+
+    async def CompleteEvent(self, request: service_pb2.CompleteEventRequest, context: Ctx) -> resources_pb2.Event:
+        user = require_user()
+        event_id = domain.parse_event_name(request.name)
+        return self._proto(await self._events.complete(user, event_id, mappers.etag(request.etag)))
+
+    async def ListEventGuests(
+        self, request: service_pb2.ListEventGuestsRequest, context: Ctx
+    ) -> service_pb2.ListEventGuestsResponse:
+        user = require_user()
+        event_id = domain.parse_event_name(request.parent, "parent")
+        page = await self._events.list_guests(user, event_id, request.page_size, request.page_token)
+        return service_pb2.ListEventGuestsResponse(
+            guests=[mappers.guest_to_proto(g) for g in page.items], next_page_token=page.next_page_token
+        )
+
+    async def SendInvitations(
+        self, request: service_pb2.SendInvitationsRequest, context: Ctx
+    ) -> service_pb2.SendInvitationsResponse:
+        result = await self._events.send_invitations(mappers.to_send_invitations(request, require_user()))
+        return service_pb2.SendInvitationsResponse(
+            users=[domain.user_name(u) for u in result.user_ids], share_link=result.share_link
+        )
+
+    async def RotateInviteToken(
+        self, request: service_pb2.RotateInviteTokenRequest, context: Ctx
+    ) -> resources_pb2.Event:
+        user = require_user()
+        return self._proto(await self._events.rotate_invite_token(user, domain.parse_event_name(request.name)))

@@ -1,0 +1,95 @@
+"""The transactional outbox and reminder rows (schema ``notify``); the only writer of those tables.
+
+Domains call these functions inside their own transaction, so a notification exists iff the change it announces
+was committed. The relay worker sends outbox rows to the notification service; the reminder scheduler turns due
+reminder rows into outbox rows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from services.common.dbtypes import Conn
+
+REMINDER_OFFSETS: dict[str, timedelta] = {"24H": timedelta(hours=24), "1H": timedelta(hours=1)}
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One notification: ``recipients`` are user ids; ``dedupe_key`` is stable across retries."""
+
+    dedupe_key: str
+    template_id: str
+    recipients: Sequence[str]
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+ENQUEUE = """
+INSERT INTO notify.outbox (dedupe_key, template_id, recipients, params, request_id)
+VALUES ($1, $2, $3, $4::jsonb, $5)
+ON CONFLICT (dedupe_key) DO NOTHING
+"""
+
+
+async def enqueue(conn: Conn, message: Message, *, request_id: str = "") -> None:
+    """Queue ``message`` in the current transaction. A message with no recipients is dropped."""
+    recipients = list(dict.fromkeys(message.recipients))
+    if not recipients:
+        return
+    await conn.execute(
+        ENQUEUE,
+        message.dedupe_key,
+        message.template_id,
+        recipients,
+        json.dumps(message.params, sort_keys=True, default=str),
+        request_id or None,
+    )
+
+
+SCHEDULE_REMINDER = """
+INSERT INTO notify.reminders (event_id, kind, recipient_id, due_time, state)
+VALUES ($1, $2, $3, $4::timestamptz, CASE WHEN $4::timestamptz > $5::timestamptz THEN 'PENDING' ELSE 'SKIPPED' END)
+ON CONFLICT (event_id, kind, recipient_id) DO UPDATE
+    SET due_time = EXCLUDED.due_time, state = EXCLUDED.state
+    WHERE notify.reminders.state <> 'SENT'
+"""
+
+
+async def schedule_reminders(
+    conn: Conn, event_id: UUID, recipient_id: str, start_time: datetime, now: datetime
+) -> None:
+    """24 h and 1 h reminders for one recipient. A reminder whose time has already passed is SKIPPED (never
+    sent late); one that was already SENT stays sent (exactly once per event, kind, recipient)."""
+    for kind, offset in REMINDER_OFFSETS.items():
+        await conn.execute(SCHEDULE_REMINDER, event_id, kind, recipient_id, start_time - offset, now)
+
+
+MOVE_REMINDERS = """
+UPDATE notify.reminders
+SET due_time = $2::timestamptz - CASE kind WHEN '24H' THEN interval '24 hours' ELSE interval '1 hour' END,
+    state = CASE WHEN $2::timestamptz - CASE kind WHEN '24H' THEN interval '24 hours' ELSE interval '1 hour' END > $3
+                 THEN 'PENDING' ELSE 'SKIPPED' END
+WHERE event_id = $1 AND state <> 'SENT'
+"""
+
+
+async def move_reminders(conn: Conn, event_id: UUID, new_start: datetime, now: datetime) -> None:
+    """Follow a new start time; reminders now in the past are skipped."""
+    await conn.execute(MOVE_REMINDERS, event_id, new_start, now)
+
+
+DROP_REMINDERS = "DELETE FROM notify.reminders WHERE event_id = $1 AND state <> 'SENT'"
+DROP_RECIPIENT_REMINDERS = "DELETE FROM notify.reminders WHERE event_id = $1 AND recipient_id = $2 AND state <> 'SENT'"
+
+
+async def drop_reminders(conn: Conn, event_id: UUID, recipient_id: str | None = None) -> None:
+    """Forget unsent reminders of an event (cancelled), or of one recipient (booking cancelled)."""
+    if recipient_id is None:
+        await conn.execute(DROP_REMINDERS, event_id)
+    else:
+        await conn.execute(DROP_RECIPIENT_REMINDERS, event_id, recipient_id)

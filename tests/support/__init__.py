@@ -1,0 +1,1 @@
+"""Test infrastructure shared by the suites: throwaway servers and database helpers."""
