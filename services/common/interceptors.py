@@ -200,7 +200,9 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             try:
                 await self._prepare(rpc, context)
                 responses = behaviour(request, context)
-                if hasattr(responses, "__aiter__"):
+                if inspect.isawaitable(responses):  # writer style behind a callable object / wrapper
+                    await responses
+                elif hasattr(responses, "__aiter__"):
                     async with aclosing(responses) as stream:
                         async for item in stream:
                             yield item
@@ -255,7 +257,9 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             rpc.code = context.code() or grpc.StatusCode.UNKNOWN
             return
         if isinstance(exc, asyncio.CancelledError | GeneratorExit):
-            rpc.code = grpc.StatusCode.CANCELLED
+            remaining = context.time_remaining()
+            expired = remaining is not None and remaining <= 0
+            rpc.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
             return
         if not isinstance(exc, Exception):
             rpc.code = grpc.StatusCode.UNKNOWN

@@ -157,7 +157,8 @@ class RunningServer:
             self._stopped = True
 
     async def wait_for_termination(self) -> None:
-        await self.server.wait_for_termination()
+        """Wait until the server has stopped. Do not cancel this wait: grpc then cancels its own shutdown."""
+        await asyncio.shield(self.server.wait_for_termination())
 
 
 async def start_server(
@@ -195,6 +196,7 @@ async def start_server(
     if bound == 0:
         raise OSError(f"could not bind {address}")
     await server.start()
+    _log.info("listening", service=app.name, host=bind_host, port=bound)
 
     running = RunningServer(
         app=app,
@@ -229,7 +231,6 @@ async def serve(
     except Exception:
         _log.exception("startup failed", service=app.name)
         return 1
-    _log.info("listening", service=app.name, host=settings.grpc_host, port=running.port)
 
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
@@ -246,13 +247,9 @@ async def serve(
     for sig in stop_signals:
         loop.add_signal_handler(sig, on_signal, sig)
     try:
-        waiters = {
-            asyncio.ensure_future(stop_requested.wait()),
-            asyncio.ensure_future(running.wait_for_termination()),
-        }
-        _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
+        # (Not raced against server.wait_for_termination(): cancelling that wait cancels grpc's own shutdown
+        # future, and the server never terminates without stop() anyway.)
+        await stop_requested.wait()
         await running.begin_shutdown()
         await running.stop(settings.shutdown_grace_seconds)
         for task in forced:

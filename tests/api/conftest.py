@@ -13,10 +13,10 @@ from cowatch.booking.v1 import service_pb2_grpc as booking_grpc
 from cowatch.event.v1 import service_pb2_grpc as event_grpc
 from cowatch.review.v1 import service_pb2_grpc as review_grpc
 
+from services.booking.app import BookingApp, BookingSettings
 from services.common.auth import TokenVerifier
 from services.common.clock import ManualClock
 from services.common.server import RunningServer, start_server
-from services.booking.app import BookingApp, BookingSettings
 from services.event.app import EventApp, EventSettings
 from services.review.app import ReviewApp, ReviewSettings
 from tests.support.api import AUDIENCE, HS256_SECRET, ISSUER

@@ -54,6 +54,32 @@ async def fail(request: bytes, ctx: grpc.aio.ServicerContext[bytes, bytes]) -> b
     raise RuntimeError("secret internals: password=hunter2")
 
 
+async def slow(request: bytes, ctx: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+    await asyncio.sleep(10)
+    return b"too late"
+
+
+class RecordingObserver:
+    """The metrics hook: records every finished RPC and wakes up waiters."""
+
+    def __init__(self) -> None:
+        self.finished: list[tuple[str, grpc.StatusCode, float]] = []
+        self.changed = asyncio.Condition()
+
+    def rpc_finished(self, method: str, code: grpc.StatusCode, duration_seconds: float) -> None:
+        self.finished.append((method, code, duration_seconds))
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+    async def wait_for(self, method: str) -> grpc.StatusCode:
+        async with asyncio.timeout(5), self.changed:
+            await self.changed.wait_for(lambda: any(m == method for m, _, _ in self.finished))
+        return next(code for m, code, _ in self.finished if m == method)
+
+
 async def stream(request: bytes, ctx: grpc.aio.ServicerContext[bytes, bytes]) -> AsyncIterator[bytes]:
     for i in range(3):
         if request == b"fail" and i == 1:
@@ -74,6 +100,7 @@ def handlers() -> grpc.GenericRpcHandler:
             "Private": grpc.unary_unary_rpc_method_handler(private, identity, identity),
             "Fail": grpc.unary_unary_rpc_method_handler(fail, identity, identity),
             "PublicFail": grpc.unary_unary_rpc_method_handler(fail, identity, identity),
+            "Slow": grpc.unary_unary_rpc_method_handler(slow, identity, identity),
             "Stream": grpc.unary_stream_rpc_method_handler(stream, identity, identity),
             "StreamWriter": grpc.unary_stream_rpc_method_handler(stream_writer, identity, identity),
         },
@@ -81,8 +108,9 @@ def handlers() -> grpc.GenericRpcHandler:
 
 
 class Client:
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, observer: RecordingObserver) -> None:
         self.channel = channel
+        self.observer = observer
 
     def unary(self, method: str) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:
         return self.channel.unary_unary(f"/{SERVICE}/{method}", identity, identity)
@@ -102,11 +130,13 @@ async def client(log_buffer: io.StringIO) -> AsyncIterator[Client]:
     from tests.unit.common.keys import AUDIENCE, HS_SECRET, ISSUER
 
     verifier = TokenVerifier(issuer=ISSUER, audience=AUDIENCE, hs256_secret=HS_SECRET)
+    observer = RecordingObserver()
     server = grpc.aio.server(
         interceptors=[
             RpcInterceptor(
                 verifier=verifier,
-                anonymous_methods={PUBLIC, f"{SERVICE}/PublicFail", f"/{SERVICE}/Stream"},
+                anonymous_methods={PUBLIC, f"{SERVICE}/PublicFail", f"/{SERVICE}/Stream", f"/{SERVICE}/Slow"},
+                observer=observer,
             )
         ]
     )
@@ -114,7 +144,7 @@ async def client(log_buffer: io.StringIO) -> AsyncIterator[Client]:
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        yield Client(channel)
+        yield Client(channel, observer)
     await server.stop(None)
     configure_logging()
 
@@ -283,3 +313,17 @@ async def test_contextvars_do_not_leak_between_concurrent_rpcs(client: Client, h
 async def test_unknown_method_is_unimplemented(client: Client):
     error = await rpc_error(client.unary("Nope")(b""))
     assert error.code() is grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_deadline_is_recorded_as_deadline_exceeded(client: Client):
+    error = await rpc_error(client.unary("Slow")(b"", timeout=0.2))
+    assert error.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert await client.observer.wait_for(f"/{SERVICE}/Slow") is grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def test_metrics_hook_sees_every_rpc(client: Client):
+    await client.unary("Public")(b"")
+    await rpc_error(client.unary("Private")(b""))
+    codes = {(m, c) for m, c, _ in client.observer.finished}
+    assert (PUBLIC, grpc.StatusCode.OK) in codes
+    assert (PRIVATE, grpc.StatusCode.UNAUTHENTICATED) in codes
