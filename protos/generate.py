@@ -16,9 +16,9 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from importlib.metadata import distribution
 from pathlib import Path
 
-import google.api
 import grpc_tools
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,11 +41,13 @@ GOOGLEAPIS_FILES = [
 
 
 def vendor_googleapis() -> None:
-    source_root = Path(google.api.__path__[0]).parent.parent
+    # Located through the distribution, not `import google.api`: run as a script, this file's directory
+    # (protos/, holding the copies) is on sys.path and would shadow the wheel.
+    wheel = distribution("googleapis-common-protos")
     for rel in GOOGLEAPIS_FILES:
         target = PROTOS / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source_root / rel, target)
+        shutil.copyfile(Path(str(wheel.locate_file(rel))), target)
 
 
 def generate_python() -> None:
