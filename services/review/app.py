@@ -1,4 +1,4 @@
-"""Wiring of the ReviewService process. Not implemented yet: every RPC answers UNIMPLEMENTED."""
+"""Wiring of the ReviewService process: settings, pool, service, servicer (the one place they meet)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,15 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import grpc
-from cowatch.review.v1 import service_pb2, service_pb2_grpc
+from cowatch.review.v1 import service_pb2_grpc
 from pydantic import Field
 
 from services.common import db
 from services.common.clock import Clock, SystemClock
+from services.common.errors import Unavailable
 from services.common.settings import CommonSettings
-
-SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["ReviewService"].full_name
+from services.review.service import ReviewService
+from services.review.servicer import ANONYMOUS_METHODS, SERVICE_NAME, ReviewServicer
 
 
 class ReviewSettings(CommonSettings):
@@ -22,12 +23,15 @@ class ReviewSettings(CommonSettings):
 
 
 class ReviewApp:
+    """The ReviewService process. The pool opens in ``start()``; RPCs before that answer UNAVAILABLE."""
+
     name = "review"
 
     def __init__(self, settings: CommonSettings, clock: Clock | None = None) -> None:
         self._settings = settings
         self._clock = clock or SystemClock()
         self._pool: db.Pool | None = None
+        self._service: ReviewService | None = None
 
     @property
     def service_names(self) -> Sequence[str]:
@@ -35,13 +39,20 @@ class ReviewApp:
 
     @property
     def anonymous_methods(self) -> frozenset[str]:
-        return frozenset()
+        return ANONYMOUS_METHODS
+
+    @property
+    def reviews(self) -> ReviewService:
+        if self._service is None:
+            raise Unavailable("SERVICE_STARTING", "the service is starting, retry shortly")
+        return self._service
 
     def register(self, server: grpc.aio.Server) -> None:
-        service_pb2_grpc.add_ReviewServiceServicer_to_server(service_pb2_grpc.ReviewServiceServicer(), server)  # type: ignore[abstract]  # placeholder: UNIMPLEMENTED
+        service_pb2_grpc.add_ReviewServiceServicer_to_server(ReviewServicer(lambda: self.reviews), server)
 
     async def start(self) -> None:
         self._pool = await db.create_pool(self._settings, application_name=self._settings.service_name)
+        self._service = ReviewService(self._pool, self._clock)
 
     async def ready(self) -> bool:
         return self._pool is not None and await db.ping(self._pool)

@@ -1,0 +1,231 @@
+"""ReviewService use cases: one method per RPC, each one transaction (reads: one connection).
+
+A review and the aggregate it changes are written in the same transaction, the aggregate last: its row is
+the one every concurrent review of the same subject waits for, so it is held only for the commit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+import asyncpg
+
+from services.account import repository as users
+from services.booking import repository as bookings
+from services.common import db, idempotency
+from services.common.clock import Clock
+from services.common.dbtypes import Conn
+from services.common.errors import InvalidArgument, NotFound
+from services.common.idempotency import RequestKey
+from services.common.identity import User
+from services.common.paging import PageKey, clamp_page_size, decode_page_token, encode_page_token, filter_fingerprint
+from services.event.domain import Visibility, event_name
+from services.review import domain
+from services.review import repository as reviews
+from services.review.domain import Draft, Edit, EventFacts, Rating, Review, Role, SubjectType
+
+
+@dataclass(frozen=True, slots=True)
+class CreateReview:
+    user: User
+    draft: Draft
+    request: RequestKey | None
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateReview:
+    user: User
+    review_id: UUID
+    edit: Edit
+    etag: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListReviews:
+    user: User | None
+    event_id: UUID | None
+    subject_user_id: str | None
+    subject_type: SubjectType | None
+    page_size: int
+    page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewPage:
+    items: list[Review]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class UserRating:
+    user_id: str
+    as_host: Rating
+    as_guest: Rating
+
+
+@dataclass(frozen=True, slots=True)
+class HostProfile:
+    user_id: str
+    display_name: str
+    host_rating: Rating
+    held_event_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeldEvent:
+    event_id: UUID
+    title: str
+    film_title: str
+    start_time: datetime
+    rating: Rating
+
+
+@dataclass(frozen=True, slots=True)
+class HeldEventPage:
+    items: list[HeldEvent]
+    next_page_token: str
+
+
+def _after(keys: tuple[PageKey, ...] | None) -> tuple[datetime, UUID] | None:
+    if keys is None:
+        return None
+    if len(keys) != 2 or not isinstance(keys[0], datetime) or not isinstance(keys[1], UUID):
+        raise InvalidArgument.field("page_token", "is malformed", "INVALID_PAGE_TOKEN")
+    return keys[0], keys[1]
+
+
+def _user_not_found(user_id: str) -> NotFound:
+    return NotFound("USER_NOT_FOUND", f"users/{user_id} does not exist")
+
+
+class ReviewService:
+    def __init__(self, pool: asyncpg.Pool[asyncpg.Record], clock: Clock) -> None:
+        self._pool = pool
+        self._clock = clock
+
+    # ----------------------------------------------------------------- helpers
+
+    async def _facts(self, conn: Conn, event_id: UUID, caller_id: str | None, subject_id: str | None) -> EventFacts:
+        row = await reviews.event_facts(conn, event_id, caller_id, subject_id)
+        if row is None:
+            raise NotFound("EVENT_NOT_FOUND", f"{event_name(event_id)} does not exist")
+        # Only a private event's visibility can depend on a booking, and only for a non-participant.
+        booked = (
+            row.visibility is Visibility.PRIVATE
+            and caller_id is not None
+            and caller_id != row.host_id
+            and row.caller_role is None
+            and await bookings.has_confirmed_booking(conn, event_id, caller_id)
+        )
+        return reviews.to_facts(event_id, row, caller_has_booking=booked)
+
+    async def _load(self, conn: Conn, review_id: UUID, *, for_update: bool = False) -> Review:
+        review = await reviews.get(conn, review_id, for_update=for_update)
+        if review is None:
+            raise NotFound("REVIEW_NOT_FOUND", f"{domain.review_name(review_id)} does not exist")
+        return review
+
+    # ----------------------------------------------------------------- writes
+
+    async def create(self, cmd: CreateReview) -> Review:
+        now = self._clock.now()
+        draft = domain.validate_draft(cmd.draft, cmd.user.id)
+        async with db.transaction(self._pool) as conn:
+            replay = await idempotency.claim(conn, cmd.request)
+            if replay is not None:
+                return await self._load(conn, domain.parse_review_name(replay))
+            facts = await self._facts(conn, draft.event_id, cmd.user.id, draft.subject_user_id)
+            subject = domain.resolve_subject(draft, facts, cmd.user.id)
+            await users.remember(conn, cmd.user)
+            review = await reviews.insert(
+                conn,
+                reviews.NewReview(
+                    id=uuid.uuid4(),
+                    event_id=draft.event_id,
+                    author_id=cmd.user.id,
+                    subject_type=draft.subject_type,
+                    subject_user_id=subject,
+                    rating=draft.rating,
+                    text=draft.text,
+                    create_time=now,
+                ),
+            )
+            if review is None:
+                existing = await reviews.find(conn, cmd.user.id, draft.event_id, draft.subject_type, subject)
+                raise domain.already_reviewed(existing)
+            await idempotency.record(conn, cmd.request, review.name)
+            await reviews.apply_rating_change(conn, domain.rating_change_for_new(review))
+            return review
+
+    async def update(self, cmd: UpdateReview) -> Review:
+        now = self._clock.now()
+        edit = domain.validate_edit(cmd.edit)
+        async with db.transaction(self._pool) as conn:
+            review = await self._load(conn, cmd.review_id, for_update=True)
+            domain.ensure_author(review, cmd.user.id)
+            domain.ensure_etag(review, cmd.etag)
+            rating, text = domain.apply_edit(review, edit)
+            if (rating, text) == (review.rating, review.text):
+                return review
+            await users.remember(conn, cmd.user)
+            updated = await reviews.update(conn, review.id, rating, text, now)
+            await reviews.apply_rating_change(conn, domain.rating_change_for_edit(review, rating))
+            return updated
+
+    # ----------------------------------------------------------------- reads
+
+    async def list(self, q: ListReviews) -> ReviewPage:
+        limit = clamp_page_size(q.page_size)
+        fingerprint = filter_fingerprint(
+            {"event": q.event_id, "subject": q.subject_user_id, "type": q.subject_type and q.subject_type.value}
+        )
+        after = _after(decode_page_token(q.page_token, fingerprint))
+        async with db.connection(self._pool) as conn:
+            if q.event_id is not None:
+                facts = await self._facts(conn, q.event_id, q.user.id if q.user else None, None)
+                domain.ensure_visible(facts, q.user.id if q.user else None)
+            rows = await reviews.list_reviews(
+                conn,
+                reviews.ReviewQuery(
+                    event_id=q.event_id,
+                    subject_user_id=q.subject_user_id,
+                    subject_type=q.subject_type,
+                    after=after,
+                    limit=limit + 1,
+                ),
+            )
+        token = ""
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            token = encode_page_token([last.create_time, last.id], fingerprint)
+        return ReviewPage(rows[:limit], token)
+
+    async def user_rating(self, user_id: str) -> UserRating:
+        async with db.connection(self._pool) as conn:
+            ratings = await reviews.user_ratings(conn, user_id)
+        return UserRating(user_id, ratings.get(Role.HOST, Rating()), ratings.get(Role.GUEST, Rating()))
+
+    async def host_profile(self, user_id: str) -> HostProfile:
+        async with db.connection(self._pool) as conn:
+            row = await reviews.host_profile(conn, user_id)
+        if row is None:
+            raise _user_not_found(user_id)
+        return HostProfile(user_id, row.display_name, row.rating, row.held_event_count)
+
+    async def held_events(self, host_id: str, page_size: int, page_token: str) -> HeldEventPage:
+        limit = clamp_page_size(page_size)
+        fingerprint = filter_fingerprint({"host": host_id})
+        after = _after(decode_page_token(page_token, fingerprint))
+        async with db.connection(self._pool) as conn:
+            if not await reviews.user_exists(conn, host_id):
+                raise _user_not_found(host_id)
+            rows = await reviews.held_events(conn, host_id, after, limit + 1)
+        items = [HeldEvent(r.event_id, r.title, r.film_title, r.start_time, r.rating) for r in rows[:limit]]
+        token = ""
+        if len(rows) > limit:
+            last = items[-1]
+            token = encode_page_token([last.start_time, last.event_id], fingerprint)
+        return HeldEventPage(items, token)

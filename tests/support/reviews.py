@@ -1,0 +1,78 @@
+"""Builders for ReviewService tests: held events with participants, review requests."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, timedelta
+
+import asyncpg
+from cowatch.event.v1 import resources_pb2 as event_pb2
+from cowatch.event.v1 import service_pb2 as event_service_pb2
+from cowatch.event.v1 import service_pb2_grpc as event_grpc
+from cowatch.review.v1 import resources_pb2, service_pb2
+
+from services.common.clock import ManualClock
+from tests.support.api import Caller
+from tests.support.factories import book_directly, create_request
+
+EVENT = resources_pb2.Review.EVENT
+HOST = resources_pb2.Review.HOST
+GUEST = resources_pb2.Review.GUEST
+
+
+async def scheduled_event(
+    events: event_grpc.EventServiceAsyncStub,
+    db_pool: asyncpg.Pool,
+    clock: ManualClock,
+    host: Caller,
+    guests: Sequence[Caller] = (),
+    **kwargs: object,
+) -> event_pb2.Event:
+    """An event starting in a minute and lasting a minute, each guest holding a confirmed one-seat booking."""
+    kwargs.setdefault("capacity", max(len(guests), 1))
+    request = create_request(clock.now(), start_in=timedelta(minutes=1), minutes=1, **kwargs)
+    event = await events.CreateEvent(request, metadata=host.metadata)
+    for guest in guests:
+        await book_directly(db_pool, event.name, guest)
+    return event
+
+
+async def complete(
+    events: event_grpc.EventServiceAsyncStub, clock: ManualClock, host: Caller, event: event_pb2.Event
+) -> event_pb2.Event:
+    """Move the shared clock past the event's end and have the host mark it held."""
+    end = event.end_time.ToDatetime(tzinfo=UTC)
+    if clock.now() <= end:
+        clock.advance(end - clock.now() + timedelta(seconds=1))
+    request = event_service_pb2.CompleteEventRequest(name=event.name)
+    return await events.CompleteEvent(request, metadata=host.metadata)
+
+
+async def held_event(
+    events: event_grpc.EventServiceAsyncStub,
+    db_pool: asyncpg.Pool,
+    clock: ManualClock,
+    host: Caller,
+    guests: Sequence[Caller] = (),
+    **kwargs: object,
+) -> event_pb2.Event:
+    """A COMPLETED event whose participants are ``host`` and ``guests``."""
+    event = await scheduled_event(events, db_pool, clock, host, guests, **kwargs)
+    return await complete(events, clock, host, event)
+
+
+def review_request(
+    event: str,
+    subject_type: resources_pb2.Review.SubjectType.ValueType,
+    rating: int,
+    *,
+    subject_user: str = "",
+    text: str = "",
+    request_id: str = "",
+) -> service_pb2.CreateReviewRequest:
+    return service_pb2.CreateReviewRequest(
+        review=resources_pb2.Review(
+            event=event, subject_type=subject_type, subject_user=subject_user, rating=rating, text=text
+        ),
+        request_id=request_id,
+    )
