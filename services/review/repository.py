@@ -224,6 +224,8 @@ class ReviewQuery:
     subject_type: SubjectType | None
     after: tuple[datetime, UUID] | None
     limit: int
+    # Listing by subject spans events: reviews written at a private event are shown only to its participants.
+    viewer_id: str | None = None
 
 
 def build_list_sql(q: ReviewQuery) -> tuple[str, list[Any]]:
@@ -239,6 +241,11 @@ def build_list_sql(q: ReviewQuery) -> tuple[str, list[Any]]:
         where.append(f"r.event_id = {arg(q.event_id)}")
     else:
         where.append(f"r.subject_user_id = {arg(q.subject_user_id)}")
+        viewer = arg(q.viewer_id)
+        where.append(
+            "EXISTS (SELECT 1 FROM event.events e WHERE e.id = r.event_id AND (e.visibility = 'PUBLIC' OR EXISTS "
+            f"(SELECT 1 FROM event.participants p WHERE p.event_id = e.id AND p.user_id = {viewer}::text)))"
+        )
     if q.subject_type is not None:
         where.append(f"r.subject_type = {arg(q.subject_type.value)}")
     if q.after is not None:

@@ -195,6 +195,7 @@ class ReviewService:
                     subject_type=q.subject_type,
                     after=after,
                     limit=limit + 1,
+                    viewer_id=q.user.id if q.user else None,
                 ),
             )
         token = ""

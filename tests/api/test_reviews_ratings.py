@@ -29,11 +29,15 @@ def _id(name: str) -> uuid.UUID:
     return uuid.UUID(name.split("/")[1])
 
 
-async def _list_all(reviews: review_grpc.ReviewServiceAsyncStub, **kwargs) -> list[resources_pb2.Review]:
+async def _list_all(
+    reviews: review_grpc.ReviewServiceAsyncStub, metadata: tuple[tuple[str, str], ...] = (), **kwargs
+) -> list[resources_pb2.Review]:
     out: list[resources_pb2.Review] = []
     token = ""
     while True:
-        page = await reviews.ListReviews(service_pb2.ListReviewsRequest(page_size=2, page_token=token, **kwargs))
+        page = await reviews.ListReviews(
+            service_pb2.ListReviewsRequest(page_size=2, page_token=token, **kwargs), metadata=metadata
+        )
         out += page.reviews
         token = page.next_page_token
         if not token:
@@ -106,6 +110,23 @@ async def test_list_about_a_user_across_events(
     as_guest = await _list_all(reviews, subject_user=ben.resource, subject_type=GUEST)
     assert [r.name for r in as_guest] == [about_ben_as_guest.name]
     assert await _list_all(reviews, subject_user=f"users/{uuid.uuid4().hex}") == []
+
+
+async def test_reviews_from_private_events_are_listed_only_to_their_participants(
+    events: event_grpc.EventServiceAsyncStub, reviews: review_grpc.ReviewServiceAsyncStub, clock: ManualClock, db_pool
+):
+    host, guest = new_caller(), new_caller()
+    private = await held_event(events, db_pool, clock, host, [guest], private=True)
+    review = await reviews.CreateReview(
+        review_request(private.name, GUEST, 4, subject_user=guest.resource), metadata=host.metadata
+    )
+    assert await _list_all(reviews, subject_user=guest.resource) == []  # anonymous
+    assert await _list_all(reviews, subject_user=guest.resource, metadata=new_caller().metadata) == []
+    seen = await _list_all(reviews, subject_user=guest.resource, metadata=guest.metadata)
+    assert [r.name for r in seen] == [review.name]
+    # The aggregate still counts it: ratings are public numbers, the private event's details are not.
+    rating = await reviews.GetUserRating(service_pb2.GetUserRatingRequest(name=f"{guest.resource}/rating"))
+    assert rating.as_guest.count == 1
 
 
 @pytest.mark.parametrize(

@@ -116,7 +116,9 @@ class ReviewServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListReviews(self, request, context):
-        """Lists reviews of one event or about one user, newest first.
+        """Lists reviews of one event or about one user, newest first. Reviews
+        written at a private event are listed only to that event's participants
+        (a private event's own list is NOT_FOUND `EVENT_NOT_FOUND` to others).
 
         Errors: INVALID_ARGUMENT `INVALID_ARGUMENT` (neither or both of `event`
         and `subject_user`), INVALID_ARGUMENT `INVALID_PAGE_TOKEN`.
@@ -145,7 +147,7 @@ class ReviewServiceServicer:
         """Lists the public events a host has held, most recent first, each with
         its rating.
 
-        Errors: INVALID_ARGUMENT `INVALID_PAGE_TOKEN`.
+        Errors: NOT_FOUND `USER_NOT_FOUND`, INVALID_ARGUMENT `INVALID_PAGE_TOKEN`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

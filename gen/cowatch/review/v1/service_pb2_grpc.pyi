@@ -64,7 +64,9 @@ class ReviewServiceStub:
     `NOT_REVIEW_AUTHOR`, ABORTED `ETAG_MISMATCH`.
     """
     ListReviews: _grpc.UnaryUnaryMultiCallable[_service_pb2.ListReviewsRequest, _service_pb2.ListReviewsResponse]
-    """Lists reviews of one event or about one user, newest first.
+    """Lists reviews of one event or about one user, newest first. Reviews
+    written at a private event are listed only to that event's participants
+    (a private event's own list is NOT_FOUND `EVENT_NOT_FOUND` to others).
 
     Errors: INVALID_ARGUMENT `INVALID_ARGUMENT` (neither or both of `event`
     and `subject_user`), INVALID_ARGUMENT `INVALID_PAGE_TOKEN`.
@@ -80,7 +82,7 @@ class ReviewServiceStub:
     """Lists the public events a host has held, most recent first, each with
     its rating.
 
-    Errors: INVALID_ARGUMENT `INVALID_PAGE_TOKEN`.
+    Errors: NOT_FOUND `USER_NOT_FOUND`, INVALID_ARGUMENT `INVALID_PAGE_TOKEN`.
     """
 
 @_typing.type_check_only
@@ -118,7 +120,9 @@ class ReviewServiceAsyncStub(ReviewServiceStub):
     `NOT_REVIEW_AUTHOR`, ABORTED `ETAG_MISMATCH`.
     """
     ListReviews: _aio.UnaryUnaryMultiCallable[_service_pb2.ListReviewsRequest, _service_pb2.ListReviewsResponse]  # type: ignore[assignment]
-    """Lists reviews of one event or about one user, newest first.
+    """Lists reviews of one event or about one user, newest first. Reviews
+    written at a private event are listed only to that event's participants
+    (a private event's own list is NOT_FOUND `EVENT_NOT_FOUND` to others).
 
     Errors: INVALID_ARGUMENT `INVALID_ARGUMENT` (neither or both of `event`
     and `subject_user`), INVALID_ARGUMENT `INVALID_PAGE_TOKEN`.
@@ -134,7 +138,7 @@ class ReviewServiceAsyncStub(ReviewServiceStub):
     """Lists the public events a host has held, most recent first, each with
     its rating.
 
-    Errors: INVALID_ARGUMENT `INVALID_PAGE_TOKEN`.
+    Errors: NOT_FOUND `USER_NOT_FOUND`, INVALID_ARGUMENT `INVALID_PAGE_TOKEN`.
     """
 
 class ReviewServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -187,7 +191,9 @@ class ReviewServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _service_pb2.ListReviewsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_service_pb2.ListReviewsResponse, _abc.Awaitable[_service_pb2.ListReviewsResponse]]:
-        """Lists reviews of one event or about one user, newest first.
+        """Lists reviews of one event or about one user, newest first. Reviews
+        written at a private event are listed only to that event's participants
+        (a private event's own list is NOT_FOUND `EVENT_NOT_FOUND` to others).
 
         Errors: INVALID_ARGUMENT `INVALID_ARGUMENT` (neither or both of `event`
         and `subject_user`), INVALID_ARGUMENT `INVALID_PAGE_TOKEN`.
@@ -221,7 +227,7 @@ class ReviewServiceServicer(metaclass=_abc_1.ABCMeta):
         """Lists the public events a host has held, most recent first, each with
         its rating.
 
-        Errors: INVALID_ARGUMENT `INVALID_PAGE_TOKEN`.
+        Errors: NOT_FOUND `USER_NOT_FOUND`, INVALID_ARGUMENT `INVALID_PAGE_TOKEN`.
         """
 
 def add_ReviewServiceServicer_to_server(servicer: ReviewServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
