@@ -1,9 +1,15 @@
 """asyncpg pool and transaction helpers.
 
-One pool per process, opened in ``App.start`` and closed in ``App.stop``. Timeouts keep "Postgres down" fast:
-``db_connect_timeout_seconds`` for new connections, ``db_command_timeout_seconds`` per statement, and
-``db_acquire_timeout_seconds`` to get a connection from the pool (exceeding it is ``UNAVAILABLE`` /
-``DATABASE_UNAVAILABLE`` rather than a request stuck behind an exhausted pool).
+One pool per process, opened in ``App.start`` and closed in ``App.stop``. Opening it does not fail when Postgres
+is down (the pool then starts empty and connects on demand), so a process started while Postgres is down comes
+up NOT_SERVING and turns SERVING by itself once Postgres answers.
+
+Timeouts keep "Postgres down" fast: ``db_connect_timeout_seconds`` for new connections,
+``db_command_timeout_seconds`` per statement, and ``db_acquire_timeout_seconds`` to get a connection from the
+pool, shortened to what is left of the RPC's deadline (:mod:`services.common.deadline`). Exceeding it is
+``UNAVAILABLE`` / ``DATABASE_UNAVAILABLE`` rather than a request stuck behind an exhausted pool; a refused
+connection fails at once. When the client's deadline passes, grpc cancels the handler and asyncpg cancels the
+running statement on the server.
 
     async with transaction(pool) as conn:
         await conn.execute(...)
@@ -14,12 +20,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Final, Literal, TypeAlias
+from typing import Any, Final, Literal, TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from services.common import deadline
 from services.common.errors import Unavailable
+from services.common.logging import get_logger
 from services.common.settings import CommonSettings
 
 __all__ = [
@@ -38,26 +46,39 @@ Isolation = Literal["read_committed", "repeatable_read", "serializable"]
 
 DEFAULT_ACQUIRE_TIMEOUT_SECONDS: Final = 2.0
 _acquire_timeout = DEFAULT_ACQUIRE_TIMEOUT_SECONDS
+_log = get_logger("cowatch.db")
+_DOWN: Final = (
+    OSError,  # refused, unreachable, connect timeout (TimeoutError is an OSError)
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.CannotConnectNowError,  # starting up / shutting down
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+"""Postgres is (temporarily) not there; anything else at start (a wrong password, no such database) is fatal."""
 
 
 async def create_pool(settings: CommonSettings, *, application_name: str | None = None) -> Pool:
-    """Open the process's pool (connects ``db_pool_min_size`` connections now; raises if Postgres is down).
+    """Open the process's pool. Never fails because Postgres is down: it then starts empty (connections are made
+    on demand, the first RPCs answer UNAVAILABLE and health stays NOT_SERVING until Postgres answers).
 
     Also makes ``settings.db_acquire_timeout_seconds`` the default acquire timeout of :func:`connection` and
     :func:`transaction`.
     """
     global _acquire_timeout
     _acquire_timeout = settings.db_acquire_timeout_seconds
-    pool: Pool = await asyncpg.create_pool(
-        settings.database_url,
-        min_size=settings.db_pool_min_size,
-        max_size=settings.db_pool_max_size,
-        command_timeout=settings.db_command_timeout_seconds,
-        timeout=settings.db_connect_timeout_seconds,
+    options: dict[str, Any] = {
+        "max_size": settings.db_pool_max_size,
+        "command_timeout": settings.db_command_timeout_seconds,
+        "timeout": settings.db_connect_timeout_seconds,
         # a connection idle for 5 minutes is closed; the pool reopens on demand
-        max_inactive_connection_lifetime=300.0,
-        server_settings={"application_name": application_name or settings.service_name},
-    )
+        "max_inactive_connection_lifetime": 300.0,
+        "server_settings": {"application_name": application_name or settings.service_name},
+    }
+    try:
+        # asyncpg keeps min_size connections open from here on (reconnecting in the background).
+        pool: Pool = await asyncpg.create_pool(settings.database_url, min_size=settings.db_pool_min_size, **options)
+    except _DOWN as exc:
+        _log.warning("postgres unavailable at start: starting with an empty pool", error=type(exc).__name__)
+        pool = await asyncpg.create_pool(settings.database_url, min_size=0, **options)
     return pool
 
 
@@ -76,8 +97,9 @@ def _acquire_failed() -> Unavailable:
 @asynccontextmanager
 async def connection(pool: Pool, *, acquire_timeout: float | None = None) -> AsyncIterator[Connection]:
     """A pooled connection outside of an explicit transaction (each statement autocommits)."""
+    timeout = deadline.bounded(_acquire_timeout if acquire_timeout is None else acquire_timeout)
     try:
-        conn = await pool.acquire(timeout=_acquire_timeout if acquire_timeout is None else acquire_timeout)
+        conn = await pool.acquire(timeout=timeout)
     except TimeoutError:
         raise _acquire_failed() from None
     try:

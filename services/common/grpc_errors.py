@@ -112,6 +112,11 @@ def as_domain_error(exc: BaseException) -> DomainError | None:
         return Unavailable("DATABASE_TIMEOUT", "the database did not answer in time, retry later")
     if isinstance(exc, _DB_UNAVAILABLE_TYPES):
         return _db_unavailable()
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
+        # The connection's protocol lost step with the server, seen when Postgres shuts down under load ("cannot
+        # switch to state 12; another operation (2) is in progress": still consuming the server's FATAL). The pool
+        # discards such a connection on release; a retry gets a fresh one.
+        return _db_unavailable()
     if isinstance(exc, asyncpg.exceptions.InterfaceError):
         text = str(exc).lower()
         if any(marker in text for marker in ("closed", "closing", "not initialized")):

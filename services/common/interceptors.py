@@ -10,6 +10,10 @@ Per RPC, in order:
    fresh uuid4 hex. It is sent back in the initial metadata and bound in contextvars (``context.request_id()``
    and every log line). Handlers therefore must not call ``send_initial_metadata`` themselves.
 2. **Metrics**: :class:`RpcObserver` is told when the RPC ends (method, code, duration). No-op by default.
+   **Load shedding**: with ``max_in_flight``, an RPC arriving while that many are being handled is refused at
+   once with ``RESOURCE_EXHAUSTED`` / ``SERVER_OVERLOADED`` (never queued into a timeout). Health and
+   reflection are never refused, so probes keep answering under overload. **Deadline**: the client's deadline
+   is recorded for :mod:`services.common.deadline` (pool waits stay inside it).
 3. **Auth**: ``authorization: Bearer <jwt>`` present → verified (a bad token is ``UNAUTHENTICATED`` even on a
    public method). Absent → allowed only for methods in ``anonymous_methods``, else ``UNAUTHENTICATED``
    ``TOKEN_MISSING``. Health and reflection are always anonymous and never look at the header.
@@ -37,8 +41,9 @@ import grpc
 import structlog
 
 from services.common import context as request_context
+from services.common import deadline
 from services.common.auth import TokenVerifier
-from services.common.errors import Unauthenticated
+from services.common.errors import ResourceExhausted, Unauthenticated
 from services.common.grpc_errors import as_domain_error, to_rpc_status
 from services.common.identity import User
 from services.common.logging import get_logger
@@ -106,6 +111,8 @@ class _Rpc:
     started: float
     rid_token: Token[str]
     log_tokens: Mapping[str, Token[Any]]
+    deadline_token: Token[float | None]
+    admitted: bool = False
     user_log_tokens: Mapping[str, Token[Any]] | None = None
     user_token: Token[User | None] | None = None
     user: User | None = None
@@ -123,8 +130,12 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         verifier: TokenVerifier,
         anonymous_methods: Iterable[str] = (),
         observer: RpcObserver | None = None,
+        max_in_flight: int | None = None,
     ) -> None:
         self._verifier = verifier
+        self._max_in_flight = max_in_flight
+        self.in_flight = 0
+        """RPCs being handled now (health and reflection not counted)."""
         self._anonymous = frozenset(normalize_method(m) for m in anonymous_methods)
         self._observer: RpcObserver = observer or NoopObserver()
         self._cache: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
@@ -235,12 +246,22 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             started=time.perf_counter(),
             rid_token=request_context.set_request_id(rid),
             log_tokens=structlog.contextvars.bind_contextvars(request_id=rid, method=policy.method),
+            deadline_token=deadline.set_from_time_remaining(context.time_remaining()),
         )
 
     async def _prepare(self, rpc: _Rpc, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await context.send_initial_metadata(((REQUEST_ID_METADATA_KEY, rpc.request_id),))
         if rpc.policy.infrastructure:
+            await context.send_initial_metadata(((REQUEST_ID_METADATA_KEY, rpc.request_id),))
             return
+        if self._max_in_flight is not None and self.in_flight >= self._max_in_flight:
+            raise ResourceExhausted(
+                "SERVER_OVERLOADED",
+                "the server is at its concurrency limit, retry with backoff",
+                metadata={"max_in_flight": str(self._max_in_flight)},
+            )
+        self.in_flight += 1
+        rpc.admitted = True
+        await context.send_initial_metadata(((REQUEST_ID_METADATA_KEY, rpc.request_id),))
         header = rpc.authorization
         if header is None or not header.strip():
             if rpc.policy.anonymous:
@@ -276,6 +297,8 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
 
     def _finish(self, rpc: _Rpc, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         duration = time.perf_counter() - rpc.started
+        if rpc.admitted:
+            self.in_flight -= 1
         if rpc.code is grpc.StatusCode.OK and rpc.error is None:
             rpc.code = context.code() or grpc.StatusCode.OK  # a handler may set_code() and return
         try:
@@ -305,6 +328,8 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         if rpc.user_token is not None:
             request_context.reset_user(rpc.user_token)
         request_context.reset_request_id(rpc.rid_token)
+        with suppress(ValueError):
+            deadline.reset(rpc.deadline_token)
 
 
 _SERVER_SIDE_CODES: Final = frozenset(

@@ -2,8 +2,15 @@
 
 Order (STYLE.md): interceptor → servicers, health, reflection → bind → start → ``app.start()`` (pools) →
 readiness loop: health turns SERVING only while ``app.ready()`` answers true (Postgres down → NOT_SERVING,
-recovery → SERVING). On SIGTERM/SIGINT: health NOT_SERVING for good, ``server.stop(grace)`` lets in-flight RPCs
-finish, then ``app.stop()`` closes the pools.
+recovery → SERVING). On SIGTERM/SIGINT: health NOT_SERVING for good, RPCs still accepted for
+``shutdown_drain_seconds`` (so load balancers that poll health move away first), then ``server.stop(grace)``
+refuses new RPCs and lets in-flight ones finish, then ``app.stop()`` closes the pools.
+
+Every server gets a :class:`~services.common.metrics.ServerMetrics` (served on ``COWATCH_METRICS_PORT``); an app
+that defines ``bind_metrics(metrics)`` is handed it before ``start()`` to add its pool and cache. Load shedding:
+at most ``max_concurrent_rpcs`` RPCs are handled at once, the next ones are refused at once with
+``RESOURCE_EXHAUSTED`` by the interceptor (health and reflection exempt); grpc's own limit sits above that as a
+backstop.
 
 Each ``services/<x>/__main__.py`` is just ``run(build_app, XSettings)``.
 """
@@ -23,6 +30,7 @@ from grpc_reflection.v1alpha import reflection
 from services.common.auth import TokenVerifier
 from services.common.interceptors import RpcInterceptor, RpcObserver
 from services.common.logging import configure_logging, get_logger
+from services.common.metrics import ServerMetrics
 from services.common.settings import CommonSettings, load_settings
 
 __all__ = ["App", "RunningServer", "run", "serve", "start_server"]
@@ -31,6 +39,8 @@ SERVING: Final = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING: Final = health_pb2.HealthCheckResponse.NOT_SERVING
 DEFAULT_READINESS_INTERVAL: Final = 1.0
 DEFAULT_READINESS_TIMEOUT: Final = 2.0
+GRPC_LIMIT_HEADROOM: Final = 64
+"""grpc's hard limit is this far above the interceptor's, so health checks and watches still get in."""
 
 _log = get_logger("cowatch.server")
 
@@ -85,8 +95,12 @@ class RunningServer:
         health_names: Sequence[str],
         readiness_interval: float,
         readiness_timeout: float,
+        metrics: ServerMetrics,
+        interceptor: RpcInterceptor,
     ) -> None:
         self.app = app
+        self.metrics = metrics
+        self.interceptor = interceptor
         self.server = server
         self.health = health_servicer
         self.port = port
@@ -154,6 +168,7 @@ class RunningServer:
                 await self.app.stop()
             except Exception:
                 _log.exception("app stop failed", service=self.app.name)
+            self.metrics.close()
             self._stopped = True
 
     async def wait_for_termination(self) -> None:
@@ -171,11 +186,20 @@ async def start_server(
     observer: RpcObserver | None = None,
     readiness_interval: float = DEFAULT_READINESS_INTERVAL,
     readiness_timeout: float = DEFAULT_READINESS_TIMEOUT,
+    metrics: ServerMetrics | None = None,
 ) -> RunningServer:
     """Build, bind and start the server for ``app``; ``port=0`` binds an ephemeral port (see ``.port``)."""
+    metrics = metrics or ServerMetrics()
+    interceptor = RpcInterceptor(
+        verifier=verifier,
+        anonymous_methods=app.anonymous_methods,
+        observer=observer or metrics,
+        max_in_flight=settings.max_concurrent_rpcs,
+    )
+    metrics.track_in_flight(lambda: interceptor.in_flight)
     server = grpc.aio.server(
-        interceptors=[RpcInterceptor(verifier=verifier, anonymous_methods=app.anonymous_methods, observer=observer)],
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        interceptors=[interceptor],
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs + GRPC_LIMIT_HEADROOM,
         # Never silently share a port with another process (grpc enables SO_REUSEPORT by default on Linux).
         options=[("grpc.so_reuseport", 0)],
     )
@@ -206,12 +230,21 @@ async def start_server(
         health_names=health_names,
         readiness_interval=readiness_interval,
         readiness_timeout=readiness_timeout,
+        metrics=metrics,
+        interceptor=interceptor,
     )
+    bind_metrics = getattr(app, "bind_metrics", None)
+    if callable(bind_metrics):
+        bind_metrics(metrics)
     try:
+        if settings.metrics_port:
+            metrics.serve(settings.metrics_port, settings.metrics_host)
+            _log.info("metrics", service=app.name, host=settings.metrics_host, port=settings.metrics_port)
         await app.start()
     except BaseException:
         await running.begin_shutdown()
         await server.stop(0)
+        metrics.close()
         raise
     await running.check_readiness()
     running._start_readiness_loop()
@@ -234,6 +267,7 @@ async def serve(
 
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
+    second_signal = asyncio.Event()
     forced: list[asyncio.Task[None]] = []
 
     def on_signal(sig: signal.Signals) -> None:
@@ -242,6 +276,7 @@ async def serve(
             stop_requested.set()
         elif not forced:
             _log.warning("second signal: cancelling in-flight RPCs", service=app.name, signal=sig.name)
+            second_signal.set()
             forced.append(loop.create_task(running.server.stop(0)))
 
     for sig in stop_signals:
@@ -251,6 +286,10 @@ async def serve(
         # future, and the server never terminates without stop() anyway.)
         await stop_requested.wait()
         await running.begin_shutdown()
+        if settings.shutdown_drain_seconds:
+            _log.info("draining", service=app.name, seconds=settings.shutdown_drain_seconds)
+            with contextlib.suppress(TimeoutError):  # a second signal cuts the drain short
+                await asyncio.wait_for(second_signal.wait(), settings.shutdown_drain_seconds)
         await running.stop(settings.shutdown_grace_seconds)
         for task in forced:
             await task

@@ -77,12 +77,48 @@ class CommonSettings(BaseSettings):
     db_command_timeout_seconds: float = Field(default=5.0, gt=0)
     db_connect_timeout_seconds: float = Field(default=2.0, gt=0)
     db_acquire_timeout_seconds: float = Field(default=2.0, gt=0)
+    redis_key_prefix: str = Field(
+        default="cowatch:",
+        description="Prefix of every Redis key this process writes (lets several deployments share one Redis)",
+    )
+    redis_timeout_seconds: float = Field(
+        default=0.2,
+        gt=0,
+        le=10,
+        description="Connect/command timeout of every Redis call; a request never waits longer on Redis",
+    )
+    redis_max_connections: int = Field(default=64, ge=1, description="Redis connections per process")
+    redis_breaker_failure_threshold: int = Field(
+        default=5, ge=1, description="Consecutive Redis failures that open the circuit breaker (reads bypass Redis)"
+    )
+    redis_breaker_reset_seconds: float = Field(
+        default=2.0, gt=0, description="While the breaker is open, Redis is probed this often; success closes it"
+    )
+    cache_ttl_seconds: float = Field(
+        default=60.0, gt=0, description="TTL of cached rows (events, ratings, profiles); invalidation is explicit"
+    )
+    cache_list_ttl_seconds: float = Field(default=15.0, gt=0, description="TTL of cached first pages of ListEvents")
 
     # --- server ---------------------------------------------------------------------------------------------
     grpc_host: str = "0.0.0.0"
     grpc_port: int = Field(default=0, ge=0, le=65535, description="0 = ephemeral; each service sets its default")
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
-    max_concurrent_rpcs: int = Field(default=256, ge=1)
+    max_concurrent_rpcs: int = Field(
+        default=256,
+        ge=1,
+        description="RPCs handled at once; more are refused at once with RESOURCE_EXHAUSTED (health excluded)",
+    )
+    shutdown_drain_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        le=60,
+        description="On SIGTERM, keep accepting RPCs this long while health says NOT_SERVING (load balancers "
+        "notice), then stop accepting and let in-flight RPCs finish within shutdown_grace_seconds",
+    )
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 = no endpoint"
+    )
+    metrics_host: str = Field(default="0.0.0.0", description="Address the /metrics endpoint binds")
     log_level: LogLevel = "INFO"
     log_json: bool = True
     public_base_url: str = "http://localhost:8080"

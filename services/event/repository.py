@@ -249,5 +249,26 @@ async def list_events(conn: Conn | asyncpg.Pool[asyncpg.Record], q: ListQuery) -
     return [Listed(to_event(r), r["viewer_is_guest"]) for r in rows]
 
 
+IDS_BY_HOST = "SELECT id FROM event.events WHERE host_id = $1"
+
+
+async def ids_by_host(conn: Conn, host_id: str) -> list[UUID]:
+    """Every event of a host (cache invalidation when something shown on all of them changes)."""
+    return [r["id"] for r in await conn.fetch(IDS_BY_HOST, host_id)]
+
+
+GUEST_OF = """
+SELECT event_id FROM booking.bookings
+WHERE guest_id = $1 AND event_id = ANY($2::uuid[]) AND state = 'CONFIRMED'
+"""
+
+
+async def guest_of(conn: Conn, guest_id: str, event_ids: list[UUID]) -> set[UUID]:
+    """Which of ``event_ids`` the user holds a confirmed booking for (what a cached list page can't know)."""
+    if not event_ids:
+        return set()
+    return {r["event_id"] for r in await conn.fetch(GUEST_OF, guest_id, event_ids)}
+
+
 def duration_minutes(d: timedelta) -> int:
     return int(d.total_seconds() // 60)

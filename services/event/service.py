@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from uuid import UUID
 
@@ -17,6 +17,7 @@ import asyncpg
 from services.account import repository as users
 from services.booking import repository as bookings
 from services.common import context, db, idempotency
+from services.common.cache import Cache, NullCache
 from services.common.clock import Clock
 from services.common.dbtypes import Conn
 from services.common.errors import InvalidArgument, NotFound
@@ -25,6 +26,16 @@ from services.common.identity import User
 from services.common.paging import PageKey, clamp_page_size, decode_page_token, encode_page_token, filter_fingerprint
 from services.event import domain, notifications
 from services.event import repository as events
+from services.event.cache import (
+    EVENT_CODEC,
+    LIST_CODEC,
+    LIST_SCOPE,
+    CachedPage,
+    event_key,
+    invalidate_events,
+    invalidate_host_events,
+    list_key,
+)
 from services.event.domain import Access, Event, EventDetails
 from services.notification import outbox
 
@@ -124,10 +135,25 @@ def _after(keys: tuple[PageKey, ...] | None) -> tuple[datetime, UUID] | None:
 
 
 class EventService:
-    def __init__(self, pool: asyncpg.Pool[asyncpg.Record], clock: Clock, public_base_url: str) -> None:
+    """Reads go through ``cache`` (cache-aside, see :mod:`services.event.cache`); every write invalidates what it
+    changed once its transaction committed. Access is decided per request, never cached."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool[asyncpg.Record],
+        clock: Clock,
+        public_base_url: str,
+        cache: Cache | None = None,
+        *,
+        cache_ttl: float = 60.0,
+        list_ttl: float = 15.0,
+    ) -> None:
         self._pool = pool
         self._clock = clock
         self._base_url = public_base_url.rstrip("/")
+        self._cache: Cache = cache or NullCache()
+        self._ttl = cache_ttl
+        self._list_ttl = list_ttl
 
     # ----------------------------------------------------------------- links
 
@@ -168,14 +194,26 @@ class EventService:
             await events.insert(conn, event_id, cmd.user.id, details, domain.new_invite_token(), now)
             await outbox.schedule_reminders(conn, event_id, cmd.user.id, details.start_time, now)
             await idempotency.record(conn, cmd.request, domain.event_name(event_id))
-            return await self._host_view(conn, event_id)
+            view = await self._host_view(conn, event_id)
+        if details.visibility is domain.Visibility.PUBLIC:
+            await self._cache.invalidate(LIST_SCOPE)  # it may belong on a cached first page
+        return view
+
+    async def _load_row(self, event_id: UUID) -> Event:
+        async with db.connection(self._pool) as conn:
+            return await self._load(conn, event_id)
 
     async def get(self, user: User | None, event_id: UUID, invite_token: str) -> EventView:
-        async with db.connection(self._pool) as conn:
-            event = await self._load(conn, event_id)
-            access = await self._access(conn, event, user, invite_token)
-            domain.ensure_visible(event, access)
-            return EventView(event, access)
+        event = await self._cache.get_or_load(
+            event_key(event_id), lambda: self._load_row(event_id), EVENT_CODEC, ttl=self._ttl
+        )
+        is_guest = False
+        if user is not None and user.id != event.host_id:  # the host can't book their own event
+            async with db.connection(self._pool) as conn:
+                is_guest = await bookings.has_confirmed_booking(conn, event.id, user.id)
+        access = domain.access_for(event, user, is_guest=is_guest, invite_token=invite_token)
+        domain.ensure_visible(event, access)
+        return EventView(event, access)
 
     async def list(self, q: ListEvents) -> EventPage:
         limit = clamp_page_size(q.page_size)
@@ -213,6 +251,9 @@ class EventService:
             after=after,
             limit=limit + 1,
         )
+        if keys is None and not own:
+            # A first page of public events: the same rows for everyone, so cached by the filters' fingerprint.
+            return await self._cached_first_page(q, query, fingerprint, limit)
         async with db.connection(self._pool) as conn:
             rows = await events.list_events(conn, query)
         items = [
@@ -223,6 +264,35 @@ class EventService:
         if len(rows) > limit:
             last = rows[limit - 1].event
             token = encode_page_token([last.details.start_time, last.id, start_from], fingerprint)
+        return EventPage(items, token)
+
+    async def _cached_first_page(
+        self, q: ListEvents, query: events.ListQuery, fingerprint: str, limit: int
+    ) -> EventPage:
+        public = replace(query, viewer_id=None)
+
+        async def load() -> CachedPage:
+            async with db.connection(self._pool) as conn:
+                rows = await events.list_events(conn, public)
+            return CachedPage([r.event for r in rows], public.start_from)
+
+        page = await self._cache.get_or_load(
+            list_key(fingerprint, limit), load, LIST_CODEC, ttl=self._list_ttl, scope=LIST_SCOPE
+        )
+        shown = page.rows[:limit]
+        if q.start_from is None:
+            # "upcoming" was computed when the page was cached: leave out what started since
+            now = self._clock.now()
+            shown = [e for e in shown if e.details.start_time >= now]
+        guest_of: set[UUID] = set()
+        if q.user is not None and shown:
+            async with db.connection(self._pool) as conn:
+                guest_of = await events.guest_of(conn, q.user.id, [e.id for e in shown])
+        items = [EventView(e, domain.access_for(e, q.user, is_guest=e.id in guest_of, invite_token="")) for e in shown]
+        token = ""
+        if len(page.rows) > limit:
+            last = page.rows[limit - 1]
+            token = encode_page_token([last.details.start_time, last.id, page.start_from], fingerprint)
         return EventPage(items, token)
 
     # ----------------------------------------------------------------- host actions
@@ -253,7 +323,12 @@ class EventService:
                 notifications.event_changed(updated, guests, changes, link),
                 request_id=context.request_id(),
             )
-            return EventView(updated, access)
+        if updated.host_display_name != event.host_display_name:  # shown on every event of the host
+            async with db.connection(self._pool) as conn:
+                await invalidate_host_events(self._cache, conn, updated.host_id)
+        else:
+            await invalidate_events(self._cache, updated.id)
+        return EventView(updated, access)
 
     async def cancel(self, cmd: CancelEvent) -> EventView:
         now = self._clock.now()
@@ -281,7 +356,8 @@ class EventService:
                 request_id=context.request_id(),
             )
             await idempotency.record(conn, cmd.request, cancelled.name)
-            return EventView(cancelled, access)
+        await invalidate_events(self._cache, cancelled.id)
+        return EventView(cancelled, access)
 
     async def complete(self, user: User, event_id: UUID, etag: str) -> EventView:
         now = self._clock.now()
@@ -295,7 +371,9 @@ class EventService:
             domain.ensure_completable(event, now)
             await events.mark_completed(conn, event.id, now)
             await outbox.drop_reminders(conn, event.id)
-            return EventView(await self._load(conn, event.id), access)
+            completed = await self._load(conn, event.id)
+        await invalidate_events(self._cache, completed.id)
+        return EventView(completed, access)
 
     async def list_guests(self, user: User, event_id: UUID, page_size: int, page_token: str) -> GuestPage:
         limit = clamp_page_size(page_size)
@@ -355,4 +433,6 @@ class EventService:
             domain.ensure_private(event)
             domain.ensure_editable(event, now)
             await events.rotate_invite_token(conn, event.id, domain.new_invite_token(), now)
-            return EventView(await self._load(conn, event.id), access)
+            rotated = await self._load(conn, event.id)
+        await self._cache.invalidate(event_key(rotated.id))  # private: on no list
+        return EventView(rotated, access)

@@ -90,9 +90,7 @@ def bookings(booking_channel: grpc.aio.Channel) -> booking_grpc.BookingServiceAs
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def review_server(
-    database_url: str, clock: ManualClock, verifier: TokenVerifier
-) -> AsyncIterator[RunningServer]:
+async def review_server(database_url: str, clock: ManualClock, verifier: TokenVerifier) -> AsyncIterator[RunningServer]:
     settings = ReviewSettings(**settings_env(database_url))  # type: ignore[arg-type]
     running = await start_server(ReviewApp(settings, clock), settings, verifier=verifier, port=0)
     try:

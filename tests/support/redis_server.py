@@ -32,7 +32,14 @@ class RedisServer:
     restart comes back empty.
     """
 
-    def __init__(self, port: int | None = None, *, binary: str | None = None, startup_timeout: float = 15.0):
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        binary: str | None = None,
+        startup_timeout: float = 15.0,
+        die_with_parent: bool = True,
+    ):
         found = binary or shutil.which("redis-server")
         if found is None:
             raise RedisServerError("redis-server not found: install it (apt-get install redis-server)")
@@ -41,6 +48,9 @@ class RedisServer:
         self._dir = Path(tempfile.mkdtemp(prefix="cowatch-redis-"))
         self.log_path = self._dir / "redis.log"
         self._startup_timeout = startup_timeout
+        # PR_SET_PDEATHSIG needs a preexec_fn, and a preexec_fn in a process whose gRPC threads are busy crashes the
+        # forked child now and then: tests that (re)start servers under gRPC load pass die_with_parent=False.
+        self._die_with_parent = die_with_parent
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -144,7 +154,7 @@ class RedisServer:
             "--loglevel", "warning",
         ]  # fmt: skip
         kwargs: dict[str, object] = {}
-        if sys.platform == "linux":
+        if sys.platform == "linux" and self._die_with_parent:
             kwargs["preexec_fn"] = pdeathsig_preexec(signal.SIGTERM)
         self._proc = subprocess.Popen(  # type: ignore[call-overload]
             args,
