@@ -1,0 +1,256 @@
+"""Booking domain: a guest's seats at an event, and the rules for taking and giving them back.
+
+Pure Python: no gRPC, no protobuf, no SQL. The service layer reads what it needs of the event
+(:class:`BookableEvent`), asks these functions whether an action is allowed (they raise
+:mod:`services.common.errors` exceptions with stable reasons) and persists the result. The seat count itself is
+never decided here: the database's conditional UPDATE is the authority (see ``repository.TAKE_SEATS``); the
+checks below only refuse early what that statement would refuse anyway.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from uuid import UUID
+
+from services.common.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
+from services.common.identity import User
+
+DEFAULT_MAX_SEATS = 4
+# The schema's CHECK on booking.bookings.seats; a configured maximum above it could never be stored.
+SEATS_CEILING = 100
+INVITE_TOKEN_MAX = 64
+
+
+class State(StrEnum):
+    CONFIRMED = "CONFIRMED"
+    CANCELLED = "CANCELLED"
+
+
+class TimeFilter(StrEnum):
+    """ListBookings' time filter, by the event's end: UPCOMING = not ended yet, PAST = ended."""
+
+    ANY = "ANY"
+    UPCOMING = "UPCOMING"
+    PAST = "PAST"
+
+
+@dataclass(frozen=True, slots=True)
+class BookableEvent:
+    """What booking needs to know about an event (read from event.events, never written here except seats)."""
+
+    id: UUID
+    host_id: str
+    host_display_name: str
+    title: str
+    film_title: str
+    start_time: datetime
+    end_time: datetime
+    time_zone: str
+    place_name: str
+    place_address: str
+    place_city: str
+    capacity: int
+    seats_taken: int
+    private: bool
+    scheduled: bool
+    invite_token: str
+
+    @property
+    def name(self) -> str:
+        return f"events/{self.id}"
+
+    @property
+    def seats_available(self) -> int:
+        return max(self.capacity - self.seats_taken, 0)
+
+    def is_open(self, now: datetime) -> bool:
+        """Scheduled and not started: the only state in which seats can be taken."""
+        return self.scheduled and now < self.start_time
+
+
+@dataclass(frozen=True, slots=True)
+class Booking:
+    id: UUID
+    event_id: UUID
+    guest_id: str
+    seats: int
+    state: State
+    event_title: str
+    event_start_time: datetime
+    event_end_time: datetime
+    create_time: datetime
+    cancel_time: datetime | None = None
+
+    @property
+    def name(self) -> str:
+        return booking_name(self.id)
+
+
+@dataclass(frozen=True, slots=True)
+class BookingAccess:
+    """A booking together with who may see it: its guest and the event's host."""
+
+    booking: Booking
+    host_id: str
+
+    def visible_to(self, user: User) -> bool:
+        return user.id in (self.booking.guest_id, self.host_id)
+
+
+# --------------------------------------------------------------------------- names
+
+
+def booking_name(booking_id: UUID) -> str:
+    return f"bookings/{booking_id}"
+
+
+def parse_booking_name(value: str, field_name: str = "name") -> UUID:
+    """``bookings/{uuid}`` → UUID; anything else is INVALID_ARGUMENT on ``field_name``."""
+    prefix, _, raw = value.partition("/")
+    if prefix != "bookings" or not raw:
+        raise InvalidArgument.field(field_name, "must be a booking name of the form bookings/{booking}")
+    try:
+        return UUID(raw)
+    except ValueError:
+        raise InvalidArgument.field(field_name, "must be a booking name of the form bookings/{uuid}") from None
+
+
+# --------------------------------------------------------------------------- input
+
+
+def resolve_seats(requested: int, maximum: int, field_name: str = "booking.seats") -> int:
+    """0 means 1; otherwise 1..``maximum``."""
+    if requested == 0:
+        return 1
+    if not 1 <= requested <= maximum:
+        raise InvalidArgument.field(field_name, f"must be between 1 and {maximum}")
+    return requested
+
+
+# --------------------------------------------------------------------------- create
+
+
+def ensure_can_book(
+    event: BookableEvent | None,
+    event_id: UUID,
+    user: User,
+    *,
+    invite_token: str,
+    already_booked: bool,
+    seats: int,
+    now: datetime,
+) -> BookableEvent:
+    """Every rule that a read of the event can decide, in the order a caller learns them.
+
+    The host learns first that hosts can't book; a private event is refused without a valid invite before its
+    state is revealed (a guest who already holds a booking there needs no token); then the event must be open,
+    the caller not already booked, and enough seats free at the time of the read. The overlap rule and the final
+    seat count are decided by the database (:func:`overlap` and :func:`seats_refusal`).
+    """
+    if event is None:
+        raise NotFound("EVENT_NOT_FOUND", f"events/{event_id} does not exist")
+    if user.id == event.host_id:
+        raise FailedPrecondition("HOST_CANNOT_BOOK", "hosts can't book seats at their own event")
+    if event.private and not already_booked and not _valid_invite(event, invite_token):
+        raise PermissionDenied(
+            "INVITE_REQUIRED",
+            "this private event needs the invite token from its share link",
+        )
+    if not event.is_open(now):
+        raise not_bookable(event, now)
+    if already_booked:
+        raise already_booked_error(event)
+    if seats > event.seats_available:
+        raise sold_out(event.seats_available)
+    return event
+
+
+def _valid_invite(event: BookableEvent, token: str) -> bool:
+    return bool(token) and secrets.compare_digest(token.encode(), event.invite_token.encode())
+
+
+def not_bookable(event: BookableEvent, now: datetime) -> FailedPrecondition:
+    why = "has started" if event.scheduled and now >= event.start_time else "is no longer scheduled"
+    return FailedPrecondition("EVENT_NOT_BOOKABLE", f"{event.name} {why} and can't be booked")
+
+
+def already_booked_error(event: BookableEvent) -> AlreadyExists:
+    return AlreadyExists("ALREADY_BOOKED", f"you already hold a booking for {event.name}")
+
+
+def sold_out(seats_available: int) -> ResourceExhausted:
+    return ResourceExhausted(
+        "EVENT_SOLD_OUT",
+        f"not enough free seats ({seats_available} left)" if seats_available else "the event is sold out",
+        metadata={"seats_available": str(max(seats_available, 0))},
+    )
+
+
+def overlap(other_booking: UUID | None) -> FailedPrecondition:
+    metadata = {"overlapping_booking": booking_name(other_booking)} if other_booking else {}
+    return FailedPrecondition(
+        "BOOKING_OVERLAP",
+        "this event overlaps another event you have booked",
+        metadata=metadata,
+    )
+
+
+def seats_refusal(event: BookableEvent | None, event_id: UUID, now: datetime) -> Exception:
+    """Why the conditional seat UPDATE matched no row, from a fresh read of the event."""
+    if event is None:
+        return NotFound("EVENT_NOT_FOUND", f"events/{event_id} does not exist")
+    if not event.is_open(now):
+        return not_bookable(event, now)
+    return sold_out(event.seats_available)
+
+
+# --------------------------------------------------------------------------- read / cancel
+
+
+def ensure_visible(access: BookingAccess | None, booking_id: UUID, user: User) -> BookingAccess:
+    """A booking exists only for its guest and the event's host."""
+    if access is None or not access.visible_to(user):
+        raise NotFound("BOOKING_NOT_FOUND", f"{booking_name(booking_id)} does not exist")
+    return access
+
+
+def ensure_can_cancel(access: BookingAccess | None, booking_id: UUID, user: User, now: datetime) -> bool:
+    """``True`` when the booking must be cancelled now; ``False`` when it already is (cancel is idempotent)."""
+    visible = ensure_visible(access, booking_id, user)
+    booking = visible.booking
+    if booking.guest_id != user.id:
+        raise PermissionDenied("NOT_BOOKING_GUEST", "only the guest who booked can cancel a booking")
+    if booking.state is State.CANCELLED:
+        return False
+    if now >= booking.event_start_time:
+        raise already_started(booking.event_start_time)
+    return True
+
+
+def ensure_not_started(event: BookableEvent, now: datetime) -> None:
+    if now >= event.start_time:
+        raise already_started(event.start_time)
+
+
+def already_started(start_time: datetime) -> FailedPrecondition:
+    return FailedPrecondition(
+        "EVENT_ALREADY_STARTED",
+        "the event has started; bookings can only be cancelled before the start",
+        metadata={"event_start_time": start_time.isoformat()},
+    )
+
+
+def event_moved(event: BookableEvent) -> Aborted:
+    """The host changed the event's time while it was being booked (overlap and reminders used the old one)."""
+    return Aborted("CONCURRENT_MODIFICATION", f"{event.name} changed while it was being booked; retry")

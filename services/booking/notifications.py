@@ -1,0 +1,78 @@
+"""The messages BookingService sends (through the outbox), with what a mail template needs.
+
+Parameters follow services/event/notifications.py ``event_params`` (same keys, so templates can share partials);
+the exact address goes only to people who may see it: the confirmed guest and the host.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.booking.domain import BookableEvent, Booking
+from services.common.identity import User
+from services.event.domain import local_time
+from services.notification.outbox import Message
+
+
+def event_params(event: BookableEvent, link: str, *, with_address: bool) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "event": event.name,
+        "event_title": event.title,
+        "film_title": event.film_title,
+        "start_local": local_time(event.start_time, event.time_zone),
+        "start_time": event.start_time.isoformat(),
+        "time_zone": event.time_zone,
+        "place_name": event.place_name,
+        "place_city": event.place_city,
+        "link": link,
+        "host_name": event.host_display_name,
+    }
+    if with_address:
+        params["place_address"] = event.place_address
+    return params
+
+
+def _booking_params(event: BookableEvent, booking: Booking, link: str, guest: User) -> dict[str, Any]:
+    params = event_params(event, link, with_address=True)
+    params.update(booking=booking.name, seats=booking.seats, guest_name=guest.display_name)
+    return params
+
+
+def booking_made(event: BookableEvent, booking: Booking, guest: User, link: str) -> list[Message]:
+    """Both messages of a new booking, built from one set of parameters."""
+    params = _booking_params(event, booking, link, guest)
+    return [booking_confirmed(event, booking, guest, link, params), new_guest(event, booking, guest, link, params)]
+
+
+def booking_confirmed(
+    event: BookableEvent, booking: Booking, guest: User, link: str, params: dict[str, Any] | None = None
+) -> Message:
+    """To the guest: the booking, with the exact address (now that they hold a seat)."""
+    return Message(
+        dedupe_key=f"booking-confirmed/{booking.id}",
+        template_id="booking_confirmed",
+        recipients=[booking.guest_id],
+        params=params if params is not None else _booking_params(event, booking, link, guest),
+    )
+
+
+def new_guest(
+    event: BookableEvent, booking: Booking, guest: User, link: str, params: dict[str, Any] | None = None
+) -> Message:
+    """To the host: someone booked seats."""
+    return Message(
+        dedupe_key=f"booking-new-guest/{booking.id}",
+        template_id="booking_new_guest",
+        recipients=[event.host_id],
+        params=params if params is not None else _booking_params(event, booking, link, guest),
+    )
+
+
+def booking_cancelled(event: BookableEvent, booking: Booking, guest: User, link: str) -> Message:
+    """To the host: a guest gave their seats back."""
+    return Message(
+        dedupe_key=f"booking-cancelled/{booking.id}",
+        template_id="booking_cancelled",
+        recipients=[event.host_id],
+        params=_booking_params(event, booking, link, guest),
+    )
