@@ -51,6 +51,23 @@ async def enqueue(conn: Conn, message: Message, *, request_id: str = "") -> None
     )
 
 
+async def enqueue_many(conn: Conn, messages: Sequence[Message], *, request_id: str = "") -> None:
+    """Queue several messages in the current transaction (one round trip)."""
+    args = [
+        (
+            m.dedupe_key,
+            m.template_id,
+            list(dict.fromkeys(m.recipients)),
+            json.dumps(m.params, sort_keys=True, default=str),
+            request_id or None,
+        )
+        for m in messages
+        if m.recipients
+    ]
+    if args:
+        await conn.executemany(ENQUEUE, args)
+
+
 SCHEDULE_REMINDER = """
 INSERT INTO notify.reminders (event_id, kind, recipient_id, due_time, state)
 VALUES ($1, $2, $3, $4::timestamptz, CASE WHEN $4::timestamptz > $5::timestamptz THEN 'PENDING' ELSE 'SKIPPED' END)

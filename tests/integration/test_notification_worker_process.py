@@ -1,0 +1,125 @@
+"""The worker as a real process (``python -m services.notification.worker``): killed with SIGKILL mid-batch it
+loses nothing; SIGTERM makes it finish the batch in hand and exit 0."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from services.notification import outbox
+from tests.support.notify import NotifyEnv, assert_each_key_once, notify_env, params, signal_worker, wait_all_sent
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+N = 300
+# Slow sends, few in flight: a batch takes a while, so there is a "middle of a batch" to kill it in.
+SLOW: dict[str, object] = {
+    "batch_size": 20,
+    "send_concurrency": 4,
+    "lease_seconds": 0.6,
+    "notification_timeout_seconds": 0.4,
+    "poll_interval_seconds": 0.2,
+}
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def env(pg_server_url: str) -> AsyncIterator[NotifyEnv]:
+    async with notify_env(pg_server_url) as e:
+        yield e
+
+
+async def enqueue_many(env: NotifyEnv, n: int) -> list[str]:
+    prefix = uuid.uuid4().hex[:8]
+    keys = [f"proc/{prefix}/{i}" for i in range(n)]
+    async with env.pool.acquire() as conn, conn.transaction():
+        await outbox.enqueue_many(conn, [outbox.Message(k, "event_cancelled", [f"u-{prefix}"], params()) for k in keys])
+    return keys
+
+
+async def delivered_but_not_marked(env: NotifyEnv, keys: list[str]) -> int:
+    """Messages the service has accepted whose row does not say SENT yet (a batch in the middle)."""
+    got = [k for k in keys if k in env.inbox.by_key]
+    return int(
+        await env.pool.fetchval(
+            "SELECT count(*) FROM notify.outbox WHERE dedupe_key = ANY($1::text[]) AND state <> 'SENT'", got
+        )
+    )
+
+
+async def wait_mid_batch(env: NotifyEnv, keys: list[str], proc: subprocess.Popen[bytes], log: Path) -> None:
+    async with asyncio.timeout(20):
+        while True:
+            assert proc.poll() is None, f"the worker died: see {log}"
+            started = len(env.inbox.find(key_prefix=keys[0].rsplit("/", 1)[0])) >= 40
+            if started and await delivered_but_not_marked(env, keys):
+                return
+            await asyncio.sleep(0.005)
+
+
+async def test_sigkill_mid_batch_loses_nothing_and_sends_nothing_twice(env: NotifyEnv, tmp_path: Path):
+    env.standin.delay_seconds = 0.03
+    repeats_before = env.inbox.duplicates
+    try:
+        keys = await enqueue_many(env, N)
+        in_doubt = 0
+        for attempt in range(3):  # (a kill that lands between two batches proves nothing: try again)
+            log = tmp_path / f"worker-{attempt}.log"
+            proc = env.spawn_worker(log, **SLOW)
+            try:
+                await wait_mid_batch(env, keys, proc, log)
+            finally:
+                signal_worker(proc, signal.SIGKILL)
+                await asyncio.to_thread(proc.wait, 10)
+            assert proc.returncode == -signal.SIGKILL
+            in_doubt = await delivered_but_not_marked(env, keys)
+            if in_doubt:
+                break
+        # Killed after the service accepted some messages, before their rows said so.
+        assert in_doubt > 0
+        # Another worker takes over once the dead one's leases run out, resending what was in doubt.
+        env.standin.delay_seconds = 0.0
+        async with env.worker(lease_seconds=0.6, notification_timeout_seconds=0.4):
+            await wait_all_sent(env.pool, within=15)
+    finally:
+        env.standin.delay_seconds = 0.0
+    assert all(k in env.inbox.by_key for k in keys)  # nothing lost
+    # the in-doubt ones were sent again, and the service recognised them as repeats
+    assert env.inbox.duplicates - repeats_before >= in_doubt
+    assert_each_key_once(env.inbox)  # nothing delivered twice
+
+
+async def test_sigterm_finishes_the_batch_in_hand_then_exits_cleanly(env: NotifyEnv, tmp_path: Path):
+    env.standin.delay_seconds = 0.03
+    log = tmp_path / "worker.log"
+    try:
+        keys = await enqueue_many(env, N)
+        proc = env.spawn_worker(log, **SLOW)
+        try:
+            await wait_mid_batch(env, keys, proc, log)
+            signal_worker(proc, signal.SIGTERM)
+            code = await asyncio.to_thread(proc.wait, 10)
+        finally:
+            signal_worker(proc, signal.SIGKILL)
+        assert code == 0, log.read_text()
+        # Nothing in doubt: every message the service got is marked SENT, no row is still leased.
+        assert await delivered_but_not_marked(env, keys) == 0
+        leased = await env.pool.fetchval(
+            "SELECT count(*) FROM notify.outbox WHERE dedupe_key = ANY($1::text[]) "
+            "AND state = 'PENDING' AND next_attempt_time > now()",
+            keys,
+        )
+        assert leased == 0
+        assert 0 < len([k for k in keys if k in env.inbox.by_key]) < N  # it stopped early, and cleanly
+        assert "worker stopped" in log.read_text()
+        async with env.worker():
+            await wait_all_sent(env.pool, within=15)
+    finally:
+        env.standin.delay_seconds = 0.0
+    assert_each_key_once(env.inbox)
