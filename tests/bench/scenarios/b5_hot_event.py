@@ -1,0 +1,276 @@
+"""B5 — hot event: 2,000 clients book one seat each of a 500-seat event at the same moment.
+
+cowatch: 2,000 simultaneous CreateBooking calls (fresh guest and request id each) over 8 HTTP/2 connections to the
+BookingService process. Baseline, the raw single-row ceiling: 2,000 simultaneous transactions doing only the same
+conditional ``UPDATE … seats_taken + 1 <= capacity`` and a plain booking INSERT through an asyncpg pool of the same
+size. Measured: time until the last seat is sold (ratio = baseline time ÷ cowatch time, i.e. cowatch's sell-out
+speed as a fraction of the ceiling), oversell (must be 0: seats_taken, confirmed bookings and successful answers
+must all equal the capacity), and the latency of refusals once sold out, in open loop at 50 % of the measured
+refusal capacity — once plainly, once while another transaction holds the event row locked (FOR UPDATE) for the
+whole window: refusals must not queue behind that lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import grpc
+from cowatch.booking.v1 import resources_pb2, service_pb2, service_pb2_grpc
+
+from services.booking import repository as bookings
+from tests.bench.harness import BenchContext, Row, channels, closed_loop, fmt_ms, open_loop, stats
+
+ID = "B5"
+POOL = 10  # the service's default db_pool_max_size
+GOAL = 0.7
+REFUSAL_P99_MS = 10.0
+
+RAW_INSERT = "INSERT INTO booking.bookings (id, event_id, guest_id, seats) VALUES ($1, $2, $3, 1)"
+
+
+async def new_event(pool: asyncpg.Pool, host: str, capacity: int) -> uuid.UUID:
+    event_id = uuid.uuid4()
+    start = datetime.now(UTC) + timedelta(days=3)
+    await pool.execute(
+        """
+        INSERT INTO event.events (id, host_id, film_id, film_title, title, start_time, end_time, time_zone,
+            place_name, place_address, place_city, capacity, visibility, invite_token)
+        VALUES ($1, $2, 'tt0079944', 'Stalker', 'Stalker premiere', $3, $4, 'Europe/Berlin', 'Kino', 'Hauptstr. 1',
+            'Berlin', $5, 'PUBLIC', $6)
+        """,
+        event_id,
+        host,
+        start,
+        start + timedelta(hours=3),
+        capacity,
+        "t" * 32,
+    )
+    return event_id
+
+
+async def seat_state(pool: asyncpg.Pool, event_id: uuid.UUID) -> tuple[int, int, int]:
+    """(seats_taken, confirmed seats, capacity)."""
+    row = await pool.fetchrow(
+        """
+        SELECT e.seats_taken, e.capacity,
+               (SELECT coalesce(sum(seats), 0) FROM booking.bookings WHERE event_id = e.id AND state = 'CONFIRMED') AS s
+        FROM event.events e WHERE e.id = $1
+        """,
+        event_id,
+    )
+    assert row is not None
+    return row["seats_taken"], int(row["s"]), row["capacity"]
+
+
+def oversell(taken: int, booked: int, capacity: int, answered_ok: int) -> int:
+    """Seats sold beyond capacity, or disagreeing between the counter, the rows and the answers."""
+    return max(0, taken - capacity) + abs(taken - booked) + abs(booked - answered_ok)
+
+
+async def raw_herd(pool: asyncpg.Pool, event_id: uuid.UUID, guests: list[str]) -> tuple[float, int, int]:
+    """(seconds until the last seat was sold, successes, errors) for the raw UPDATE + INSERT transactions."""
+    started = time.perf_counter()
+    sold_at: list[float] = []
+    errors = 0
+
+    async def one(guest: str) -> None:
+        nonlocal errors
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                if await conn.fetchval(bookings.TAKE_SEATS, event_id, 1, datetime.now(UTC)) is None:
+                    return
+                await conn.execute(RAW_INSERT, uuid.uuid4(), event_id, guest)
+            sold_at.append(time.perf_counter() - started)
+        except Exception:
+            errors += 1
+
+    await asyncio.gather(*(one(g) for g in guests))
+    return (max(sold_at) if sold_at else float("nan")), len(sold_at), errors
+
+
+async def grpc_herd(
+    stubs: list[service_pb2_grpc.BookingServiceAsyncStub],
+    event_name: str,
+    metadata: list[tuple[tuple[str, str], ...]],
+) -> tuple[float, int, dict[str, int], list[float]]:
+    """(seconds until the last seat was sold, successes, refusal/error reasons, latencies of refusals)."""
+    requests = [
+        service_pb2.CreateBookingRequest(
+            booking=resources_pb2.Booking(event=event_name, seats=1), request_id=str(uuid.uuid4())
+        )
+        for _ in metadata
+    ]
+    sold_at: list[float] = []
+    other: dict[str, int] = {}
+    refusal_latency: list[float] = []
+    started = time.perf_counter()
+
+    async def one(i: int) -> None:
+        t0 = time.perf_counter()
+        try:
+            await stubs[i % len(stubs)].CreateBooking(requests[i], metadata=metadata[i], timeout=120)
+            sold_at.append(time.perf_counter() - started)
+        except grpc.aio.AioRpcError as exc:
+            key = exc.code().name
+            other[key] = other.get(key, 0) + 1
+            if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                refusal_latency.append(time.perf_counter() - t0)
+
+    await asyncio.gather(*(one(i) for i in range(len(requests))))
+    return (max(sold_at) if sold_at else float("nan")), len(sold_at), other, refusal_latency
+
+
+async def run(ctx: BenchContext) -> list[Row]:
+    clients = 400 if ctx.quick else 2000
+    capacity = 100 if ctx.quick else 500
+    rounds = 1 if ctx.quick else 3
+    window = ctx.seconds(5.0, 0.5)
+    tag = uuid.uuid4().hex[:6]
+    host = f"b5-host-{tag}"
+    # cancelled_by_grpc: calls grpc's C core dropped (CANCELLED) before the service saw them, when more than
+    # grpc.server.max_pending_requests (default 1000) calls wait for the Python server to pick them up.
+    correctness = {"oversold_seats": 0, "unexpected_errors": 0, "wrong_refusals": 0, "cancelled_by_grpc": 0}
+    raw_times: list[float] = []
+    grpc_times: list[float] = []
+    herd_refusals: list[float] = []
+
+    async with ctx.pool(POOL) as pool:
+        await pool.execute("INSERT INTO account.users (id, display_name) VALUES ($1, 'Bench Host')", host)
+        async with ctx.service(
+            "services.booking",
+            db_pool_min_size=POOL,
+            db_pool_max_size=POOL,
+            max_concurrent_rpcs=4 * clients,
+            db_acquire_timeout_seconds=60,
+        ) as svc:
+            stubs = [service_pb2_grpc.BookingServiceStub(c) for c in channels(svc.address, 8)]
+            # warm-up: connections and prepared statements on both sides
+            warm = await new_event(pool, host, 50)
+            await grpc_herd(stubs, f"events/{warm}", [ctx.metadata(f"b5-w-{tag}-{i}") for i in range(60)])
+            raw_guests = [f"b5-raw-{tag}-w{i}" for i in range(60)]
+            await pool.executemany(
+                "INSERT INTO account.users (id, display_name) VALUES ($1, 'g')", [(g,) for g in raw_guests]
+            )
+            await raw_herd(pool, await new_event(pool, host, 50), raw_guests)
+
+            last_event = uuid.uuid4()
+            for r in range(rounds):
+                # raw ceiling
+                guests = [f"b5-raw-{tag}-{r}-{i}" for i in range(clients)]
+                await pool.executemany(
+                    "INSERT INTO account.users (id, display_name) VALUES ($1, 'g')", [(g,) for g in guests]
+                )
+                event_id = await new_event(pool, host, capacity)
+                seconds, sold, errors = await raw_herd(pool, event_id, guests)
+                taken, booked, cap = await seat_state(pool, event_id)
+                correctness["oversold_seats"] += oversell(taken, booked, cap, sold) + abs(sold - capacity)
+                correctness["unexpected_errors"] += errors
+                raw_times.append(seconds)
+                ctx.log(f"  {ID} raw: sold {sold}/{capacity} in {seconds * 1000:.0f} ms, errors {errors}")
+
+                # cowatch
+                metadata = [ctx.metadata(f"b5-g-{tag}-{r}-{i}") for i in range(clients)]
+                event_id = await new_event(pool, host, capacity)
+                seconds, sold, other, refusals = await grpc_herd(stubs, f"events/{event_id}", metadata)
+                taken, booked, cap = await seat_state(pool, event_id)
+                correctness["oversold_seats"] += oversell(taken, booked, cap, sold) + abs(sold - capacity)
+                correctness["cancelled_by_grpc"] += other.get("CANCELLED", 0)
+                correctness["unexpected_errors"] += sum(
+                    n for k, n in other.items() if k not in ("RESOURCE_EXHAUSTED", "CANCELLED")
+                )
+                grpc_times.append(seconds)
+                herd_refusals += refusals
+                last_event = event_id
+                ctx.log(f"  {ID} grpc: sold {sold}/{capacity} in {seconds * 1000:.0f} ms, other answers {other}")
+
+            # refusals after sell-out: capacity, then open loop at 50 % of it, then the same with the row locked
+            name = f"events/{last_event}"
+            counter = 0
+
+            async def refuse(i: int) -> None:
+                nonlocal counter
+                counter += 1
+                try:
+                    await stubs[i % len(stubs)].CreateBooking(
+                        service_pb2.CreateBookingRequest(
+                            booking=resources_pb2.Booking(event=name, seats=1), request_id=str(uuid.uuid4())
+                        ),
+                        metadata=tokens[i % len(tokens)],
+                        timeout=30,
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        return
+                    raise
+                correctness["wrong_refusals"] += 1  # a booking on a sold-out event
+
+            tokens = [ctx.metadata(f"b5-late-{tag}-{i}") for i in range(500)]
+            capacity_run = await closed_loop(refuse, concurrency=32, seconds=ctx.seconds(2.0, 0.3))
+            offered = max(10.0, 0.5 * capacity_run.stats.rate)
+            plain = await open_loop(refuse, rate=offered, seconds=window)
+            locker = await pool.acquire()
+            try:
+                async with locker.transaction():
+                    await locker.execute("SELECT 1 FROM event.events WHERE id = $1 FOR UPDATE", last_event)
+                    locked = await open_loop(refuse, rate=offered, seconds=window)
+            finally:
+                await pool.release(locker)
+            for result in (capacity_run, plain, locked):
+                correctness["unexpected_errors"] += sum(result.errors.values())
+
+    raw_time = statistics.median(raw_times)
+    grpc_time = statistics.median(grpc_times)
+    ratio = raw_time / grpc_time if grpc_time else None
+    herd = stats(herd_refusals, 1.0)
+    latency_ok = plain.stats.p99_ms <= REFUSAL_P99_MS and locked.stats.p99_ms <= REFUSAL_P99_MS
+    met = ratio is not None and ratio >= GOAL and latency_ok
+    misses = []
+    if ratio is None or ratio < GOAL:
+        misses.append(f"ratio MISSED by {GOAL - (ratio or 0):.2f} ({(ratio or 0) / GOAL:.0%} of the goal)")
+    if not latency_ok:
+        misses.append(f"refusal p99 above {REFUSAL_P99_MS:g} ms")
+    notes = (
+        ("; ".join(misses) + ". " if misses else "")
+        + f"{clients} clients at once, {capacity} seats, pool {POOL}, median of {rounds}: sold out in "
+        f"{grpc_time * 1000:,.0f} ms vs {raw_time * 1000:,.0f} ms raw ({capacity / grpc_time:,.0f} vs "
+        f"{capacity / raw_time:,.0f} seats/s); refusals after sell-out at {offered:,.0f}/s (50 % of "
+        f"{capacity_run.stats.rate:,.0f}/s): p50 {fmt_ms(plain.stats.p50_ms)} p99 {fmt_ms(plain.stats.p99_ms)}, "
+        f"with the event row locked FOR UPDATE meanwhile: p50 {fmt_ms(locked.stats.p50_ms)} "
+        f"p99 {fmt_ms(locked.stats.p99_ms)} (not queued behind the lock); refusals during the herd p50 "
+        f"{fmt_ms(herd.p50_ms)} p99 {fmt_ms(herd.p99_ms)} (closed burst, includes waiting for the pool)"
+    )
+    if correctness["cancelled_by_grpc"]:
+        notes += (
+            f"; {correctness['cancelled_by_grpc']} calls were CANCELLED by grpc core before reaching the service "
+            "(grpc.server.max_pending_requests, default 1000, is below the burst: a server option to raise)"
+        )
+    return [
+        Row(
+            id=ID,
+            scenario=f"hot event ({clients} concurrent clients, {capacity} seats)",
+            cowatch=f"{grpc_time * 1000:,.0f} ms to sell out",
+            baseline=f"{raw_time * 1000:,.0f} ms (raw UPDATE + INSERT, asyncpg)",
+            ratio=ratio,
+            goal=f"≥ {GOAL}; refusals p99 ≤ {REFUSAL_P99_MS:g} ms",
+            met=met,
+            notes=notes,
+            correctness=correctness,
+            data={
+                "raw_sellout_seconds": raw_times,
+                "grpc_sellout_seconds": grpc_times,
+                "refusal_capacity_per_s": capacity_run.stats.rate,
+                "refusal_offered_per_s": offered,
+                "refusals_plain": vars(plain.stats),
+                "refusals_row_locked": vars(locked.stats),
+                "refusals_during_herd": vars(herd),
+                "clients": clients,
+                "capacity": capacity,
+                "pool": POOL,
+            },
+        )
+    ]

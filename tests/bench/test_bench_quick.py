@@ -1,0 +1,42 @@
+"""The benchmark runner in QUICK mode, so CI exercises every scenario end to end (its figures mean nothing)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow
+
+
+def test_quick_bench_runs_every_scenario_and_counts_no_errors(pg_server_url: str, tmp_path: Path) -> None:
+    env = {**os.environ, "QUICK": "1", "BENCH_RESULTS_DIR": str(tmp_path), "DATABASE_URL": pg_server_url}
+    env.pop("BENCH_ONLY", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.bench"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    results = json.loads((tmp_path / "latest.json").read_text())
+    assert results["meta"]["quick"] is True
+    rows = {row["id"]: row for row in results["rows"]}
+    assert {"B4", "B5"} <= set(rows)
+    for row in rows.values():
+        assert row["correct"], row
+    # One markdown table, id first, written and printed.
+    table = (tmp_path / "latest.md").read_text()
+    assert table.splitlines()[0] == "| id | scenario | cowatch | baseline | ratio | goal | notes |"
+    assert "| B4 |" in table and "| B5 |" in table
+    assert "| B4 |" in done.stdout
