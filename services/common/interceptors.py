@@ -7,8 +7,8 @@ wrapped. Wrapped handlers are cached per method, so the per-call cost is one dic
 Per RPC, in order:
 
 1. **Request id**: the caller's ``x-request-id`` when it is printable ASCII of at most 128 characters, else a
-   fresh uuid4 hex. It is sent back in the initial metadata and bound in contextvars (``context.request_id()``
-   and every log line). Handlers therefore must not call ``send_initial_metadata`` themselves.
+   fresh uuid4 hex. It is sent back in the trailing metadata and bound in contextvars (``context.request_id()``
+   and every log line). Handlers that set trailing metadata themselves must keep it.
 2. **Metrics**: :class:`RpcObserver` is told when the RPC ends (method, code, duration). No-op by default.
    **Load shedding**: with ``max_in_flight``, an RPC arriving while that many are being handled is refused at
    once with ``RESOURCE_EXHAUSTED`` / ``SERVER_OVERLOADED`` (never queued into a timeout). Health and
@@ -250,8 +250,11 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         )
 
     async def _prepare(self, rpc: _Rpc, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        # The request id travels back in the trailers, not in early headers: sending headers at once would cost a
+        # write per call and turn every error into a non-trailers-only response, which proxies (Envoy's
+        # retry_on: unavailable) can no longer retry on another replica.
+        context.set_trailing_metadata(((REQUEST_ID_METADATA_KEY, rpc.request_id),))
         if rpc.policy.infrastructure:
-            await context.send_initial_metadata(((REQUEST_ID_METADATA_KEY, rpc.request_id),))
             return
         if self._max_in_flight is not None and self.in_flight >= self._max_in_flight:
             raise ResourceExhausted(
@@ -261,7 +264,6 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             )
         self.in_flight += 1
         rpc.admitted = True
-        await context.send_initial_metadata(((REQUEST_ID_METADATA_KEY, rpc.request_id),))
         header = rpc.authorization
         if header is None or not header.strip():
             if rpc.policy.anonymous:
@@ -293,7 +295,8 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             rpc.error = exc
         else:
             rpc.reason = error.reason
-        await context.abort(status.code, status.details, trailing_metadata=status.trailing_metadata)
+        trailers = (*status.trailing_metadata, (REQUEST_ID_METADATA_KEY, rpc.request_id))
+        await context.abort(status.code, status.details, trailing_metadata=trailers)
 
     def _finish(self, rpc: _Rpc, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         duration = time.perf_counter() - rpc.started

@@ -200,8 +200,15 @@ async def start_server(
     server = grpc.aio.server(
         interceptors=[interceptor],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs + GRPC_LIMIT_HEADROOM,
-        # Never silently share a port with another process (grpc enables SO_REUSEPORT by default on Linux).
-        options=[("grpc.so_reuseport", 0)],
+        options=[
+            # Never silently share a port with another process (grpc enables SO_REUSEPORT by default on Linux).
+            ("grpc.so_reuseport", 0),
+            # gRPC's core CANCELs calls once more than 1,000 wait for the Python server to pick them up. Let them
+            # wait instead: the interceptor then admits them or refuses them at once with RESOURCE_EXHAUSTED,
+            # which clients can act on (CANCELLED tells them nothing).
+            ("grpc.server.max_pending_requests", 20_000),
+            ("grpc.server.max_pending_requests_hard_limit", 40_000),
+        ],
     )
 
     health_servicer = health.aio.HealthServicer()

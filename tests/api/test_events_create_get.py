@@ -284,7 +284,7 @@ async def test_request_id_header_is_echoed(events: event_grpc.EventServiceAsyncS
     created = await events.CreateEvent(create_request(clock.now()), metadata=new_caller().metadata)
     call = events.GetEvent(service_pb2.GetEventRequest(name=created.name), metadata=(("x-request-id", "req-abc-1"),))
     await call
-    assert ("x-request-id", "req-abc-1") in tuple(await call.initial_metadata())
+    assert ("x-request-id", "req-abc-1") in tuple(await call.trailing_metadata())
 
 
 async def test_times_round_trip(events: event_grpc.EventServiceAsyncStub, clock: ManualClock):

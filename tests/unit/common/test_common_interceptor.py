@@ -201,20 +201,20 @@ async def test_request_id_is_echoed_and_bound(client: Client):
     call = client.unary("Public")(b"", metadata=(("x-request-id", "req-abc-123"),))
     reply = json.loads(await call)
     assert reply["request_id"] == "req-abc-123"
-    assert ("x-request-id", "req-abc-123") in tuple(await call.initial_metadata())
+    assert ("x-request-id", "req-abc-123") in tuple(await call.trailing_metadata())
 
 
 async def test_unusable_request_id_is_replaced(client: Client):
     call = client.unary("Public")(b"", metadata=(("x-request-id", "x" * 200),))
     reply = json.loads(await call)
     assert len(reply["request_id"]) == 32 and reply["request_id"] != "x" * 200
-    assert dict(await call.initial_metadata())["x-request-id"] == reply["request_id"]
+    assert dict(await call.trailing_metadata())["x-request-id"] == reply["request_id"]
 
 
 async def test_request_id_is_sent_back_on_errors_too(client: Client):
     call = client.unary("Private")(b"", metadata=(("x-request-id", "failing-req"),))
     error = await rpc_error(call)
-    assert dict(error.initial_metadata())["x-request-id"] == "failing-req"
+    assert dict(error.trailing_metadata())["x-request-id"] == "failing-req"
 
 
 async def test_domain_error_becomes_rich_status(client: Client, hs_token: Callable[..., str]):
