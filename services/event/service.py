@@ -38,6 +38,7 @@ from services.event.cache import (
 )
 from services.event.domain import Access, Event, EventDetails
 from services.notification import outbox
+from services.review.cache import invalidate_host_profile
 
 MAX_INVITEES = 50
 NOTE_MAX = 1000
@@ -373,6 +374,7 @@ class EventService:
             await outbox.drop_reminders(conn, event.id)
             completed = await self._load(conn, event.id)
         await invalidate_events(self._cache, completed.id)
+        await invalidate_host_profile(self._cache, completed.host_id)  # held-event count and list
         return EventView(completed, access)
 
     async def list_guests(self, user: User, event_id: UUID, page_size: int, page_token: str) -> GuestPage:

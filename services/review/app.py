@@ -10,8 +10,10 @@ from cowatch.review.v1 import service_pb2_grpc
 from pydantic import Field
 
 from services.common import db
+from services.common.cache import Cache, cache_from_settings
 from services.common.clock import Clock, SystemClock
 from services.common.errors import Unavailable
+from services.common.metrics import ServerMetrics
 from services.common.settings import CommonSettings
 from services.review.service import ReviewService
 from services.review.servicer import ANONYMOUS_METHODS, SERVICE_NAME, ReviewServicer
@@ -31,6 +33,8 @@ class ReviewApp:
         self._settings = settings
         self._clock = clock or SystemClock()
         self._pool: db.Pool | None = None
+        self._cache: Cache | None = None
+        self._metrics: ServerMetrics | None = None
         self._service: ReviewService | None = None
 
     @property
@@ -47,16 +51,25 @@ class ReviewApp:
             raise Unavailable("SERVICE_STARTING", "the service is starting, retry shortly")
         return self._service
 
+    def bind_metrics(self, metrics: ServerMetrics) -> None:
+        self._metrics = metrics
+
     def register(self, server: grpc.aio.Server) -> None:
         service_pb2_grpc.add_ReviewServiceServicer_to_server(ReviewServicer(lambda: self.reviews), server)
 
     async def start(self) -> None:
-        self._pool = await db.create_pool(self._settings, application_name=self._settings.service_name)
-        self._service = ReviewService(self._pool, self._clock)
+        s = self._settings
+        self._pool = await db.create_pool(s, application_name=s.service_name)
+        self._cache = cache_from_settings(s, self._metrics)
+        if self._metrics is not None:
+            self._metrics.track_pool(self.name, self._pool)
+        self._service = ReviewService(self._pool, self._clock, self._cache, cache_ttl=s.cache_ttl_seconds)
 
     async def ready(self) -> bool:
         return self._pool is not None and await db.ping(self._pool)
 
     async def stop(self) -> None:
+        if self._cache is not None:
+            await self._cache.aclose()
         if self._pool is not None:
             await db.close_pool(self._pool)

@@ -288,6 +288,14 @@ async def host_profile(conn: Conn, user_id: str) -> HostProfileRow | None:
     return HostProfileRow(r["display_name"], Rating.of(r["rating_sum"], r["rating_count"]), r["held_event_count"])
 
 
+EVENT_HOST_ID = "SELECT host_id FROM event.events WHERE id = $1"
+
+
+async def event_host_id(conn: Conn, event_id: UUID) -> str:
+    host_id: str = await conn.fetchval(EVENT_HOST_ID, event_id)
+    return host_id
+
+
 USER_EXISTS = "SELECT EXISTS (SELECT 1 FROM account.users WHERE id = $1)"
 
 

@@ -16,13 +16,16 @@ import asyncpg
 from services.account import repository as users
 from services.booking import repository as bookings
 from services.common import db, idempotency
+from services.common.cache import Cache, NullCache
 from services.common.clock import Clock
 from services.common.dbtypes import Conn
 from services.common.errors import InvalidArgument, NotFound
 from services.common.idempotency import RequestKey
 from services.common.identity import User
 from services.common.paging import PageKey, clamp_page_size, decode_page_token, encode_page_token, filter_fingerprint
+from services.event.cache import invalidate_host_events
 from services.event.domain import Visibility, event_name
+from services.review import cache as review_cache
 from services.review import domain
 from services.review import repository as reviews
 from services.review.domain import Draft, Edit, EventFacts, Rating, Review, Role, SubjectType
@@ -102,9 +105,30 @@ def _user_not_found(user_id: str) -> NotFound:
 
 
 class ReviewService:
-    def __init__(self, pool: asyncpg.Pool[asyncpg.Record], clock: Clock) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool[asyncpg.Record],
+        clock: Clock,
+        cache: Cache | None = None,
+        *,
+        cache_ttl: float = 60.0,
+    ) -> None:
         self._pool = pool
         self._clock = clock
+        self._cache: Cache = cache or NullCache()
+        self._ttl = cache_ttl
+
+    async def _invalidate(self, review: Review, host_id: str) -> None:
+        """After commit: make stale what this review changed (see services/review/cache.py)."""
+        if review.subject_type is SubjectType.EVENT:
+            await review_cache.invalidate_host_profile(self._cache, host_id)
+            return
+        subject = review.subject_user_id or host_id
+        await self._cache.invalidate(review_cache.rating_key(subject))
+        if review.subject_type is SubjectType.HOST:
+            await review_cache.invalidate_host_profile(self._cache, host_id)
+            async with db.connection(self._pool) as conn:
+                await invalidate_host_events(self._cache, conn, host_id)
 
     # ----------------------------------------------------------------- helpers
 
@@ -158,7 +182,8 @@ class ReviewService:
                 raise domain.already_reviewed(existing)
             await idempotency.record(conn, cmd.request, review.name)
             await reviews.apply_rating_change(conn, domain.rating_change_for_new(review))
-            return review
+        await self._invalidate(review, facts.host_id)
+        return review
 
     async def update(self, cmd: UpdateReview) -> Review:
         now = self._clock.now()
@@ -173,7 +198,9 @@ class ReviewService:
             await users.remember(conn, cmd.user)
             updated = await reviews.update(conn, review.id, rating, text, now)
             await reviews.apply_rating_change(conn, domain.rating_change_for_edit(review, rating))
-            return updated
+            host_id = await reviews.event_host_id(conn, review.event_id)
+        await self._invalidate(updated, host_id)
+        return updated
 
     # ----------------------------------------------------------------- reads
 
@@ -205,25 +232,49 @@ class ReviewService:
         return ReviewPage(rows[:limit], token)
 
     async def user_rating(self, user_id: str) -> UserRating:
-        async with db.connection(self._pool) as conn:
-            ratings = await reviews.user_ratings(conn, user_id)
-        return UserRating(user_id, ratings.get(Role.HOST, Rating()), ratings.get(Role.GUEST, Rating()))
+        async def load() -> dict[str, Rating]:
+            async with db.connection(self._pool) as conn:
+                return {role.value: r for role, r in (await reviews.user_ratings(conn, user_id)).items()}
+
+        ratings = await self._cache.get_or_load(
+            review_cache.rating_key(user_id), load, review_cache.RATINGS_CODEC, ttl=self._ttl
+        )
+        return UserRating(user_id, ratings.get(Role.HOST.value, Rating()), ratings.get(Role.GUEST.value, Rating()))
 
     async def host_profile(self, user_id: str) -> HostProfile:
-        async with db.connection(self._pool) as conn:
-            row = await reviews.host_profile(conn, user_id)
-        if row is None:
-            raise _user_not_found(user_id)
+        async def load() -> reviews.HostProfileRow:
+            async with db.connection(self._pool) as conn:
+                row = await reviews.host_profile(conn, user_id)
+            if row is None:
+                raise _user_not_found(user_id)  # not cached: the user may appear any moment
+            return row
+
+        row = await self._cache.get_or_load(
+            review_cache.profile_key(user_id), load, review_cache.PROFILE_CODEC, ttl=self._ttl
+        )
         return HostProfile(user_id, row.display_name, row.rating, row.held_event_count)
 
     async def held_events(self, host_id: str, page_size: int, page_token: str) -> HeldEventPage:
         limit = clamp_page_size(page_size)
         fingerprint = filter_fingerprint({"host": host_id})
         after = _after(decode_page_token(page_token, fingerprint))
-        async with db.connection(self._pool) as conn:
-            if not await reviews.user_exists(conn, host_id):
-                raise _user_not_found(host_id)
-            rows = await reviews.held_events(conn, host_id, after, limit + 1)
+
+        async def load() -> list[reviews.HeldEventRow]:
+            async with db.connection(self._pool) as conn:
+                if not await reviews.user_exists(conn, host_id):
+                    raise _user_not_found(host_id)
+                return await reviews.held_events(conn, host_id, after, limit + 1)
+
+        if after is None:  # first pages are the hot ones; later pages go to Postgres
+            rows = await self._cache.get_or_load(
+                review_cache.held_page_key(host_id, limit),
+                load,
+                review_cache.HELD_PAGE_CODEC,
+                ttl=self._ttl,
+                scope=review_cache.profile_key(host_id),
+            )
+        else:
+            rows = await load()
         items = [HeldEvent(r.event_id, r.title, r.film_title, r.start_time, r.rating) for r in rows[:limit]]
         token = ""
         if len(rows) > limit:
