@@ -102,10 +102,9 @@ async def test_reschedule_moves_reminders_and_reports_local_times(
         host.id,
     )
     due = {r["kind"]: r["due_time"] for r in rows}
-    assert (
-        due["24H"] == new_start.replace(microsecond=(new_start.microsecond // 1000) * 1000) - timedelta(hours=24)
-        or abs((due["24H"] - (new_start - timedelta(hours=24))).total_seconds()) < 0.001
-    )
+    # Timestamps round-trip through protobuf at microsecond precision.
+    assert abs(due["24H"] - (new_start - timedelta(hours=24))) < timedelta(milliseconds=1)
+    assert abs(due["1H"] - (new_start - timedelta(hours=1))) < timedelta(milliseconds=1)
     assert {r["state"] for r in rows} == {"PENDING"}
     (msg,) = await _outbox(db_pool, "event_changed", event.name)
     old, new = {c["field"]: (c["old"], c["new"]) for c in msg["params"]["changes"]}["start_time"]
