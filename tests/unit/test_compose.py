@@ -1,0 +1,188 @@
+"""docker-compose.yml, the Dockerfile and the gateway configs they use agree with each other and with .env.example.
+
+No Docker engine is needed: the files are read and cross-checked (and ``docker compose config`` runs when the
+compose plugin is installed, as in CI)."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from services.dev import compose_envoy as compose
+from tests.support import nginx
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ENV_EXAMPLE = REPO_ROOT / ".env.example"
+DOCKERFILE = REPO_ROOT / "Dockerfile"
+APP_SERVICES = {"event", "booking", "review", "worker", "notification"}
+GRPC_SERVICES = {"event": 50051, "booking": 50052, "review": 50053}
+# Variables of third-party images, documented by those images (postgres, dbmate, nginx's entrypoint).
+THIRD_PARTY_ENV = {
+    "POSTGRES_USER",
+    "POSTGRES_PASSWORD",
+    "POSTGRES_DB",
+    "DATABASE_URL",
+    "DBMATE_MIGRATIONS_DIR",
+    "DBMATE_NO_DUMP_SCHEMA",
+    "NGINX_ENVSUBST_OUTPUT_DIR",
+}
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(compose.COMPOSE_FILE.read_text(encoding="utf-8"))
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def services(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    result: dict[str, dict[str, Any]] = spec["services"]
+    return result
+
+
+def documented() -> set[str]:
+    """Names .env.example documents (``NAME=`` lines, commented out or not)."""
+    return set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", ENV_EXAMPLE.read_text(encoding="utf-8"), re.MULTILINE))
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def test_every_variable_compose_uses_is_documented_in_env_example(services: dict[str, dict[str, Any]]) -> None:
+    lines = compose.COMPOSE_FILE.read_text(encoding="utf-8").splitlines()
+    text = "\n".join(re.sub(r"(^|\s)#.*$", "", line) for line in lines)  # comments mention ${COWATCH_NGINX_*}
+    interpolated = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", text))
+    names = set(interpolated)
+    for service in services.values():
+        names |= set(environment(service))
+    missing = sorted(names - THIRD_PARTY_ENV - documented())
+    assert not missing, f"not documented in .env.example: {missing}"
+    assert interpolated - THIRD_PARTY_ENV <= documented()
+
+
+def test_services_have_images_healthchecks_and_no_fixed_names(services: dict[str, dict[str, Any]]) -> None:
+    assert set(services) == {*APP_SERVICES, "postgres", "redis", "migrate", "envoy", "nginx"}
+    for name, service in services.items():
+        assert service.get("image") or service.get("build"), f"{name}: no image or build"
+        assert "container_name" not in service, f"{name}: container_name prevents --scale"
+        if name != "migrate":
+            assert service.get("healthcheck", {}).get("test"), f"{name}: no healthcheck"
+    for name in APP_SERVICES:
+        service = services[name]
+        assert service["build"]["context"] == "."
+        assert service["image"].endswith(":-cowatch:local}"), service["image"]  # one image, every process
+        assert "ports" not in service, f"{name}: host ports prevent `--scale {name}=N`"
+        assert service["healthcheck"]["test"] == ["CMD", "cowatch-healthcheck"]
+    for name, port in GRPC_SERVICES.items():
+        assert environment(services[name])["COWATCH_GRPC_PORT"] == str(port)
+        assert str(port) in services[name]["expose"]
+        assert services[name]["command"] == [name]
+        assert services[name]["deploy"]["replicas"] >= 2
+    assert services["worker"]["command"] == ["worker"]
+    assert services["notification"]["command"] == ["standin"]
+    # the only ways in from the host: NGINX's two listeners
+    published = {name for name, service in services.items() if service.get("ports")}
+    assert published == {"nginx"}
+    assert [p.split(":")[-1].split()[0] for p in services["nginx"]["ports"]] == ["8080", "8081"]
+
+
+def test_start_order_migrations_first_then_services_then_gateways(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        for target, condition in (service.get("depends_on") or {}).items():
+            assert target in services, f"{name} depends on unknown service {target}"
+            assert condition["condition"] in {"service_healthy", "service_completed_successfully"}
+            expected = "service_completed_successfully" if target == "migrate" else "service_healthy"
+            assert condition["condition"] == expected, (name, target)
+    for name in (*GRPC_SERVICES, "worker"):
+        assert "migrate" in services[name]["depends_on"], f"{name} may start before the migrations ran"
+    assert services["migrate"]["restart"] == "no"
+    assert "up" in services["migrate"]["command"]
+    assert set(services["envoy"]["depends_on"]) == set(GRPC_SERVICES)
+    assert set(services["nginx"]["depends_on"]) == {"envoy"}
+    assert "notification" in services["worker"]["depends_on"]
+    assert environment(services["worker"])["COWATCH_NOTIFICATION_ADDRESS"] == "notification:50060"
+    assert environment(services["notification"])["COWATCH_STANDIN_PORT"] == "50060"
+
+
+def test_envoy_compose_config_is_fresh_and_names_the_compose_services(services: dict[str, dict[str, Any]]) -> None:
+    committed = compose.ENVOY_COMPOSE.read_text(encoding="utf-8")
+    assert committed == compose.render_envoy(), (
+        "envoy/envoy.compose.yaml is stale: .venv/bin/python -m services.dev.compose_envoy"
+    )
+    config = yaml.safe_load(committed)
+    for cluster in config["static_resources"]["clusters"]:
+        assert cluster["type"] == "STRICT_DNS"  # one DNS name, every replica
+        [endpoint] = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+        address = endpoint["endpoint"]["address"]["socket_address"]
+        assert address["address"] in services, f"cluster {cluster['name']}: no compose service {address['address']}"
+        assert address["port_value"] == GRPC_SERVICES[address["address"]]
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in services["envoy"]["volumes"]}
+    assert mounts["/etc/envoy/envoy.yaml"] == "./envoy/envoy.compose.yaml"
+    assert mounts[compose.DESCRIPTOR_IN_CONTAINER] == "./gen/descriptors/cowatch.binpb"
+    listener = config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
+    assert environment(services["nginx"])["COWATCH_NGINX_ENVOY"] == f"envoy:{listener}"
+    assert str(listener) in services["envoy"]["expose"]
+
+
+def test_nginx_placeholders_are_all_set_by_compose_and_defaulted(services: dict[str, dict[str, Any]]) -> None:
+    names = nginx.placeholders()
+    assert names == set(nginx.DEFAULTS)
+    env = environment(services["nginx"])
+    assert names == {k for k in env if k.startswith("COWATCH_NGINX_")}
+    assert env["NGINX_ENVSUBST_OUTPUT_DIR"] == "/etc/nginx"  # the template becomes /etc/nginx/nginx.conf
+    assert "./nginx/nginx.conf:/etc/nginx/templates/nginx.conf.template:ro" in services["nginx"]["volumes"]
+    assert names <= documented()
+    for port in (env["COWATCH_NGINX_HTTP_LISTEN"], env["COWATCH_NGINX_GRPC_LISTEN"]):
+        assert any(p.split(":")[-1].startswith(port) for p in services["nginx"]["ports"])
+
+
+def test_dockerfile_builds_one_non_root_image_with_a_healthcheck() -> None:
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    assert "uv sync --frozen --no-dev" in text
+    assert re.search(r"^FROM python:\$\{PYTHON_VERSION\}-slim AS runtime$", text, re.MULTILINE)
+    assert "ARG PYTHON_VERSION=3.11" in text
+    for source in ("gen/", "services/", "migrations/"):
+        assert re.search(rf"^COPY {source} /app/{source}$", text, re.MULTILINE), source
+    users = re.findall(r"^USER (\S+)", text, re.MULTILINE)
+    assert users and not users[-1].startswith("root")
+    assert re.search(r'^HEALTHCHECK .*CMD \["cowatch-healthcheck"\]$', text, re.MULTILINE)
+    # the embedded scripts: the healthcheck is valid Python, the entry point knows every compose command
+    healthcheck = re.search(r"<<'EOF' /usr/local/bin/cowatch-healthcheck\n(.*?)\nEOF\n", text, re.DOTALL)
+    assert healthcheck is not None
+    ast.parse(healthcheck.group(1))
+    entrypoint = re.search(r"<<'EOF' /usr/local/bin/cowatch\n(.*?)\nEOF\n", text, re.DOTALL)
+    assert entrypoint is not None
+    for process in ("event", "booking", "review", "worker", "standin"):
+        assert re.search(rf"\b{process}\b.*\) exec ", entrypoint.group(1)), process
+    # .dockerignore lets in what the build copies
+    ignore = (REPO_ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    for needed in ("pyproject.toml", "uv.lock", "gen/", "services/", "migrations/"):
+        assert f"!{needed}" in ignore, needed
+
+
+def test_docker_compose_config_accepts_the_file() -> None:
+    docker = shutil.which("docker")
+    if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
+        pytest.skip("the docker compose plugin is not installed here (CI's compose job runs `docker compose config`)")
+    env = {**os.environ, "COWATCH_JWT_HS256_SECRET": "x" * 32}
+    done = subprocess.run(
+        [docker, "compose", "-f", str(compose.COMPOSE_FILE), "config", "-q"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
