@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
-import ctypes
 import importlib.util
 import os
 import pwd
@@ -26,7 +25,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
@@ -48,8 +46,6 @@ BASE_SETTINGS: dict[str, str] = {
     "shared_buffers": "128MB",
     "dynamic_shared_memory_type": "posix",
 }
-
-_PR_SET_PDEATHSIG = 1
 
 
 class EmbeddedPostgresError(RuntimeError):
@@ -226,15 +222,17 @@ def _wait_gone(pids: list[int], timeout: float) -> None:
             time.sleep(0.01)
 
 
-def pdeathsig_preexec(sig: int) -> Callable[[], None]:
-    """A preexec_fn that makes the child get ``sig`` when the thread that started it dies (Linux only)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    prctl = libc.prctl
+def pdeathsig_argv(sig: int) -> list[str]:
+    """A command prefix that makes the child get ``sig`` when the thread that started it dies (Linux ``setpriv``).
 
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
-
-    return preexec
+    Not a ``preexec_fn``: running Python between fork and exec in a process whose gRPC threads are busy
+    sometimes crashes the child (its event engine finds a closed epoll fd). ``setpriv`` sets PR_SET_PDEATHSIG
+    after the exec instead. Without ``setpriv`` (not Linux) the child simply doesn't die with us.
+    """
+    setpriv = shutil.which("setpriv")
+    if sys.platform != "linux" or setpriv is None:
+        return []
+    return [setpriv, f"--pdeathsig={signal.Signals(sig).name}"]
 
 
 class EmbeddedPostgres:
@@ -537,10 +535,9 @@ class EmbeddedPostgres:
         kwargs: dict[str, object] = {}
         if self._run_as is not None:
             kwargs = {"user": self._run_as.pw_uid, "group": self._run_as.pw_gid, "extra_groups": []}
-        if self._die_with_parent:
-            kwargs["preexec_fn"] = pdeathsig_preexec(signal.SIGINT)
+        prefix = pdeathsig_argv(signal.SIGINT) if self._die_with_parent else []
         self._proc = subprocess.Popen(  # type: ignore[call-overload]
-            self._server_args(),
+            [*prefix, *self._server_args()],
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,

@@ -41,7 +41,7 @@ from typing import IO, Any, Final
 
 from services.common.settings import ENV_PREFIX
 from services.dev import envoy_config
-from services.dev.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError, pdeathsig_preexec
+from services.dev.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError, pdeathsig_argv
 from services.dev.migrate import MigrationError, migrate
 from services.dev.token import GUEST_USER, DevTokenError, dev_auth_env, issue_dev_token
 
@@ -160,19 +160,17 @@ class Child:
 
     def spawn(self) -> None:
         self.proc = subprocess.Popen(
-            self.argv,
+            [*pdeathsig_argv(signal.SIGTERM), *self.argv],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             cwd=REPO_ROOT,
             env=self.env,
             start_new_session=True,
-            preexec_fn=pdeathsig_preexec(signal.SIGTERM),
         )
 
     def start_pump(self, console: Console) -> None:
-        """Copy the child's output to the console and its log file (a thread; started after every spawn, as
-        ``preexec_fn`` and threads do not mix well)."""
+        """Copy the child's output to the console and its log file (a thread per child)."""
         assert self.proc is not None and self.proc.stdout is not None
         self._log = open(self.log_path, "w", encoding="utf-8", errors="replace")  # noqa: SIM115
         stdout = self.proc.stdout

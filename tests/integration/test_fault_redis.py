@@ -143,7 +143,7 @@ async def run_with_fault(load: Load, cache: RedisCache, fault: Callable[[], obje
 async def test_redis_killed_under_load_then_back(
     redis_factory: Callable[..., RedisServer], database_url: str, db_pool: asyncpg.Pool
 ):
-    redis = redis_factory(die_with_parent=False)  # restarted under gRPC load: no preexec_fn
+    redis = redis_factory()
     clock = ManualClock(datetime.now(UTC))
     async with event_server(
         database_url,
@@ -181,7 +181,7 @@ async def test_redis_hung_under_load_nobody_waits_past_the_timeout_and_no_write_
 ):
     """SIGSTOP keeps every cached entry in Redis while writes happen: the invalidations that could not reach it
     are replayed before the breaker closes, so none of those entries is ever served."""
-    redis = redis_factory(die_with_parent=False)  # restarted under gRPC load: no preexec_fn
+    redis = redis_factory()
     clock = ManualClock(datetime.now(UTC))
     async with event_server(
         database_url,
@@ -209,7 +209,7 @@ async def test_redis_hung_under_load_nobody_waits_past_the_timeout_and_no_write_
 
 
 async def test_redis_down_at_start_then_up(redis_factory: Callable[..., RedisServer], database_url: str):
-    redis = redis_factory(die_with_parent=False)  # restarted under gRPC load: no preexec_fn
+    redis = redis_factory()
     redis.stop()  # the port is known, nothing listens
     clock = ManualClock(datetime.now(UTC))
     async with event_server(

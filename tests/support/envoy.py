@@ -25,7 +25,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.dev import envoy_config
-from services.dev.embedded_pg import free_port, pdeathsig_preexec
+from services.dev.embedded_pg import free_port, pdeathsig_argv
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DESCRIPTOR = REPO_ROOT / "gen" / "descriptors" / "cowatch.binpb"
@@ -42,14 +42,13 @@ class _Process:
     def _spawn(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
-            list(argv),
+            [*pdeathsig_argv(signal.SIGKILL), *argv],
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=REPO_ROOT,
             env=dict(env) if env is not None else None,
             start_new_session=True,
-            preexec_fn=pdeathsig_preexec(signal.SIGKILL),
         )
 
     @property

@@ -7,14 +7,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-from services.dev.embedded_pg import free_port, pdeathsig_preexec
+from services.dev.embedded_pg import free_port, pdeathsig_argv
 
 HOST = "127.0.0.1"
 
@@ -48,8 +47,7 @@ class RedisServer:
         self._dir = Path(tempfile.mkdtemp(prefix="cowatch-redis-"))
         self.log_path = self._dir / "redis.log"
         self._startup_timeout = startup_timeout
-        # PR_SET_PDEATHSIG needs a preexec_fn, and a preexec_fn in a process whose gRPC threads are busy crashes the
-        # forked child now and then: tests that (re)start servers under gRPC load pass die_with_parent=False.
+        # The server dies with the thread that started it (setpriv --pdeathsig, see pdeathsig_argv).
         self._die_with_parent = die_with_parent
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -153,17 +151,14 @@ class RedisServer:
             "--protected-mode", "no",
             "--loglevel", "warning",
         ]  # fmt: skip
-        kwargs: dict[str, object] = {}
-        if sys.platform == "linux" and self._die_with_parent:
-            kwargs["preexec_fn"] = pdeathsig_preexec(signal.SIGTERM)
-        self._proc = subprocess.Popen(  # type: ignore[call-overload]
-            args,
+        prefix = pdeathsig_argv(signal.SIGTERM) if self._die_with_parent else []
+        self._proc = subprocess.Popen(
+            [*prefix, *args],
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=self._dir,
             start_new_session=True,
-            **kwargs,
         )
         deadline = time.monotonic() + self._startup_timeout
         while True:
