@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import ClassVar
 
 import grpc
@@ -13,10 +12,8 @@ from services.booking.domain import DEFAULT_MAX_SEATS, SEATS_CEILING
 from services.booking.service import BookingService
 from services.booking.servicer import SERVICE_NAME, BookingServicer
 from services.common import db
-from services.common.cache import Cache, cache_from_settings
-from services.common.clock import Clock, SystemClock
-from services.common.errors import Unavailable
-from services.common.metrics import ServerMetrics
+from services.common.app import ServiceApp
+from services.common.cache import Cache
 from services.common.settings import CommonSettings
 
 __all__ = ["SERVICE_NAME", "BookingApp", "BookingSettings"]
@@ -30,54 +27,21 @@ class BookingSettings(CommonSettings):
     )
 
 
-class BookingApp:
-    """The BookingService process. The pool opens in ``start()``; RPCs before that answer UNAVAILABLE."""
+class BookingApp(ServiceApp[BookingService]):
+    """The BookingService process (lifecycle in :class:`services.common.app.ServiceApp`). Every method needs a
+    token. The cache is only invalidated here (EventService's cached event rows show the seats), never read."""
 
     name = "booking"
-
-    def __init__(self, settings: CommonSettings, clock: Clock | None = None) -> None:
-        self._settings = settings
-        self._clock = clock or SystemClock()
-        self._metrics: ServerMetrics | None = None
-        self._pool: db.Pool | None = None
-        self._cache: Cache | None = None
-        self._service: BookingService | None = None
-        self._max_seats = settings.max_seats_per_booking if isinstance(settings, BookingSettings) else DEFAULT_MAX_SEATS
-
-    @property
-    def service_names(self) -> Sequence[str]:
-        return (SERVICE_NAME,)
-
-    @property
-    def anonymous_methods(self) -> frozenset[str]:
-        return frozenset()
+    proto_service = SERVICE_NAME
 
     @property
     def bookings(self) -> BookingService:
-        if self._service is None:
-            raise Unavailable("SERVICE_STARTING", "the service is starting, retry shortly")
-        return self._service
-
-    def bind_metrics(self, metrics: ServerMetrics) -> None:
-        self._metrics = metrics
+        return self.service
 
     def register(self, server: grpc.aio.Server) -> None:
-        service_pb2_grpc.add_BookingServiceServicer_to_server(BookingServicer(lambda: self.bookings), server)
+        service_pb2_grpc.add_BookingServiceServicer_to_server(BookingServicer(lambda: self.service), server)
 
-    async def start(self) -> None:
+    def build(self, pool: db.Pool, cache: Cache) -> BookingService:
         s = self._settings
-        self._pool = await db.create_pool(s, application_name=s.service_name)
-        # Only invalidated here (EventService's cached event rows show the seats); never read.
-        self._cache = cache_from_settings(s, self._metrics)
-        if self._metrics is not None:
-            self._metrics.track_pool(self.name, self._pool)
-        self._service = BookingService(self._pool, self._clock, s.public_base_url, self._max_seats, self._cache)
-
-    async def ready(self) -> bool:
-        return self._pool is not None and await db.ping(self._pool)
-
-    async def stop(self) -> None:
-        if self._cache is not None:
-            await self._cache.aclose()
-        if self._pool is not None:
-            await db.close_pool(self._pool)
+        max_seats = s.max_seats_per_booking if isinstance(s, BookingSettings) else DEFAULT_MAX_SEATS
+        return BookingService(pool, self._clock, s.public_base_url, max_seats, cache)

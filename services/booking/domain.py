@@ -25,6 +25,7 @@ from services.common.errors import (
     ResourceExhausted,
 )
 from services.common.identity import User
+from services.common.names import parse_uuid_name
 
 DEFAULT_MAX_SEATS = 4
 # The schema's CHECK on booking.bookings.seats; a configured maximum above it could never be stored.
@@ -117,13 +118,7 @@ def booking_name(booking_id: UUID) -> str:
 
 def parse_booking_name(value: str, field_name: str = "name") -> UUID:
     """``bookings/{uuid}`` → UUID; anything else is INVALID_ARGUMENT on ``field_name``."""
-    prefix, _, raw = value.partition("/")
-    if prefix != "bookings" or not raw:
-        raise InvalidArgument.field(field_name, "must be a booking name of the form bookings/{booking}")
-    try:
-        return UUID(raw)
-    except ValueError:
-        raise InvalidArgument.field(field_name, "must be a booking name of the form bookings/{uuid}") from None
+    return parse_uuid_name(value, "bookings", "booking", field_name)
 
 
 # --------------------------------------------------------------------------- input

@@ -1,6 +1,6 @@
 """The messages BookingService sends (through the outbox), with what a mail template needs.
 
-Parameters follow services/event/notifications.py ``event_params`` (same keys, so templates can share partials);
+The common event parameters come from services/notification/messages.py ``event_params`` (one set of keys);
 the exact address goes only to people who may see it: the confirmed guest and the host.
 """
 
@@ -10,26 +10,23 @@ from typing import Any
 
 from services.booking.domain import BookableEvent, Booking
 from services.common.identity import User
-from services.event.domain import local_time
+from services.notification import messages
 from services.notification.outbox import Message
 
 
 def event_params(event: BookableEvent, link: str, *, with_address: bool) -> dict[str, Any]:
-    params: dict[str, Any] = {
-        "event": event.name,
-        "event_title": event.title,
-        "film_title": event.film_title,
-        "start_local": local_time(event.start_time, event.time_zone),
-        "start_time": event.start_time.isoformat(),
-        "time_zone": event.time_zone,
-        "place_name": event.place_name,
-        "place_city": event.place_city,
-        "link": link,
-        "host_name": event.host_display_name,
-    }
-    if with_address:
-        params["place_address"] = event.place_address
-    return params
+    facts = messages.EventFacts(
+        id=event.id,
+        title=event.title,
+        film_title=event.film_title,
+        start_time=event.start_time,
+        time_zone=event.time_zone,
+        place_name=event.place_name,
+        place_address=event.place_address,
+        place_city=event.place_city,
+        host_name=event.host_display_name,
+    )
+    return messages.event_params(facts, link, with_address=with_address)
 
 
 def _booking_params(event: BookableEvent, booking: Booking, link: str, guest: User) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from services.common.errors import (
     Violations,
 )
 from services.common.identity import User
+from services.common.names import parse_uuid_name
 
 MAX_CAPACITY = 1000
 MIN_DURATION = timedelta(minutes=1)
@@ -159,13 +160,7 @@ def event_name(event_id: UUID) -> str:
 
 def parse_event_name(value: str, field_name: str = "name") -> UUID:
     """``events/{uuid}`` → UUID; anything else is INVALID_ARGUMENT on ``field_name``."""
-    prefix, _, raw = value.partition("/")
-    if prefix != "events" or not raw:
-        raise InvalidArgument.field(field_name, "must be an event name of the form events/{event}")
-    try:
-        return UUID(raw)
-    except ValueError:
-        raise InvalidArgument.field(field_name, "must be an event name of the form events/{uuid}") from None
+    return parse_uuid_name(value, "events", "event", field_name)
 
 
 def user_name(user_id: str) -> str:

@@ -5,27 +5,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from services.event.domain import Event, FieldChange, local_time
+from services.event.domain import Event, FieldChange
+from services.notification import messages
 from services.notification.outbox import Message
 
 
 def event_params(event: Event, link: str, *, with_address: bool) -> dict[str, Any]:
     d = event.details
-    params: dict[str, Any] = {
-        "event": event.name,
-        "event_title": d.title,
-        "film_title": d.film.title,
-        "start_local": local_time(d.start_time, d.time_zone),
-        "start_time": d.start_time.isoformat(),
-        "time_zone": d.time_zone,
-        "place_name": d.place.name,
-        "place_city": d.place.city,
-        "link": link,
-        "host_name": event.host_display_name,
-    }
-    if with_address:
-        params["place_address"] = d.place.address
-    return params
+    facts = messages.EventFacts(
+        id=event.id,
+        title=d.title,
+        film_title=d.film.title,
+        start_time=d.start_time,
+        time_zone=d.time_zone,
+        place_name=d.place.name,
+        place_address=d.place.address,
+        place_city=d.place.city,
+        host_name=event.host_display_name,
+    )
+    return messages.event_params(facts, link, with_address=with_address)
 
 
 def event_changed(event: Event, guests: Sequence[str], changes: Sequence[FieldChange], link: str) -> Message:

@@ -22,6 +22,7 @@ from services.common.errors import (
     PermissionDenied,
     Violations,
 )
+from services.common.names import parse_uuid_name
 from services.event.domain import State, Visibility, event_name, user_name
 
 __all__ = [
@@ -166,13 +167,8 @@ def review_name(review_id: UUID) -> str:
 
 
 def parse_review_name(value: str, field_name: str = "name") -> UUID:
-    prefix, _, raw = value.partition("/")
-    if prefix != "reviews" or not raw:
-        raise InvalidArgument.field(field_name, "must be a review name of the form reviews/{review}")
-    try:
-        return UUID(raw)
-    except ValueError:
-        raise InvalidArgument.field(field_name, "must be a review name of the form reviews/{uuid}") from None
+    """``reviews/{uuid}`` → UUID; anything else is INVALID_ARGUMENT on ``field_name``."""
+    return parse_uuid_name(value, "reviews", "review", field_name)
 
 
 def subject_user_name(user_id: str | None) -> str:

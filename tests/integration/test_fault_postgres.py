@@ -26,9 +26,9 @@ from cowatch.event.v1 import service_pb2
 from cowatch.event.v1 import service_pb2_grpc as event_grpc
 
 from services.booking.app import BookingApp, BookingSettings
+from services.common.app import ServiceApp
 from services.common.clock import ManualClock
 from services.common.server import RunningServer
-from services.event.app import EventApp
 from tests.support.api import new_caller, rich_error
 from tests.support.db import create_migrated_database
 from tests.support.factories import create_request
@@ -87,7 +87,7 @@ def all_idle(pool: asyncpg.Pool) -> bool:
 
 def pool_of(running: RunningServer) -> asyncpg.Pool:
     app = running.app
-    pool = app.pool if isinstance(app, EventApp) else getattr(app, "_pool", None)
+    pool = app.pool if isinstance(app, ServiceApp) else None
     assert pool is not None
     return pool
 
