@@ -41,7 +41,7 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 MIN_HS256_SECRET_BYTES = 32
 _PROBLEM = "settings_problem"
 
-S = TypeVar("S", bound="CommonSettings")
+S = TypeVar("S", bound=BaseSettings)
 
 
 class CommonSettings(BaseSettings):
@@ -324,7 +324,7 @@ def load_settings(cls: type[S], **overrides: Any) -> S:
         return cls(**overrides)
     except ValidationError as exc:
         lines = format_validation_error(cls, exc)
-        print(f"{cls.service_name}: invalid configuration:", file=sys.stderr)
+        print(f"{getattr(cls, 'service_name', cls.__name__)}: invalid configuration:", file=sys.stderr)
         for line in lines:
             print(f"  {line}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -11,17 +11,16 @@ and names, frozen, fail fast with one line per bad variable (:func:`load`, the s
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.common.settings import ENV_PREFIX, format_validation_error
+from services.common.settings import ENV_PREFIX
 
-__all__ = ["StandinSettings", "WorkerSettings", "load"]
+__all__ = ["StandinSettings", "WorkerSettings"]
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
@@ -167,14 +166,3 @@ class StandinSettings(_ProcessSettings):
     standin_port: int = Field(default=50060, ge=0, le=65535)
     standin_record: Path | None = Field(default=None, description="append a JSON line per accepted call here")
     log_json: bool = False  # it is there to be read by a developer
-
-
-def load(cls: type[T], **overrides: Any) -> T:
-    """Build ``cls`` from the environment (plus ``overrides``); on error print the problems and exit with 2."""
-    try:
-        return cls(**overrides)
-    except ValidationError as exc:
-        print(f"{cls.service_name}: invalid configuration:", file=sys.stderr)
-        for line in format_validation_error(cls, exc):
-            print(f"  {line}", file=sys.stderr)
-        raise SystemExit(2) from None

@@ -43,7 +43,8 @@ from services.common.errors import InvalidArgument, Violations
 from services.common.grpc_errors import to_rpc_status
 from services.common.interceptors import REQUEST_ID_METADATA_KEY
 from services.common.logging import configure_logging, get_logger
-from services.notification.settings import StandinSettings, load
+from services.common.settings import load_settings
+from services.notification.settings import StandinSettings
 from services.notification.templates import TEMPLATES, missing_params
 
 __all__ = ["Delivery", "Inbox", "StandIn", "main", "summary"]
@@ -333,7 +334,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         for k, v in (("standin_host", args.host), ("standin_port", args.port), ("standin_record", args.record))
         if v is not None
     }
-    settings = load(StandinSettings, **overrides)
+    settings = load_settings(StandinSettings, **overrides)
     configure_logging(level=settings.log_level, json=settings.log_json, cache_loggers=True)
     raise SystemExit(asyncio.run(_serve(settings.standin_host, settings.standin_port, settings.standin_record)))
 

@@ -32,11 +32,12 @@ from prometheus_client import start_http_server
 from services.common import db
 from services.common.clock import Clock, SystemClock
 from services.common.logging import configure_logging, get_logger
+from services.common.settings import load_settings
 from services.notification.client import NotificationClient, Notifier
 from services.notification.metrics import WorkerMetrics
 from services.notification.relay import Relay, RelayConfig, backoff_delay
 from services.notification.reminders import ReminderDispatcher
-from services.notification.settings import WorkerSettings, load
+from services.notification.settings import WorkerSettings
 
 __all__ = ["OUTBOX_CHANNEL", "Worker", "main", "serve"]
 
@@ -335,7 +336,7 @@ async def serve(
 
 
 def main() -> NoReturn:
-    settings = load(WorkerSettings)
+    settings = load_settings(WorkerSettings)
     configure_logging(level=settings.log_level, json=settings.log_json, cache_loggers=True)
     raise SystemExit(asyncio.run(serve(settings)))
 

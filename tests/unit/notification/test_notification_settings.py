@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from services.notification.settings import StandinSettings, WorkerSettings, load
+from services.common.settings import load_settings as load
+from services.notification.settings import StandinSettings, WorkerSettings
 
 
 @pytest.fixture
