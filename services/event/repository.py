@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -268,7 +268,3 @@ async def guest_of(conn: Conn, guest_id: str, event_ids: list[UUID]) -> set[UUID
     if not event_ids:
         return set()
     return {r["event_id"] for r in await conn.fetch(GUEST_OF, guest_id, event_ids)}
-
-
-def duration_minutes(d: timedelta) -> int:
-    return int(d.total_seconds() // 60)
