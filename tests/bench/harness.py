@@ -20,8 +20,10 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -301,3 +303,29 @@ def fmt_rate(value: float, unit: str) -> str:
 
 def fmt_ms(value: float) -> str:
     return f"{value:.1f} ms" if value >= 1 else f"{value:.2f} ms"
+
+
+async def seed_events(pool: asyncpg.Pool, count: int, *, capacity: int, host_prefix: str) -> list[uuid.UUID]:
+    """``count`` scheduled public events of one new host, start times 3 h apart (no two overlap), a month ahead."""
+    host = f"{host_prefix}-{uuid.uuid4().hex[:8]}"
+    first = datetime.now(UTC) + timedelta(days=30)
+    ids = [uuid.uuid4() for _ in range(count)]
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("INSERT INTO account.users (id, display_name) VALUES ($1, 'Bench Host')", host)
+        await conn.copy_records_to_table(
+            "events",
+            schema_name="event",
+            columns=[
+                "id", "host_id", "film_id", "film_title", "title", "start_time", "end_time", "time_zone",
+                "place_name", "place_address", "place_city", "capacity", "visibility", "invite_token",
+            ],
+            records=[
+                (
+                    event_id, host, "tt0069293", "Solaris", f"Solaris night {n}",
+                    first + timedelta(hours=3 * n), first + timedelta(hours=3 * n + 2), "Europe/Berlin",
+                    "Anna's living room", "Torstr. 1, 10119", "Berlin", capacity, "PUBLIC", "t" * 32,
+                )
+                for n, event_id in enumerate(ids)
+            ],
+        )  # fmt: skip
+    return ids

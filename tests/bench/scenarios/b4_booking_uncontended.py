@@ -20,7 +20,7 @@ import statistics
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import asyncpg
@@ -34,7 +34,17 @@ from services.common.clock import SystemClock
 from services.common.identity import User
 from services.event.domain import local_time
 from services.notification import outbox
-from tests.bench.harness import BenchContext, LoadResult, Row, channels, closed_loop, fmt_ms, fmt_rate, open_loop
+from tests.bench.harness import (
+    BenchContext,
+    LoadResult,
+    Row,
+    channels,
+    closed_loop,
+    fmt_ms,
+    fmt_rate,
+    open_loop,
+    seed_events,
+)
 
 ID = "B4"
 EVENTS = 10_000
@@ -42,32 +52,6 @@ CAPACITY = 1000
 POOL = 10  # the service's default db_pool_max_size
 CONCURRENCY = 32
 GOAL = 0.6
-
-
-async def setup_events(pool: asyncpg.Pool, count: int) -> list[uuid.UUID]:
-    """``count`` scheduled public events, start times 3 h apart (no two overlap), far enough ahead."""
-    host = f"b4-host-{uuid.uuid4().hex[:8]}"
-    first = datetime.now(UTC) + timedelta(days=30)
-    ids = [uuid.uuid4() for _ in range(count)]
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("INSERT INTO account.users (id, display_name) VALUES ($1, 'Bench Host')", host)
-        await conn.copy_records_to_table(
-            "events",
-            schema_name="event",
-            columns=[
-                "id", "host_id", "film_id", "film_title", "title", "start_time", "end_time", "time_zone",
-                "place_name", "place_address", "place_city", "capacity", "visibility", "invite_token",
-            ],
-            records=[
-                (
-                    event_id, host, "tt0069293", "Solaris", f"Solaris night {n}",
-                    first + timedelta(hours=3 * n), first + timedelta(hours=3 * n + 2), "Europe/Berlin",
-                    "Anna's living room", "Torstr. 1, 10119", "Berlin", CAPACITY, "PUBLIC", "t" * 32,
-                )
-                for n, event_id in enumerate(ids)
-            ],
-        )  # fmt: skip
-    return ids
 
 
 # ---------------------------------------------------------------------------------------------- baseline
@@ -214,7 +198,7 @@ async def run(ctx: BenchContext) -> list[Row]:
     concurrency = 8 if ctx.quick else CONCURRENCY
     rng = random.Random(4)
     async with ctx.pool(POOL) as pool:
-        event_ids = await setup_events(pool, EVENTS)
+        event_ids = await seed_events(pool, EVENTS, capacity=CAPACITY, host_prefix="b4-host")
         names = [f"events/{e}" for e in event_ids]
         mismatch = await sql_difference(ctx, event_ids)
 

@@ -28,7 +28,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -46,6 +45,7 @@ from tests.bench.harness import (
     fmt_rate,
     open_loop,
     percentile,
+    seed_events,
 )
 
 ID = "B8"
@@ -56,31 +56,6 @@ CONCURRENCY = 32
 MESSAGES_PER_BOOKING = 2
 RATIO_GOAL = 2.0
 P99_GOAL_MS = 1000.0
-
-
-async def setup_events(pool: asyncpg.Pool, count: int) -> list[uuid.UUID]:
-    host = f"b8-host-{uuid.uuid4().hex[:8]}"
-    first = datetime.now(UTC) + timedelta(days=30)
-    ids = [uuid.uuid4() for _ in range(count)]
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("INSERT INTO account.users (id, display_name) VALUES ($1, 'Bench Host')", host)
-        await conn.copy_records_to_table(
-            "events",
-            schema_name="event",
-            columns=[
-                "id", "host_id", "film_id", "film_title", "title", "start_time", "end_time", "time_zone",
-                "place_name", "place_address", "place_city", "capacity", "visibility", "invite_token",
-            ],
-            records=[
-                (
-                    event_id, host, "tt0069293", "Solaris", f"Solaris night {n}",
-                    first + timedelta(hours=3 * n), first + timedelta(hours=3 * n + 2), "Europe/Berlin",
-                    "Anna's living room", "Torstr. 1, 10119", "Berlin", CAPACITY, "PUBLIC", "t" * 32,
-                )
-                for n, event_id in enumerate(ids)
-            ],
-        )  # fmt: skip
-    return ids
 
 
 @contextmanager
@@ -117,7 +92,7 @@ async def run(ctx: BenchContext) -> list[Row]:
     worker_env = ctx.service_env(notification_address=f"127.0.0.1:{standin_port}")
 
     async with ctx.pool(4) as pool:
-        event_ids = await setup_events(pool, EVENTS)
+        event_ids = await seed_events(pool, EVENTS, capacity=CAPACITY, host_prefix="b8-host")
         names = [f"events/{e}" for e in event_ids]
         with process("services.notification.standin", standin_env, ctx, standin_port) as standin:
             await standin.wait_serving()
