@@ -6,11 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 from cowatch.event.v1 import resources_pb2, service_pb2
 from cowatch.type.v1 import rating_pb2
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2
 
 from services.common.errors import InvalidArgument, Violations
 from services.common.identity import User
-from services.common.protos import from_duration, from_timestamp, request_key, to_timestamp
+from services.common.protos import from_duration, from_timestamp, request_key, timestamp, to_timestamp
 from services.event import domain
 from services.event.domain import EventDetails, Film, Place, Visibility
 from services.event.service import (
@@ -228,15 +228,6 @@ def _rating(average: float, count: int) -> rating_pb2.Rating:
     return rating_pb2.Rating(average=average, count=count)
 
 
-_MICROSECOND = timedelta(microseconds=1)
-
-
-def _ts(value: datetime) -> timestamp_pb2.Timestamp:
-    """Aware datetime → Timestamp; ~3x faster than ``Timestamp.FromDatetime`` (lists map thousands of these)."""
-    seconds, micros = divmod((value - _EPOCH) // _MICROSECOND, 1_000_000)
-    return timestamp_pb2.Timestamp(seconds=seconds, nanos=micros * 1000)
-
-
 def event_to_proto(view: EventView, share_link: str) -> resources_pb2.Event:
     e, access = view.event, view.access
     d = e.details
@@ -247,12 +238,12 @@ def event_to_proto(view: EventView, share_link: str) -> resources_pb2.Event:
         film=resources_pb2.Film(id=d.film.id, title=d.film.title),
         title=d.title,
         description=d.description,
-        start_time=_ts(d.start_time),
+        start_time=timestamp(d.start_time),
         time_zone=d.time_zone,
         duration=duration_pb2.Duration(
             seconds=d.duration.days * 86400 + d.duration.seconds, nanos=d.duration.microseconds * 1000
         ),
-        end_time=_ts(d.end_time),
+        end_time=timestamp(d.end_time),
         place=resources_pb2.Place(
             name=d.place.name, address=d.place.address if access.sees_address else "", city=d.place.city
         ),
@@ -265,14 +256,14 @@ def event_to_proto(view: EventView, share_link: str) -> resources_pb2.Event:
         share_link=share_link,
         invite_token=e.invite_token if access.sees_invite_token and d.visibility is Visibility.PRIVATE else "",
         host_rating=_rating(e.host_rating.average, e.host_rating.count),
-        create_time=_ts(e.create_time),
-        update_time=_ts(e.update_time),
+        create_time=timestamp(e.create_time),
+        update_time=timestamp(e.update_time),
         etag=e.etag,
     )
     if e.cancel_time:
-        msg.cancel_time.CopyFrom(_ts(e.cancel_time))
+        msg.cancel_time.CopyFrom(timestamp(e.cancel_time))
     if e.complete_time:
-        msg.complete_time.CopyFrom(_ts(e.complete_time))
+        msg.complete_time.CopyFrom(timestamp(e.complete_time))
     return msg
 
 
