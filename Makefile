@@ -11,6 +11,7 @@ PYTHON3 ?= python3
 BIN := .venv/bin
 PY := $(BIN)/python
 ARGS ?=
+SDK_PROTO := sdk/python/src/cowatch_client/_proto/
 
 # Finds uv (on PATH, or pip-installed as `python3 -m uv`), installing it for this user if it is missing.
 define find_uv
@@ -34,13 +35,13 @@ help: ## list the targets
 install: ## create/refresh .venv from uv.lock (installs uv first if needed)
 	@$(find_uv); $$uv sync --frozen --quiet
 
-gen: install ## regenerate gen/ (and the googleapis copies in protos/google) from protos/
+gen: install ## regenerate gen/, the Python SDK's stubs (and the googleapis copies in protos/google) from protos/
 	$(PY) protos/generate.py
 
 gen-check: gen ## fail if the committed generated code differs from a fresh `make gen`
-	@git diff --exit-code --stat -- gen/ protos/google/ \
+	@git diff --exit-code --stat -- gen/ protos/google/ $(SDK_PROTO) \
 	  || { echo "generated code is stale: run 'make gen' and commit the result" >&2; exit 1; }
-	@untracked="$$(git ls-files --others --exclude-standard -- gen/ protos/google/)"; \
+	@untracked="$$(git ls-files --others --exclude-standard -- gen/ protos/google/ $(SDK_PROTO))"; \
 	if [ -n "$$untracked" ]; then \
 	  echo "generated files not committed:" >&2; echo "$$untracked" >&2; exit 1; \
 	fi

@@ -1,0 +1,28 @@
+"""The API's messages, as generated from its protos: build requests' resources with them, read results from them."""
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from cowatch_client._proto.cowatch.booking.v1.resources_pb2 import Booking
+from cowatch_client._proto.cowatch.booking.v1.service_pb2 import TimeFilter
+from cowatch_client._proto.cowatch.event.v1.resources_pb2 import Event, Film, Guest, Place
+from cowatch_client._proto.cowatch.event.v1.service_pb2 import SendInvitationsResponse
+from cowatch_client._proto.cowatch.review.v1.resources_pb2 import HeldEvent, HostProfile, Review, UserRating
+from cowatch_client._proto.cowatch.type.v1.rating_pb2 import Rating
+
+__all__ = [
+    "Booking",
+    "Duration",
+    "Event",
+    "Film",
+    "Guest",
+    "HeldEvent",
+    "HostProfile",
+    "Place",
+    "Rating",
+    "Review",
+    "SendInvitationsResponse",
+    "TimeFilter",
+    "Timestamp",
+    "UserRating",
+]
