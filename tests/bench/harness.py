@@ -32,7 +32,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.auth import issue_token
-from services.dev.embedded_pg import free_port
+from services.dev.processes import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ISSUER = "https://auth.bench.cowatch"

@@ -24,7 +24,7 @@ from cowatch.event.v1 import resources_pb2 as event_resources
 from cowatch.event.v1 import service_pb2 as event_pb2
 from cowatch.event.v1 import service_pb2_grpc as event_grpc
 
-from services.dev.embedded_pg import free_port
+from services.dev.processes import free_port
 from tests.e2e.test_gateway_envoy import event_json, grpc_web_frame, http, parse_grpc_web, post_json
 from tests.support.api import AUDIENCE, HS256_SECRET, ISSUER, Caller, new_caller
 from tests.support.envoy import EnvoyProcess, ServiceProcess

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from services.dev.embedded_pg import free_port
+from services.dev.processes import free_port
 from tests.support.envoy import _Process
 
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]

@@ -31,7 +31,7 @@ import grpc
 from cowatch.event.v1 import service_pb2, service_pb2_grpc
 
 from services.common.server import run as run_server
-from services.dev.embedded_pg import free_port
+from services.dev.processes import free_port
 from services.event.app import EventApp, EventSettings
 from tests.bench.harness import BenchContext, LoadResult, Row, channels, closed_loop, fmt_ms, fmt_rate, open_loop
 from tests.support.factories import create_request
