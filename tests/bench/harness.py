@@ -33,6 +33,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.auth import issue_token
 from services.dev.processes import free_port
+from tests.support import tools
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ISSUER = "https://auth.bench.cowatch"
@@ -230,6 +231,19 @@ class ServiceProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+class ScenarioSkipped(Exception):
+    """The scenario cannot run on this machine (a program it needs is missing); the message is the one line
+    saying what to install. The runner prints a SKIPPED row for it and still exits 0."""
+
+
+def need_tool(name: str, needed_for: str) -> str:
+    """The path of ``name`` (tests/support/tools.py), or :class:`ScenarioSkipped` with what to install."""
+    found = tools.find(name)
+    if found is None:
+        raise ScenarioSkipped(tools.missing_line(name, needed_for))
+    return found
 
 
 @dataclass

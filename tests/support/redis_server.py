@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import IO, Self
 
 from services.dev.processes import HOST, PortInUse, pdeathsig_argv, start_on_free_port
+from tests.support import tools
 
 
 class RedisServerError(RuntimeError):
@@ -37,9 +38,9 @@ class RedisServer:
         startup_timeout: float = 15.0,
         die_with_parent: bool = True,
     ):
-        found = binary or shutil.which("redis-server")
+        found = binary or tools.find("redis-server")
         if found is None:
-            raise RedisServerError("redis-server not found: install it (apt-get install redis-server)")
+            raise RedisServerError(tools.missing_line("redis-server"))
         self.binary = found
         self._port = port
         self._dir = Path(tempfile.mkdtemp(prefix="cowatch-redis-"))
