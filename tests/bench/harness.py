@@ -5,7 +5,7 @@ list[Row]``. The runner (``python -m tests.bench``) gives each scenario a fresh 
 :class:`BenchContext`; the scenario starts what it needs (service processes through :meth:`BenchContext.service`,
 asyncpg pools through :meth:`BenchContext.pool`) and returns one :class:`Row` per scenario id.
 
-Measuring rules (DESIGN.md §7): ``ratio`` is cowatch ÷ a baseline measured in the same run, with the same
+Measuring rules (docs/benchmarks.md): ``ratio`` is cowatch ÷ a baseline measured in the same run, with the same
 concurrency on both sides; throughput comes from closed-loop runs; latency targets are read in open loop at a
 fixed offered rate (a fraction of the measured capacity), with latency counted from each request's scheduled
 send time so that a stalled client can't hide queueing (no coordinated omission).
