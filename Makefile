@@ -62,8 +62,8 @@ tools: install ## install nginx and redis-server for the tests if missing (root 
 test: tools ## the whole suite; make test ARGS="-k booking -x" passes pytest arguments
 	$(BIN)/pytest $(ARGS)
 
-test-fast: install ## unit + API tests only (no e2e, fault tests or benchmark smoke run), the inner loop
-	$(BIN)/pytest tests/unit tests/api $(ARGS)
+test-fast: install ## unit + API tests not marked slow (no e2e, fault tests or benchmark smoke run), the inner loop
+	$(BIN)/pytest tests/unit tests/api -m "not slow" $(ARGS)
 
 run: install ## the whole stack: PostgreSQL, migrations, services, worker, notification stand-in, Envoy
 	$(PY) -m services.dev.run
