@@ -109,7 +109,7 @@ def install(names: list[str]) -> int:
     if os.geteuid() != 0 or apt is None:
         why = "not root" if os.geteuid() != 0 else "no apt-get"
         for tool in missing:
-            print(f"tools: {missing_line(tool.name)} — not installed ({why}): its tests will be skipped")
+            print(f"tools: {tool.name} is missing ({why}: `sudo {tool.install_hint}`); tests needing it are skipped")
         return 0
     print(f"tools: apt-get install {' '.join(packages)}", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
