@@ -7,6 +7,9 @@
 #   docker run IMAGE python -m ...                 anything else
 #
 # Configuration: COWATCH_* environment variables, documented in .env.example. Build: docker build -t cowatch .
+#
+# A second image, the compose gateway (--target envoy): Envoy with envoy/envoy.yaml rendered for the compose network
+# at build time (services/dev/compose_envoy.py) and the descriptor set it transcodes with.
 
 ARG PYTHON_VERSION=3.11
 
@@ -26,7 +29,21 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     --mount=type=bind,source=uv.lock,target=uv.lock \
     uv sync --frozen --no-dev --no-install-project
 
-# --- runtime ---------------------------------------------------------------------------------------------------
+# --- envoy: the compose gateway ------------------------------------------------------------------------------
+# envoy/envoy.yaml is the one source; only its upstreams (the compose service names) and the descriptor path change.
+FROM python:${PYTHON_VERSION}-slim AS envoy-config
+WORKDIR /src
+RUN pip install --no-cache-dir --disable-pip-version-check pyyaml==6.0.3
+COPY envoy/envoy.yaml envoy/envoy.yaml
+COPY services/__init__.py services/__init__.py
+COPY services/dev/__init__.py services/dev/envoy_config.py services/dev/compose_envoy.py services/dev/
+RUN python -m services.dev.compose_envoy -o /envoy.yaml
+
+FROM envoyproxy/envoy:v1.40-latest AS envoy
+COPY --from=envoy-config /envoy.yaml /etc/envoy/envoy.yaml
+COPY gen/descriptors/cowatch.binpb /etc/envoy/cowatch.binpb
+
+# --- runtime (the default target: last in this file) ---------------------------------------------------------
 FROM python:${PYTHON_VERSION}-slim AS runtime
 ARG VERSION=dev
 LABEL org.opencontainers.image.title="cowatch" \

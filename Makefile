@@ -1,6 +1,9 @@
 # cowatch developer commands. Needs only python3 (>= 3.11) and make: `install` fetches uv, uv builds .venv.
 #   make run     the whole stack locally (embedded PostgreSQL unless DATABASE_URL is set)
 #   make test    the whole suite (DATABASE_URL / REDIS_URL name servers to use; unset, it starts its own)
+#   make test-fast  unit + API tests, the inner loop (under a minute)
+# Programs pip cannot bring (nginx, redis-server) are installed by `make test`/`make bench` when run as root with
+# apt-get; elsewhere the tests that need a missing one are skipped with one line saying what to install.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -27,7 +30,7 @@ else \
 fi
 endef
 
-.PHONY: help install gen gen-check lint test run bench up clean distclean
+.PHONY: help install tools gen gen-check lint test test-fast run bench up clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -53,13 +56,20 @@ lint: install ## ruff, mypy, buf lint, buf format
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code --path protos/cowatch
 
-test: install ## the whole suite; make test ARGS="-k booking -x" passes pytest arguments
+tools: install ## install nginx and redis-server for the tests if missing (root + apt-get), else say what to install
+	@$(PY) -m tests.support.tools install \
+	  || echo "tools: not installed; the tests that need them will be skipped" >&2
+
+test: tools ## the whole suite; make test ARGS="-k booking -x" passes pytest arguments
 	$(BIN)/pytest $(ARGS)
+
+test-fast: install ## unit + API tests not marked slow (no e2e, fault tests or benchmark smoke run), the inner loop
+	$(BIN)/pytest tests/unit tests/api -m "not slow" $(ARGS)
 
 run: install ## the whole stack: PostgreSQL, migrations, services, worker, notification stand-in, Envoy
 	$(PY) -m services.dev.run
 
-bench: install ## benchmarks (make bench QUICK=1 for a seconds-long smoke run)
+bench: tools ## benchmarks (make bench QUICK=1 for a seconds-long smoke run)
 	$(if $(QUICK),QUICK=$(QUICK) )$(PY) -m tests.bench
 
 up: ## the production shape in docker compose

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import asyncpg
@@ -28,6 +27,7 @@ from services.dev.embedded_pg import EmbeddedPostgres
 from services.dev.migrate import drop_database
 from tests.support.db import create_migrated_database, truncate_cowatch_tables
 from tests.support.redis_server import RedisServer
+from tests.support.tools import require
 
 # ---------------------------------------------------------------------------------------------- PostgreSQL
 
@@ -98,8 +98,7 @@ def redis_url() -> Iterator[str]:
     if url:
         yield url
         return
-    if shutil.which("redis-server") is None:
-        pytest.fail("no Redis for the tests: set REDIS_URL or install redis-server", pytrace=False)
+    require("redis-server", "a private Redis (or set REDIS_URL)")
     with RedisServer() as server:
         yield server.url
 
@@ -133,6 +132,7 @@ async def redis_client(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
 @pytest.fixture
 def redis_factory() -> Iterator[Callable[..., RedisServer]]:
     """Start private redis-servers (to stop or kill in fault tests); all are closed after the test."""
+    require("redis-server", "private Redis servers of the fault tests")
     servers: list[RedisServer] = []
 
     def make(**kwargs: object) -> RedisServer:

@@ -1,42 +1,48 @@
-"""docker-compose.yml's generated input: ``envoy/envoy.compose.yaml``, ``envoy/envoy.yaml`` rendered for the compose
-network (services/dev/envoy_config.py). Each cluster names one compose service; Envoy's clusters are STRICT_DNS,
-so every replica behind that name (``docker compose up --scale booking=3``) is in its cluster, re-resolved every
-5 s. tests/unit/test_compose.py fails when the committed file is stale.
+"""``envoy/envoy.yaml`` rendered for the docker compose network, at image build time (the Dockerfile's ``envoy``
+stage runs this; nothing generated is committed). Each cluster names one compose service; Envoy's clusters are
+STRICT_DNS, so every replica behind that name (``docker compose up --scale booking=3``) is in its cluster,
+re-resolved every 5 s. tests/unit/test_compose.py checks the result against docker-compose.yml and validates it
+with Envoy.
 
-    .venv/bin/python -m services.dev.compose_envoy      # rewrite envoy/envoy.compose.yaml
+    .venv/bin/python -m services.dev.compose_envoy -o envoy.compose.yaml     # what the image build does
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 from pathlib import Path
 from typing import Final
 
 from services.dev import envoy_config
 
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
-ENVOY_COMPOSE: Final = REPO_ROOT / "envoy" / "envoy.compose.yaml"
 COMPOSE_FILE: Final = REPO_ROOT / "docker-compose.yml"
 # Envoy cluster → (compose service name, gRPC port): the services' default ports, set again in compose.
 UPSTREAMS: Final = {"event": ("event", 50051), "booking": ("booking", 50052), "review": ("review", 50053)}
 DESCRIPTOR_IN_CONTAINER: Final = "/etc/envoy/cowatch.binpb"
-HEADER: Final = (
-    "# envoy/envoy.yaml rendered for docker-compose.yml by `.venv/bin/python -m services.dev.compose_envoy`:\n"
-    "# do not edit (tests/unit/test_compose.py fails when it differs from a fresh rendering).\n"
-)
+CONFIG_IN_CONTAINER: Final = "/etc/envoy/envoy.yaml"
+HEADER: Final = "# envoy/envoy.yaml rendered for docker-compose.yml by services/dev/compose_envoy.py at image build.\n"
 
 
-def render_envoy() -> str:
+def render_envoy(descriptor: str = DESCRIPTOR_IN_CONTAINER) -> str:
     text = envoy_config.render(
         upstreams={cluster: [(host, port)] for cluster, (host, port) in UPSTREAMS.items()},
-        descriptor=DESCRIPTOR_IN_CONTAINER,
+        descriptor=descriptor,
     )
     _, _, body = text.partition("\n")  # envoy_config's own header names an absolute path
     return HEADER + body
 
 
-def main() -> int:
-    ENVOY_COMPOSE.write_text(render_envoy(), encoding="utf-8")
-    print(f"wrote {ENVOY_COMPOSE.relative_to(REPO_ROOT)}")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.dev.compose_envoy", description=__doc__.splitlines()[0])
+    parser.add_argument("-o", "--output", default="-", help="output file (default stdout)")
+    args = parser.parse_args(argv)
+    text = render_envoy()
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text, encoding="utf-8")
     return 0
 
 

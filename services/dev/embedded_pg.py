@@ -19,7 +19,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,9 +28,19 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
+from services.dev.processes import (
+    HOST,
+    PortInUse,
+    descendants,
+    pdeathsig_argv,
+    pid_alive,
+    signal_all,
+    start_on_free_port,
+    wait_gone,
+)
+
 PG_SYSTEM_USER = "embedded_postgres"
 PG_SUPERUSER = "postgres"
-HOST = "127.0.0.1"
 
 # Durability is pointless for a throwaway test server and costs most of the time of a write-heavy suite.
 TEST_SETTINGS: dict[str, str] = {
@@ -58,14 +67,6 @@ def postgres_bin_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise EmbeddedPostgresError("the embedded-postgres package is not installed (run `make install`)")
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
-
-
-def free_port(host: str = HOST) -> int:
-    """A TCP port that was free a moment ago (the caller must tolerate losing the race)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _ensure_system_user(name: str) -> pwd.struct_passwd:
@@ -141,16 +142,6 @@ _STALE_AFTER_S = 3600.0
 _swept = False
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _sweep_stale_temp_dirs() -> None:
     """Remove temporary clusters left behind by runs that died (SIGKILL, OOM): old and no live postmaster."""
     global _swept
@@ -167,72 +158,11 @@ def _sweep_stale_temp_dirs() -> None:
                 os.rmdir(path)  # only succeeds when empty: a live server keeps its socket file there
                 continue
             pid_file = path / "data" / "postmaster.pid"
-            if pid_file.exists() and _pid_alive(int(pid_file.read_text().split()[0])):
+            if pid_file.exists() and pid_alive(int(pid_file.read_text().split()[0])):
                 continue
             shutil.rmtree(path, ignore_errors=True)
         except (OSError, ValueError, IndexError):
             continue
-
-
-def _descendants(pid: int) -> list[int]:
-    """Pids of all processes below ``pid`` (Linux /proc; elsewhere none are found). PostgreSQL puts every
-    backend in a session of its own (setsid), so signalling the postmaster's process group misses them."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 1:
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found: list[int] = []
-    stack = [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
-
-
-def _signal_all(pids: list[int], sig: int) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
-
-
-def _wait_gone(pids: list[int], timeout: float) -> None:
-    """Wait until none of ``pids`` runs (zombies count as gone: they hold no memory or sockets)."""
-    deadline = time.monotonic() + timeout
-    pending = list(pids)
-    while pending and time.monotonic() < deadline:
-        still = []
-        for pid in pending:
-            try:
-                state = Path(f"/proc/{pid}/stat").read_text()
-            except OSError:
-                continue
-            if state[state.rfind(")") + 2 :].startswith("Z"):
-                continue
-            still.append(pid)
-        pending = still
-        if pending:
-            time.sleep(0.01)
-
-
-def pdeathsig_argv(sig: int) -> list[str]:
-    """A command prefix that makes the child get ``sig`` when the thread that started it dies (Linux ``setpriv``).
-
-    Not a ``preexec_fn``: running Python between fork and exec in a process whose gRPC threads are busy
-    sometimes crashes the child (its event engine finds a closed epoll fd). ``setpriv`` sets PR_SET_PDEATHSIG
-    after the exec instead. Without ``setpriv`` (not Linux) the child simply doesn't die with us.
-    """
-    setpriv = shutil.which("setpriv")
-    if sys.platform != "linux" or setpriv is None:
-        return []
-    return [setpriv, f"--pdeathsig={signal.Signals(sig).name}"]
 
 
 class EmbeddedPostgres:
@@ -341,20 +271,13 @@ class EmbeddedPostgres:
             self._initdb_if_needed()
             # A port we picked ourselves may be taken by someone else before postgres binds it: pick again.
             # Once chosen (or given) the port is kept, so restart() comes back where clients expect it.
-            attempts = 1 if self._port is not None else 5
-            for attempt in range(attempts):
-                if self._port is None:
-                    self._port = free_port()
-                try:
-                    self._spawn_and_wait()
-                    return self
-                except _PortInUse:
-                    if attempt + 1 == attempts:
-                        raise EmbeddedPostgresError(
-                            f"port {self._port} is already in use\n--- log tail ---\n{self.log_tail()}"
-                        ) from None
-                    self._port = None
-            raise AssertionError("unreachable")
+            try:
+                self._port = start_on_free_port(self._spawn_and_wait, self._port)
+            except PortInUse:
+                raise EmbeddedPostgresError(
+                    f"port {self._port} is already in use\n--- log tail ---\n{self.log_tail()}"
+                ) from None
+            return self
 
     def stop(self, timeout: float = 30.0) -> None:
         """Fast shutdown (SIGINT: roll back open transactions, checkpoint, exit) and wait for it."""
@@ -363,7 +286,7 @@ class EmbeddedPostgres:
             if proc is None:
                 return
             if proc.poll() is None:
-                _signal_all([proc.pid, *_descendants(proc.pid)], signal.SIGCONT)  # in case it was paused
+                signal_all([proc.pid, *descendants(proc.pid)], signal.SIGCONT)  # in case it was paused
                 self._signal(proc, signal.SIGINT)
                 try:
                     proc.wait(timeout)
@@ -390,13 +313,13 @@ class EmbeddedPostgres:
         database). New connections are accepted by the kernel but never answered."""
         with self._lock:
             if self._proc is not None and self._proc.poll() is None:
-                _signal_all([self._proc.pid, *_descendants(self._proc.pid)], signal.SIGSTOP)
+                signal_all([self._proc.pid, *descendants(self._proc.pid)], signal.SIGSTOP)
 
     def resume(self) -> None:
         """Undo :meth:`pause`."""
         with self._lock:
             if self._proc is not None and self._proc.poll() is None:
-                _signal_all([self._proc.pid, *_descendants(self._proc.pid)], signal.SIGCONT)
+                signal_all([self._proc.pid, *descendants(self._proc.pid)], signal.SIGCONT)
 
     def restart(self) -> Self:
         """Stop (if still running) and start again on the same port and data; after :meth:`kill` this
@@ -528,7 +451,8 @@ class EmbeddedPostgres:
             args += ["-c", f"{key}={value}"]
         return args
 
-    def _spawn_and_wait(self) -> None:
+    def _spawn_and_wait(self, port: int) -> None:
+        self._port = port
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the server
@@ -565,7 +489,7 @@ class EmbeddedPostgres:
             if code is not None:
                 new_log = self._log_since(log_offset)
                 if "Address already in use" in new_log or "could not bind" in new_log:
-                    raise _PortInUse
+                    raise PortInUse
                 raise EmbeddedPostgresError(
                     f"postgres exited with code {code} during start-up"
                     f" (data {self.data_dir}, port {self._port})"
@@ -602,20 +526,16 @@ class EmbeddedPostgres:
     def _kill_all(proc: subprocess.Popen[bytes]) -> None:
         """SIGKILL the postmaster and every backend together, then wait until all are gone (a restart
         would otherwise find the old shared memory still attached)."""
-        pids = [proc.pid, *_descendants(proc.pid)]
-        _signal_all(pids, signal.SIGKILL)
+        pids = [proc.pid, *descendants(proc.pid)]
+        signal_all(pids, signal.SIGKILL)
         proc.wait()
-        _wait_gone(pids[1:], timeout=10)
+        wait_gone(pids[1:], timeout=10)
 
     def _reap(self) -> None:
         self._proc = None
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
-
-
-class _PortInUse(Exception):
-    pass
 
 
 def main(argv: list[str] | None = None) -> int:

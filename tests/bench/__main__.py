@@ -8,8 +8,10 @@ Environment:
   DATABASE_URL      a PostgreSQL server to create the bench databases on; unset, an embedded PostgreSQL is started
                     (test settings: fsync and synchronous_commit off — the same for cowatch and its baselines).
 
-Each scenario gets a fresh migrated database (dropped afterwards). Exit status: 0 when every scenario ran and
-every correctness counter is 0 (a missed performance goal is reported, not an error); 1 otherwise.
+Each scenario gets a fresh migrated database (dropped afterwards). A scenario that needs a program this machine
+lacks (B6: nginx) prints one SKIPPED row saying what to install. Exit status: 0 when every correctness counter is
+0 (a missed performance goal or a skipped scenario is reported, not an error; under COWATCH_REQUIRE_TOOLS=1 a
+skip counts as an error); 1 otherwise. The measuring rules: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ import asyncpg
 from services.dev.embedded_pg import EmbeddedPostgres
 from services.dev.migrate import drop_database
 from tests.bench import scenarios
-from tests.bench.harness import BenchContext, Row
+from tests.bench.harness import BenchContext, Row, ScenarioSkipped
+from tests.support import tools
 from tests.support.db import create_migrated_database
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -101,6 +104,22 @@ async def run_scenario(
     started = time.perf_counter()
     try:
         rows: list[Row] = await module.run(ctx)
+    except ScenarioSkipped as exc:
+        print(f"{sid}: SKIPPED: {exc}", file=sys.stderr, flush=True)
+        required = os.environ.get(tools.REQUIRE_ENV, "") not in ("", "0")
+        rows = [
+            Row(
+                id=sid,
+                scenario=module.__name__.rsplit(".", 1)[-1],
+                cowatch="—",
+                baseline="—",
+                ratio=None,
+                goal="—",
+                met=None,
+                notes=f"SKIPPED: {exc}",
+                correctness={"missing_tool": 1} if required else {},
+            )
+        ]
     except Exception as exc:
         traceback.print_exc()
         rows = [

@@ -5,7 +5,7 @@ list[Row]``. The runner (``python -m tests.bench``) gives each scenario a fresh 
 :class:`BenchContext`; the scenario starts what it needs (service processes through :meth:`BenchContext.service`,
 asyncpg pools through :meth:`BenchContext.pool`) and returns one :class:`Row` per scenario id.
 
-Measuring rules (DESIGN.md §7): ``ratio`` is cowatch ÷ a baseline measured in the same run, with the same
+Measuring rules (docs/benchmarks.md): ``ratio`` is cowatch ÷ a baseline measured in the same run, with the same
 concurrency on both sides; throughput comes from closed-loop runs; latency targets are read in open loop at a
 fixed offered rate (a fraction of the measured capacity), with latency counted from each request's scheduled
 send time so that a stalled client can't hide queueing (no coordinated omission).
@@ -32,7 +32,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.auth import issue_token
-from services.dev.embedded_pg import free_port
+from services.dev.processes import free_port
+from tests.support import tools
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ISSUER = "https://auth.bench.cowatch"
@@ -230,6 +231,19 @@ class ServiceProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+class ScenarioSkipped(Exception):
+    """The scenario cannot run on this machine (a program it needs is missing); the message is the one line
+    saying what to install. The runner prints a SKIPPED row for it and still exits 0."""
+
+
+def need_tool(name: str, needed_for: str) -> str:
+    """The path of ``name`` (tests/support/tools.py), or :class:`ScenarioSkipped` with what to install."""
+    found = tools.find(name)
+    if found is None:
+        raise ScenarioSkipped(tools.missing_line(name, needed_for))
+    return found
 
 
 @dataclass

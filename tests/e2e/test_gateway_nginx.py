@@ -24,12 +24,13 @@ from cowatch.event.v1 import resources_pb2 as event_resources
 from cowatch.event.v1 import service_pb2 as event_pb2
 from cowatch.event.v1 import service_pb2_grpc as event_grpc
 
-from services.dev.embedded_pg import free_port
+from services.dev.processes import free_port
 from tests.e2e.test_gateway_envoy import event_json, grpc_web_frame, http, parse_grpc_web, post_json
 from tests.support.api import AUDIENCE, HS256_SECRET, ISSUER, Caller, new_caller
 from tests.support.envoy import EnvoyProcess, ServiceProcess
 from tests.support.factories import create_request
-from tests.support.nginx import TLS_EXAMPLE, NginxProcess, nginx_binary, render, validate, write_config
+from tests.support.nginx import TLS_EXAMPLE, NginxProcess, render, validate, write_config
+from tests.support.tools import require
 
 SERVICES = {
     "event": ("services.event", "cowatch.event.v1.EventService"),
@@ -54,7 +55,7 @@ class Edge:
 
 @pytest.fixture(scope="module")
 def edge(database_url: str) -> Iterator[Edge]:
-    nginx_binary()  # fails with "nginx is not installed ..." before anything starts
+    require("nginx", "the NGINX gateway tests")  # skips (one line: what to install) before anything starts
     env = {
         "COWATCH_DATABASE_URL": database_url,
         "COWATCH_JWT_ISSUER": ISSUER,
@@ -358,6 +359,7 @@ def self_signed(directory: Path) -> None:
 
 
 def test_config_is_valid_as_compose_renders_it_and_with_the_tls_example(tmp_path: Path) -> None:
+    require("nginx", "nginx -t on the rendered config")
     values = {"COWATCH_NGINX_ENVOY": "127.0.0.1:8080"}  # nginx -t resolves names; "envoy" exists only in compose
     validate(write_config(tmp_path, values), tmp_path)
 

@@ -21,7 +21,7 @@ from cowatch.event.v1 import resources_pb2, service_pb2
 from cowatch.event.v1 import service_pb2_grpc as event_grpc
 from google.protobuf import field_mask_pb2
 
-from services.dev.embedded_pg import free_port
+from services.dev.processes import free_port
 from services.event.domain import parse_event_name
 from tests.support.api import AUDIENCE, HS256_SECRET, ISSUER, new_caller
 from tests.support.factories import create_request

@@ -25,7 +25,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.dev import envoy_config
-from services.dev.embedded_pg import free_port, pdeathsig_argv
+from services.dev.processes import free_port, pdeathsig_argv
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DESCRIPTOR = REPO_ROOT / "gen" / "descriptors" / "cowatch.binpb"

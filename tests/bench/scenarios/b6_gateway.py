@@ -21,7 +21,18 @@ from pathlib import Path
 
 from cowatch.event.v1 import service_pb2, service_pb2_grpc
 
-from tests.bench.harness import BenchContext, LoadResult, Op, Row, channels, closed_loop, fmt_ms, fmt_rate, open_loop
+from tests.bench.harness import (
+    BenchContext,
+    LoadResult,
+    Op,
+    Row,
+    channels,
+    closed_loop,
+    fmt_ms,
+    fmt_rate,
+    need_tool,
+    open_loop,
+)
 from tests.support.envoy import EnvoyProcess
 from tests.support.factories import create_request
 from tests.support.nginx import NginxProcess
@@ -34,6 +45,7 @@ NO_LIMIT = {"COWATCH_NGINX_RATE": "100000r/s", "COWATCH_NGINX_BURST": "100000"}
 
 
 async def run(ctx: BenchContext) -> list[Row]:
+    need_tool("nginx", "B6 (the gateway path is NGINX → Envoy)")
     seconds = ctx.seconds(5.0, 0.5)
     rounds = 1 if ctx.quick else 3
     concurrency = 8 if ctx.quick else CONCURRENCY

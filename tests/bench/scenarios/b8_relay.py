@@ -33,7 +33,7 @@ from typing import Any
 import asyncpg
 from cowatch.booking.v1 import resources_pb2, service_pb2, service_pb2_grpc
 
-from services.dev.embedded_pg import free_port
+from services.dev.processes import free_port
 from tests.bench.harness import (
     BenchContext,
     LoadResult,

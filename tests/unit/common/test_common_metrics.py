@@ -16,7 +16,7 @@ from services.common.errors import NotFound
 from services.common.metrics import ServerMetrics
 from services.common.server import start_server
 from services.common.settings import CommonSettings
-from services.dev.embedded_pg import free_port
+from services.dev.processes import free_port
 from tests.unit.common.keys import AUDIENCE, HS_SECRET, ISSUER
 
 SERVICE = "cowatch.test.v1.Metered"
