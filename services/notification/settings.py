@@ -87,7 +87,12 @@ class WorkerSettings(_ProcessSettings):
         default=15.0, gt=0, description="longest pause between probes while the notification service is down"
     )
     lease_seconds: float = Field(
-        default=60.0, gt=0, description="a claimed row is re-sent by anyone after this long without an outcome"
+        default=10.0,
+        gt=0,
+        description="a claimed row is re-sent by anyone after this long without a heartbeat from its claimer",
+    )
+    lease_heartbeat_seconds: float | None = Field(
+        default=None, gt=0, description="how often a live worker renews its claims; default a third of the lease"
     )
     poll_interval_seconds: float = Field(
         default=5.0, gt=0, description="fallback poll when no NOTIFY arrives (and the reminder scan interval)"
@@ -124,17 +129,21 @@ class WorkerSettings(_ProcessSettings):
             raise PydanticCustomError("address", "must be host:port (no scheme), e.g. notification:50060")
         return value
 
-    @field_validator("lease_seconds")
+    @field_validator("lease_heartbeat_seconds")
     @classmethod
-    def _check_lease(cls, value: float, info: ValidationInfo) -> float:
-        timeout = info.data.get("notification_timeout_seconds")
-        if isinstance(timeout, float | int) and value <= timeout:
+    def _check_heartbeat(cls, value: float | None, info: ValidationInfo) -> float | None:
+        lease = info.data.get("lease_seconds")
+        if value is not None and isinstance(lease, float | int) and value * 2 > lease:
             raise PydanticCustomError(
-                "lease",
-                "must exceed COWATCH_NOTIFICATION_TIMEOUT_SECONDS ({timeout}): a claim must outlive one send",
-                {"timeout": timeout},
+                "heartbeat",
+                "must be at most half of COWATCH_LEASE_SECONDS ({lease}): a late beat must not lose the claim",
+                {"lease": lease},
             )
         return value
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        return self.lease_heartbeat_seconds or self.lease_seconds / 3
 
     @field_validator("db_pool_max_size")
     @classmethod

@@ -14,7 +14,8 @@ Three loops share one pool:
 
 Any number of workers may run against one database (claims use ``SKIP LOCKED``). SIGTERM/SIGINT: stop claiming,
 finish the batch in hand (at most ``shutdown_grace_seconds``), exit 0. A second signal stops at once; rows in
-flight are then re-sent after their lease by whichever worker comes next (same dedupe key).
+flight are then re-sent by whichever worker comes next once their lease lapses — ``lease_seconds`` after the
+last heartbeat (same dedupe key).
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ class Worker:
             backoff_base_seconds=s.backoff_base_seconds,
             backoff_cap_seconds=s.backoff_cap_seconds,
             lease_seconds=s.lease_seconds,
+            heartbeat_seconds=s.heartbeat_seconds,
             acquire_timeout_seconds=s.db_acquire_timeout_seconds,
         )
         self._relay = Relay(self._pool, self._notifier, config, self.metrics, rng=self._rng)
