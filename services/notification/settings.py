@@ -102,6 +102,21 @@ class WorkerSettings(_ProcessSettings):
     reminder_batch_size: int = Field(default=200, ge=1, le=5000)
     public_base_url: str = "http://localhost:8080"
 
+    # --- retention (services/notification/retention.py) ---------------------------------------------------
+    retention_interval_seconds: float = Field(default=600.0, gt=0, description="how often old rows are deleted")
+    retention_batch_size: int = Field(default=500, ge=1, le=10_000, description="rows deleted per statement")
+    outbox_sent_retention_seconds: float = Field(
+        default=7 * 86_400.0, ge=60, description="sent outbox rows (with their addresses) are kept this long"
+    )
+    outbox_dead_retention_seconds: float = Field(
+        default=30 * 86_400.0, ge=60, description="dead-lettered outbox rows are kept this long after they were written"
+    )
+    idempotency_retention_seconds: float = Field(
+        default=7 * 86_400.0,
+        ge=3_600,
+        description="request ids (idem.requests) are kept this long: longer than any client may retry a write",
+    )
+
     # --- process -----------------------------------------------------------------------------------------
     metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus /metrics port; 0 = no endpoint")
     metrics_host: str = "0.0.0.0"
