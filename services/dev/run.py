@@ -50,6 +50,8 @@ DEV_DIR: Final = REPO_ROOT / ".dev"
 LOG_DIR: Final = DEV_DIR / "logs"
 PG_DATA: Final = DEV_DIR / "pgdata"
 ENVOY_RENDERED: Final = DEV_DIR / "envoy.yaml"
+# The stand-in's record, which is also its dedupe memory: the outbox outlives a restart (.dev/pgdata), so must that.
+STANDIN_RECORD: Final = DEV_DIR / "standin.jsonl"
 DESCRIPTOR: Final = REPO_ROOT / "gen" / "descriptors" / "cowatch.binpb"
 DATABASE_NAME: Final = "cowatch"
 READY_MARKER: Final = "cowatch dev stack ready"
@@ -469,7 +471,10 @@ class Stack:
         worker, standin = self._notification_modules()
         standin_port = self.config.port("notification")
         if standin:
-            env = self.child_env(**{f"{ENV_PREFIX}STANDIN_PORT": str(standin_port)})
+            record = os.environ.get(f"{ENV_PREFIX}STANDIN_RECORD") or str(STANDIN_RECORD)
+            env = self.child_env(
+                **{f"{ENV_PREFIX}STANDIN_PORT": str(standin_port), f"{ENV_PREFIX}STANDIN_RECORD": record}
+            )
             self.helpers.append(Child("notification", [python, "-m", STANDIN_MODULE], env, health_port=standin_port))
         if worker:
             # Without the stand-in the worker still runs; its sends fail and wait in the outbox (by design).
