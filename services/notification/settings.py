@@ -62,7 +62,9 @@ class WorkerSettings(_ProcessSettings):
         description="PostgreSQL DSN, postgresql://user:pass@host:port/db",
     )
     db_pool_min_size: int = Field(default=1, ge=0)
-    db_pool_max_size: int = Field(default=4, ge=2, description="claims, marks, reminders and metrics")
+    db_pool_max_size: int = Field(
+        default=4, ge=2, description="claims, lease renewals, marks, reminders, retention and metrics"
+    )
     db_command_timeout_seconds: float = Field(default=5.0, gt=0)
     db_connect_timeout_seconds: float = Field(default=2.0, gt=0)
     db_acquire_timeout_seconds: float = Field(default=2.0, gt=0)
