@@ -52,6 +52,8 @@ DEV_DIR: Final = REPO_ROOT / ".dev"
 LOG_DIR: Final = DEV_DIR / "logs"
 PG_DATA: Final = DEV_DIR / "pgdata"
 ENVOY_RENDERED: Final = DEV_DIR / "envoy.yaml"
+# The stand-in's record, which is also its dedupe memory: the outbox outlives a restart (.dev/pgdata), so must that.
+STANDIN_RECORD: Final = DEV_DIR / "standin.jsonl"
 DESCRIPTOR: Final = REPO_ROOT / "gen" / "descriptors" / "cowatch.binpb"
 DATABASE_NAME: Final = "cowatch"
 READY_MARKER: Final = "cowatch dev stack ready"
@@ -333,7 +335,8 @@ class Stack:
             argv = [python, "-m", module]
             self.services.append(self._child(name, argv, env, health_port=port, health_service=service))
         standin_port = self.config.port("notification")
-        env = self.child_env(**{f"{ENV_PREFIX}STANDIN_PORT": str(standin_port)})
+        record = os.environ.get(f"{ENV_PREFIX}STANDIN_RECORD") or str(STANDIN_RECORD)
+        env = self.child_env(**{f"{ENV_PREFIX}STANDIN_PORT": str(standin_port), f"{ENV_PREFIX}STANDIN_RECORD": record})
         self.helpers.append(self._child("notification", [python, "-m", STANDIN_MODULE], env, health_port=standin_port))
         env = self.child_env(**{f"{ENV_PREFIX}NOTIFICATION_ADDRESS": f"127.0.0.1:{standin_port}"})
         self.helpers.append(self._child("worker", [python, "-m", WORKER_MODULE], env))

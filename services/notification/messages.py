@@ -9,7 +9,7 @@ carry the same common parameters (``event_params``), as :mod:`services.notificat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -72,18 +72,23 @@ REMINDER_TEMPLATES = {"24H": "reminder_24h", "1H": "reminder_1h"}
 REMINDER_HOURS = {"24H": 24, "1H": 1}
 
 
-def reminder_dedupe_key(event_id: UUID, kind: str, recipient_id: str) -> str:
-    return f"reminder/{event_id}/{kind}/{recipient_id}"
+def reminder_dedupe_key(event_id: UUID, kind: str, recipient_id: str, due_time: datetime) -> str:
+    """One key per reminder *and schedule*: the due time (UTC, to the second) is part of it, so a reminder re-armed
+    after the start moved is a new message, while every retry of one schedule's reminder repeats the same key."""
+    due = due_time.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"reminder/{event_id}/{kind}/{recipient_id}/{due}"
 
 
-def reminder(event: EventFacts, kind: str, recipient_id: str, *, is_host: bool, seats: int, link: str) -> Message:
+def reminder(
+    event: EventFacts, kind: str, recipient_id: str, *, is_host: bool, seats: int, link: str, due_time: datetime
+) -> Message:
     """The 24 h / 1 h reminder to one recipient (host or confirmed guest: both see the address)."""
     params = event_params(event, link, with_address=True)
     params.update(kind=kind, hours_before=REMINDER_HOURS[kind], role="HOST" if is_host else "GUEST")
     if not is_host:
         params["seats"] = seats
     return Message(
-        dedupe_key=reminder_dedupe_key(event.id, kind, recipient_id),
+        dedupe_key=reminder_dedupe_key(event.id, kind, recipient_id, due_time),
         template_id=REMINDER_TEMPLATES[kind],
         recipients=[recipient_id],
         params=params,

@@ -53,6 +53,12 @@ class WorkerMetrics:
             ["kind", "outcome"],
             registry=r,
         )
+        self.purged = Counter(
+            "cowatch_retention_deleted",
+            "Rows deleted by the retention job (what: outbox_sent, outbox_dead, request_ids).",
+            ["what"],
+            registry=r,
+        )
 
     def sent_count(self) -> float:
         """Total accepted messages (tests and the bench read it)."""

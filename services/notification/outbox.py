@@ -87,17 +87,24 @@ async def schedule_reminders(
 
 
 MOVE_REMINDERS = """
-UPDATE notify.reminders
-SET due_time = $2::timestamptz - CASE kind WHEN '24H' THEN interval '24 hours' ELSE interval '1 hour' END,
-    state = CASE WHEN $2::timestamptz - CASE kind WHEN '24H' THEN interval '24 hours' ELSE interval '1 hour' END > $3
-                 THEN 'PENDING' ELSE 'SKIPPED' END
-WHERE event_id = $1 AND state <> 'SENT'
+UPDATE notify.reminders r
+SET due_time = m.due,
+    state = CASE WHEN m.due > $3::timestamptz THEN 'PENDING' ELSE 'SKIPPED' END,
+    sent_time = NULL
+FROM (SELECT kind, $2::timestamptz - make_interval(secs => seconds) AS due
+      FROM unnest($4::text[], $5::float8[]) AS o(kind, seconds)) AS m
+WHERE r.event_id = $1 AND r.kind = m.kind AND (r.state <> 'SENT' OR m.due > $3::timestamptz)
 """
 
 
 async def move_reminders(conn: Conn, event_id: UUID, new_start: datetime, now: datetime) -> None:
-    """Follow a new start time; reminders now in the past are skipped."""
-    await conn.execute(MOVE_REMINDERS, event_id, new_start, now)
+    """Follow a new start time: every reminder whose new due time is still ahead is armed again (``PENDING``) —
+    also one already ``SENT`` for the old start, so guests are reminded of the new time (its message gets a new
+    dedupe key: the key carries the due time); one whose new due time has passed is ``SKIPPED`` (never sent
+    late), or stays ``SENT`` if it went out for the old start."""
+    kinds = list(REMINDER_OFFSETS)
+    offsets = [REMINDER_OFFSETS[k].total_seconds() for k in kinds]
+    await conn.execute(MOVE_REMINDERS, event_id, new_start, now, kinds, offsets)
 
 
 DROP_REMINDERS = "DELETE FROM notify.reminders WHERE event_id = $1 AND state <> 'SENT'"

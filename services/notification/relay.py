@@ -6,7 +6,10 @@ One round (:meth:`Relay.run_once`):
    number of workers can claim side by side, never the same row) and push their ``next_attempt_time``
    ``lease_seconds`` ahead. The lease is the claim: it outlives the statement's lock, so no transaction stays
    open while we talk to the network.
-2. **Send** each row (concurrently, at most ``send_concurrency`` in flight) with its ``dedupe_key``.
+2. **Send** each row (concurrently, at most ``send_concurrency`` in flight) with its ``dedupe_key``. Meanwhile a
+   **heartbeat** pushes the batch's leases ``lease_seconds`` ahead again every ``heartbeat_seconds``: a live
+   worker keeps its claims however long the batch takes, and a dead one's lapse one short lease after its last
+   beat (seconds, not the length of the slowest possible batch).
 3. **Record** the outcomes in one statement each: ``SENT``; or ``attempts + 1``, ``last_error`` and a new
    ``next_attempt_time`` = now + exponential backoff with jitter; or ``DEAD`` after ``max_attempts`` tries (or at
    once for a permanent error: ``INVALID_ARGUMENT``, a message the service can never accept).
@@ -18,11 +21,19 @@ the worker probes with one message at a time, backing off, until one gets throug
 length dead-letters nothing: the outbox grows and drains when the service is back. Only messages that fail
 while the service answers others count tries towards ``max_attempts``.
 
-A worker that dies between 1 and 3 loses nothing: its rows are still ``PENDING`` and due again when the lease
-ends; whoever claims them sends them again with the same ``dedupe_key`` and the notification service
-acknowledges the repeat as a duplicate. Failures are only recorded if the lease is still ours (``next_attempt_time``
-unchanged), so a slow worker whose lease expired cannot overwrite the newer owner's state. Rows are never
-deleted here.
+A worker that dies between 1 and 3 (``kill -9``, a crashed host) loses nothing: its rows are still ``PENDING`` and
+due again when the lease ends; whoever claims them sends them again with the same ``dedupe_key`` (the row's, fixed
+when it was written, on every attempt) and the notification service acknowledges the repeat as a duplicate.
+Failures are only recorded if the lease is still ours (``next_attempt_time`` what our last claim or beat set), so a
+slow worker whose lease expired cannot overwrite the newer owner's state. Rows are deleted only by the retention
+job (:mod:`services.notification.retention`), long after they were sent.
+
+Why a renewed lease rather than claims tied to the worker's database session (an advisory lock, or a
+``pg_stat_activity`` check of the claimer's backend)? Session liveness is only as prompt as PostgreSQL noticing a
+dead peer: instant for ``kill -9`` on the same host, but up to the TCP keepalive time (hours by default) when the
+worker's host or network dies, and meaningless behind a transaction-pooling proxy where sessions are shared. A
+heartbeat lease bounds recovery by ``lease_seconds`` in every case, costs one small UPDATE per batch every
+``heartbeat_seconds``, and needs nothing from the database but its clock.
 
 All outbox times are the database's clock (it stamped ``next_attempt_time`` and ``create_time``); only the
 acknowledgement time (``sent_time``, and so the lag) is this process's wall clock.
@@ -33,7 +44,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -69,7 +80,8 @@ class RelayConfig:
     max_attempts: int = 10
     backoff_base_seconds: float = 1.0
     backoff_cap_seconds: float = 300.0
-    lease_seconds: float = 60.0
+    lease_seconds: float = 10.0
+    heartbeat_seconds: float = 3.0
     acquire_timeout_seconds: float = 2.0
 
 
@@ -148,6 +160,14 @@ FROM unnest($1::bigint[], $2::timestamptz[], $3::text[]) AS f(id, lease, error)
 WHERE o.id = f.id AND o.state = 'PENDING' AND o.next_attempt_time = f.lease
 """
 
+RENEW = """
+UPDATE notify.outbox o
+SET next_attempt_time = now() + make_interval(secs => $3::float8)
+FROM unnest($1::bigint[], $2::timestamptz[]) AS l(id, lease)
+WHERE o.id = l.id AND o.state = 'PENDING' AND o.next_attempt_time = l.lease
+RETURNING o.id, o.next_attempt_time
+"""
+
 NEXT_DUE_IN = """
 SELECT extract(epoch FROM min(next_attempt_time) - now())::float8 FROM notify.outbox WHERE state = 'PENDING'
 """
@@ -156,6 +176,14 @@ PENDING_STATS = """
 SELECT count(*) AS pending, extract(epoch FROM now() - min(create_time))::float8 AS oldest
 FROM notify.outbox WHERE state = 'PENDING'
 """
+
+
+def _lease(outcome: Outcome, leases: Mapping[int, datetime] | None) -> datetime:
+    """The lease we hold on the outcome's row: the last beat's, else the claim's (a lost row keeps the claim's,
+    which no longer matches, so nothing is written)."""
+    if leases is None:
+        return outcome.row.lease_until
+    return leases.get(outcome.row.id, outcome.row.lease_until)
 
 
 def _claimed(record: Any) -> Claimed:
@@ -206,21 +234,57 @@ class Relay:
         claimed = await self.claim(limit)
         if not claimed:
             return Round()
-        outcomes = await asyncio.gather(*(self._send(row) for row in claimed))
+        leases = {row.id: row.lease_until for row in claimed}
+        heartbeat = asyncio.create_task(self._heartbeat(leases), name="outbox-lease-heartbeat")
+        try:
+            outcomes = await asyncio.gather(*(self._send(row) for row in claimed))
+        finally:
+            heartbeat.cancel()
+            # (a beat in flight finishes or is cancelled before we read the leases it may have moved)
+            await asyncio.gather(heartbeat, return_exceptions=True)
         sent = sum(1 for o in outcomes if o.ok)
         if sent == 0 and all(o.code in OUTAGE_CODES for o in outcomes):
-            await self.release(outcomes, outage_delay)
+            await self.release(outcomes, outage_delay, leases)
             return Round(claimed=len(claimed), failed=len(claimed), outage=True)
-        await self.record(outcomes)
+        await self.record(outcomes, leases)
         return Round(claimed=len(claimed), sent=sent, failed=len(claimed) - sent)
 
-    async def release(self, outcomes: Sequence[Outcome], delay: float) -> None:
+    async def renew(self, leases: dict[int, datetime]) -> int:
+        """Push the leases we still hold ``lease_seconds`` ahead; updates ``leases`` in place (a row whose lease
+        someone else took over is dropped from it). Returns how many were renewed."""
+        if not leases:
+            return 0
+        ids = list(leases)
+        async with db.connection(self._pool, acquire_timeout=self._config.acquire_timeout_seconds) as conn:
+            rows = await conn.fetch(RENEW, ids, [leases[i] for i in ids], self._config.lease_seconds)
+        renewed = {r["id"]: r["next_attempt_time"] for r in rows}
+        for i in ids:
+            if i in renewed:
+                leases[i] = renewed[i]
+            else:
+                del leases[i]
+        return len(renewed)
+
+    async def _heartbeat(self, leases: dict[int, datetime]) -> None:
+        interval = self._config.heartbeat_seconds
+        while leases:
+            await asyncio.sleep(interval)
+            try:
+                await self.renew(leases)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database is away: the leases may lapse; a re-send is then deduped
+                _log.warning("outbox lease renewal failed", error=repr(exc)[:MAX_ERROR_LENGTH])
+
+    async def release(
+        self, outcomes: Sequence[Outcome], delay: float, leases: Mapping[int, datetime] | None = None
+    ) -> None:
         """Hand rows back after an outage without counting the try."""
         async with db.connection(self._pool, acquire_timeout=self._config.acquire_timeout_seconds) as conn:
             await conn.execute(
                 RELEASE,
                 [o.row.id for o in outcomes],
-                [o.row.lease_until for o in outcomes],
+                [_lease(o, leases) for o in outcomes],
                 [o.error for o in outcomes],
                 delay,
             )
@@ -252,7 +316,7 @@ class Relay:
                 return Outcome(row, ok=False, code=type(exc).__name__, error=repr(exc)[:MAX_ERROR_LENGTH])
             return Outcome(row, ok=True, duplicate=result.duplicate, acked_at=datetime.now(UTC))
 
-    async def record(self, outcomes: Sequence[Outcome]) -> None:
+    async def record(self, outcomes: Sequence[Outcome], leases: Mapping[int, datetime] | None = None) -> None:
         sent = [o for o in outcomes if o.ok]
         failed = [o for o in outcomes if not o.ok]
         cfg = self._config
@@ -268,7 +332,7 @@ class Relay:
                 rows = await conn.fetch(
                     MARK_FAILED,
                     [o.row.id for o in failed],
-                    [o.row.lease_until for o in failed],
+                    [_lease(o, leases) for o in failed],
                     [o.error for o in failed],
                     delays,
                     dead_flags,

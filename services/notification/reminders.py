@@ -1,14 +1,17 @@
-"""Due reminders → outbox messages, exactly once per (event, kind, recipient).
+"""Due reminders → outbox messages, exactly once per (event, kind, recipient) and schedule.
 
 Reminder rows are written by the domains (``outbox.schedule_reminders`` when an event is created or a seat is
-booked, ``move_reminders`` when the start changes, ``drop_reminders`` on cancellation). Here, in ONE
-transaction per batch:
+booked, ``move_reminders`` when the start changes, ``drop_reminders`` on cancellation). Moving the start re-arms
+every reminder whose new due time is still ahead — also one already SENT for the old start (the guest is reminded
+of the new time) — and skips those whose new due time has passed (never sent late). Here, in ONE transaction per
+batch:
 
 1. claim the ``PENDING`` rows whose ``due_time`` has come (``FOR UPDATE OF r SKIP LOCKED``: workers never
    claim the same row, and a concurrent move/drop waits for us, then sees the final state);
 2. read the event as it is now (title, film, start in the place's zone, full address) and whether the
    recipient is still the host or a confirmed guest;
-3. mark each row ``SENT`` and enqueue its message (dedupe key ``reminder/{event}/{kind}/{recipient}``), or
+3. mark each row ``SENT`` and enqueue its message (dedupe key ``reminder/{event}/{kind}/{recipient}/{due}``: the
+   due time makes a re-armed reminder a new message, and stays the same on every retry of one schedule), or
    mark it ``SKIPPED`` when it no longer applies: the event is not scheduled any more, the recipient's booking
    is gone, or the reminder would arrive too late (the event has started, or a 24 h reminder whose 1 h mark has
    passed too — a worker that was down for a day does not send a burst of stale mail).
@@ -135,6 +138,7 @@ class ReminderDispatcher:
             is_host=is_host,
             seats=row["guest_seats"] or 0,
             link=messages.event_link(self._base_url, row["event_id"]),
+            due_time=row["due_time"],
         )
         return _Decision(row["id"], row["kind"], "SENT", None, message)
 

@@ -62,7 +62,9 @@ class WorkerSettings(_ProcessSettings):
         description="PostgreSQL DSN, postgresql://user:pass@host:port/db",
     )
     db_pool_min_size: int = Field(default=1, ge=0)
-    db_pool_max_size: int = Field(default=4, ge=2, description="claims, marks, reminders and metrics")
+    db_pool_max_size: int = Field(
+        default=4, ge=2, description="claims, lease renewals, marks, reminders, retention and metrics"
+    )
     db_command_timeout_seconds: float = Field(default=5.0, gt=0)
     db_connect_timeout_seconds: float = Field(default=2.0, gt=0)
     db_acquire_timeout_seconds: float = Field(default=2.0, gt=0)
@@ -87,7 +89,12 @@ class WorkerSettings(_ProcessSettings):
         default=15.0, gt=0, description="longest pause between probes while the notification service is down"
     )
     lease_seconds: float = Field(
-        default=60.0, gt=0, description="a claimed row is re-sent by anyone after this long without an outcome"
+        default=10.0,
+        gt=0,
+        description="a claimed row is re-sent by anyone after this long without a heartbeat from its claimer",
+    )
+    lease_heartbeat_seconds: float | None = Field(
+        default=None, gt=0, description="how often a live worker renews its claims; default a third of the lease"
     )
     poll_interval_seconds: float = Field(
         default=5.0, gt=0, description="fallback poll when no NOTIFY arrives (and the reminder scan interval)"
@@ -96,6 +103,21 @@ class WorkerSettings(_ProcessSettings):
     # --- reminders ---------------------------------------------------------------------------------------
     reminder_batch_size: int = Field(default=200, ge=1, le=5000)
     public_base_url: str = "http://localhost:8080"
+
+    # --- retention (services/notification/retention.py) ---------------------------------------------------
+    retention_interval_seconds: float = Field(default=600.0, gt=0, description="how often old rows are deleted")
+    retention_batch_size: int = Field(default=500, ge=1, le=10_000, description="rows deleted per statement")
+    outbox_sent_retention_seconds: float = Field(
+        default=7 * 86_400.0, ge=60, description="sent outbox rows (with their addresses) are kept this long"
+    )
+    outbox_dead_retention_seconds: float = Field(
+        default=30 * 86_400.0, ge=60, description="dead-lettered outbox rows are kept this long after they were written"
+    )
+    idempotency_retention_seconds: float = Field(
+        default=7 * 86_400.0,
+        ge=3_600,
+        description="request ids (idem.requests) are kept this long: longer than any client may retry a write",
+    )
 
     # --- process -----------------------------------------------------------------------------------------
     metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus /metrics port; 0 = no endpoint")
@@ -124,17 +146,21 @@ class WorkerSettings(_ProcessSettings):
             raise PydanticCustomError("address", "must be host:port (no scheme), e.g. notification:50060")
         return value
 
-    @field_validator("lease_seconds")
+    @field_validator("lease_heartbeat_seconds")
     @classmethod
-    def _check_lease(cls, value: float, info: ValidationInfo) -> float:
-        timeout = info.data.get("notification_timeout_seconds")
-        if isinstance(timeout, float | int) and value <= timeout:
+    def _check_heartbeat(cls, value: float | None, info: ValidationInfo) -> float | None:
+        lease = info.data.get("lease_seconds")
+        if value is not None and isinstance(lease, float | int) and value * 2 > lease:
             raise PydanticCustomError(
-                "lease",
-                "must exceed COWATCH_NOTIFICATION_TIMEOUT_SECONDS ({timeout}): a claim must outlive one send",
-                {"timeout": timeout},
+                "heartbeat",
+                "must be at most half of COWATCH_LEASE_SECONDS ({lease}): a late beat must not lose the claim",
+                {"lease": lease},
             )
         return value
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        return self.lease_heartbeat_seconds or self.lease_seconds / 3
 
     @field_validator("db_pool_max_size")
     @classmethod

@@ -11,8 +11,10 @@ describes it, without sending any mail:
 * it keeps what it received in an :class:`Inbox` that tests can read and wait on, and that survives a
   stop/start of the server (to play "the notification service is down for a while");
 * tests can make it fail the next calls (:meth:`StandIn.fail_next`) or answer slowly (``delay_seconds``);
-* with ``--record FILE`` it appends one JSON line per call it accepted (``key``, ``template``, ``recipients``,
-  ``duplicate``, ``received_at`` in Unix seconds) — what another process (the benchmark) reads afterwards.
+* with ``--record FILE`` it appends one JSON line per call it accepted (``key``, ``id``, ``template``,
+  ``recipients``, ``duplicate``, ``received_at`` in Unix seconds) — what another process (the benchmark) reads
+  afterwards — and, like the real service, it remembers the keys of that file across its own restarts: a key
+  accepted by an earlier run is acknowledged as a duplicate, not "sent" again.
 
 ``python -m services.notification.standin [--port N] [--host H] [--record FILE]`` (env ``COWATCH_STANDIN_PORT``,
 default 50060; ``COWATCH_STANDIN_RECORD``).
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import re
@@ -81,6 +84,7 @@ class Inbox:
         self.deliveries: list[Delivery] = []
         self.by_key: dict[str, Delivery] = {}
         self.accepted_per_key: dict[str, int] = {}  # how often a key was accepted as NEW: must stay 1
+        self.remembered: dict[str, str] = {}  # key -> notification id, accepted by an earlier run (record file)
         self.duplicates: int = 0
         self.refused: int = 0
         self.calls: int = 0
@@ -94,8 +98,22 @@ class Inbox:
         if existing is not None:
             self.duplicates += 1
             return existing, True
-        delivery = Delivery(
-            notification_id=f"standin-{next(self._ids)}",
+        earlier = self.remembered.get(request.dedupe_key)
+        if earlier is not None:
+            self.duplicates += 1
+            return self._delivery(earlier, request, params, request_id), True
+        delivery = self._delivery(f"standin-{next(self._ids)}", request, params, request_id)
+        self.deliveries.append(delivery)
+        self.by_key[delivery.dedupe_key] = delivery
+        self.accepted_per_key[delivery.dedupe_key] = self.accepted_per_key.get(delivery.dedupe_key, 0) + 1
+        return delivery, False
+
+    @staticmethod
+    def _delivery(
+        notification_id: str, request: notification_pb2.SendRequest, params: dict[str, Any], request_id: str
+    ) -> Delivery:
+        return Delivery(
+            notification_id=notification_id,
             dedupe_key=request.dedupe_key,
             template_id=request.template_id,
             recipients=tuple(request.recipients),
@@ -104,10 +122,16 @@ class Inbox:
             received_at=datetime.now(UTC),
             received_monotonic=time.monotonic(),
         )
-        self.deliveries.append(delivery)
-        self.by_key[delivery.dedupe_key] = delivery
-        self.accepted_per_key[delivery.dedupe_key] = self.accepted_per_key.get(delivery.dedupe_key, 0) + 1
-        return delivery, False
+
+    def remember(self, lines: IO[str]) -> int:
+        """Load the keys a record file says were accepted (by an earlier run); returns how many."""
+        before = len(self.remembered)
+        for line in lines:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                entry = json.loads(line)
+                if not entry.get("duplicate") and isinstance(entry.get("key"), str):
+                    self.remembered.setdefault(entry["key"], str(entry.get("id") or "standin-earlier"))
+        return len(self.remembered) - before
 
     async def _notify(self) -> None:
         async with self._changed:
@@ -219,6 +243,7 @@ class StandinServicer(notification_pb2_grpc.NotificationServiceServicer):
                 json.dumps(
                     {
                         "key": delivery.dedupe_key,
+                        "id": delivery.notification_id,
                         "template": delivery.template_id,
                         "recipients": list(delivery.recipients),
                         "duplicate": duplicate,
@@ -281,6 +306,9 @@ class StandIn:
         self._server = server
         self.port = bound
         if self.record_path is not None and self.record is None:
+            if self.record_path.exists():
+                with self.record_path.open(encoding="utf-8") as earlier:
+                    self.inbox.remember(earlier)
             self.record = self.record_path.open("a", encoding="utf-8")
         _log.info("notification STAND-IN listening (logs messages, sends no mail)", host=self.host, port=bound)
         return bound

@@ -1,8 +1,8 @@
-"""The notification worker process: relays the outbox and dispatches due reminders.
+"""The notification worker process: relays the outbox, dispatches due reminders, deletes old rows.
 
 ``python -m services.notification.worker`` (settings: :class:`~services.notification.settings.WorkerSettings`).
 
-Three loops share one pool:
+Four loops share one pool:
 
 * **relay** (:mod:`services.notification.relay`): woken at once by ``LISTEN cowatch_outbox`` (the outbox's
   insert trigger notifies at commit), else by the earliest retry coming due, else every
@@ -10,11 +10,14 @@ Three loops share one pool:
   reconnects). While batches come back full it keeps going without waiting.
 * **reminders** (:mod:`services.notification.reminders`): every ``poll_interval_seconds`` against the clock;
   the outbox rows it writes wake the relay through the same trigger.
+* **retention** (:mod:`services.notification.retention`): every ``retention_interval_seconds``, deletes sent and
+  dead outbox rows and request ids past their retention, in small batches.
 * **gauges**: pending count and oldest pending age for Prometheus.
 
 Any number of workers may run against one database (claims use ``SKIP LOCKED``). SIGTERM/SIGINT: stop claiming,
 finish the batch in hand (at most ``shutdown_grace_seconds``), exit 0. A second signal stops at once; rows in
-flight are then re-sent after their lease by whichever worker comes next (same dedupe key).
+flight are then re-sent by whichever worker comes next once their lease lapses — ``lease_seconds`` after the
+last heartbeat (same dedupe key).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import contextlib
 import random
 import signal
 from collections.abc import Awaitable
+from datetime import timedelta
 from typing import Any, NoReturn, TypeVar
 
 import asyncpg
@@ -37,6 +41,7 @@ from services.notification.client import NotificationClient, Notifier
 from services.notification.metrics import WorkerMetrics
 from services.notification.relay import Relay, RelayConfig, backoff_delay
 from services.notification.reminders import ReminderDispatcher
+from services.notification.retention import Retention, RetentionConfig
 from services.notification.settings import WorkerSettings
 
 __all__ = ["OUTBOX_CHANNEL", "Worker", "main", "serve"]
@@ -74,6 +79,7 @@ class Worker:
         self._pool: db.Pool | None = None
         self._relay: Relay | None = None
         self._reminders: ReminderDispatcher | None = None
+        self._retention: Retention | None = None
         self._stopping = asyncio.Event()
         self._outbox_wake = asyncio.Event()
         self._reminder_wake = asyncio.Event()
@@ -100,6 +106,7 @@ class Worker:
             backoff_base_seconds=s.backoff_base_seconds,
             backoff_cap_seconds=s.backoff_cap_seconds,
             lease_seconds=s.lease_seconds,
+            heartbeat_seconds=s.heartbeat_seconds,
             acquire_timeout_seconds=s.db_acquire_timeout_seconds,
         )
         self._relay = Relay(self._pool, self._notifier, config, self.metrics, rng=self._rng)
@@ -110,6 +117,18 @@ class Worker:
             public_base_url=s.public_base_url,
             batch_size=s.reminder_batch_size,
             acquire_timeout_seconds=s.db_acquire_timeout_seconds,
+        )
+        self._retention = Retention(
+            self._pool,
+            self.clock,
+            RetentionConfig(
+                outbox_sent=timedelta(seconds=s.outbox_sent_retention_seconds),
+                outbox_dead=timedelta(seconds=s.outbox_dead_retention_seconds),
+                request_ids=timedelta(seconds=s.idempotency_retention_seconds),
+                batch_size=s.retention_batch_size,
+                acquire_timeout_seconds=s.db_acquire_timeout_seconds,
+            ),
+            self.metrics,
         )
         if s.metrics_port:
             self._metrics_server, _ = start_http_server(s.metrics_port, s.metrics_host, registry=self.metrics.registry)
@@ -158,11 +177,12 @@ class Worker:
             await self._listening.wait()
 
     async def run(self) -> None:
-        if self._relay is None or self._reminders is None:
+        if self._relay is None or self._reminders is None or self._retention is None:
             raise RuntimeError("Worker.start() first")
         loops = [
             asyncio.create_task(self._relay_loop(self._relay), name="outbox-relay"),
             asyncio.create_task(self._reminder_loop(self._reminders), name="reminders"),
+            asyncio.create_task(self._retention_loop(self._retention), name="retention"),
             asyncio.create_task(self._gauge_loop(self._relay), name="outbox-gauges"),
         ]
         listener = asyncio.create_task(self._listen_loop(), name="outbox-listen")
@@ -254,6 +274,11 @@ class Worker:
             if settled is not None and settled >= self.settings.reminder_batch_size:
                 continue
             await self._wait(self._reminder_wake, poll)
+
+    async def _retention_loop(self, retention: Retention) -> None:
+        while not self._stopping.is_set():
+            await self._guarded("retention", retention.run_once())
+            await self._wait(self._stopping, self.settings.retention_interval_seconds)
 
     async def _gauge_loop(self, relay: Relay) -> None:
         interval = max(1.0, min(self.settings.poll_interval_seconds, 15.0))

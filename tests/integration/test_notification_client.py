@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -95,3 +96,26 @@ async def test_the_standin_refuses_what_a_template_could_not_render(standin: Sta
     fields = dict(parse_error_details(info.value.trailing_metadata()).field_violations)  # type: ignore[union-attr]
     assert set(fields) == {"template_id", "recipients[0]"}
     assert standin.inbox.deliveries == []
+
+
+async def test_a_restarted_standin_with_a_record_file_remembers_the_keys_it_accepted(tmp_path: Path):
+    record = tmp_path / "standin.jsonl"
+    first = StandIn(log_messages=False, record=record)
+    port = await first.start(0)
+    c = NotificationClient(first.address, timeout_seconds=2.0)
+    try:
+        sent = await send(c, "restart/1")
+        await first.stop(0)
+        # A new process on the same record file: the real service's dedupe survives its restarts, so does this one.
+        second = StandIn(log_messages=False, record=record)
+        await second.start(port)
+        try:
+            again = await send(c, "restart/1")
+            fresh = await send(c, "restart/2")
+        finally:
+            await second.stop(0)
+    finally:
+        await c.close()
+    assert not sent.duplicate and again.duplicate and not fresh.duplicate
+    assert again.notification_id == sent.notification_id
+    assert second.inbox.deliveries == [second.inbox.by_key["restart/2"]]

@@ -134,6 +134,52 @@ async def test_a_reschedule_moves_the_reminders(env: NotifyEnv, worker: Worker):
     assert sent[guest.id]["start_local"] == local_time(start_of(updated), "Europe/Berlin")
 
 
+async def move(env: NotifyEnv, host: Caller, event: resources_pb2.Event, start: datetime) -> resources_pb2.Event:
+    return await env.events.UpdateEvent(
+        service_pb2.UpdateEventRequest(
+            event=resources_pb2.Event(name=event.name, start_time=ts(start)),
+            update_mask=field_mask_pb2.FieldMask(paths=["start_time"]),
+        ),
+        metadata=host.metadata,
+    )
+
+
+async def test_a_reminder_already_sent_is_rearmed_for_the_new_start_and_never_sent_late(env: NotifyEnv, worker: Worker):
+    host, guest = new_caller("Host"), new_caller("Guest")
+    event = await new_event(env.events, env.clock, host, start_in=timedelta(days=3))
+    await guests_book(env, event, guest)
+    old_start = start_of(event)
+    await at(env, old_start - timedelta(hours=23))
+    (first,) = env.inbox.find("reminder_24h", event=event.name, recipient=guest.id)
+
+    # Two days later: the 24 h reminder already SENT is armed again for the new time, under a new key.
+    new_start = old_start + timedelta(days=2)
+    await move(env, host, event, new_start)
+    states = await reminder_states(env.pool, event.name)
+    assert states[("24H", guest.id)] == ("PENDING", new_start - timedelta(hours=24))
+    assert states[("24H", host.id)] == ("PENDING", new_start - timedelta(hours=24))
+    await at(env, new_start - timedelta(hours=24))
+    got = env.inbox.find("reminder_24h", event=event.name, recipient=guest.id)
+    assert len(got) == 2
+    second = got[1]
+    assert second.dedupe_key != first.dedupe_key
+    assert second.params["start_local"] == local_time(new_start, "Europe/Berlin")
+    assert first.params["start_local"] == local_time(old_start, "Europe/Berlin")
+
+    # Moved earlier again, to 3 h from now: the new 24 h mark has passed — it is not sent late (it went out
+    # already) — while the 1 h reminder follows the new start.
+    now = env.clock.now()
+    closer = now + timedelta(hours=3)
+    await move(env, host, event, closer)
+    states = await reminder_states(env.pool, event.name)
+    assert states[("24H", guest.id)][0] == "SENT"
+    assert states[("1H", guest.id)] == ("PENDING", closer - timedelta(hours=1))
+    await at(env, closer - timedelta(hours=1))
+    assert len(env.inbox.find("reminder_24h", event=event.name, recipient=guest.id)) == 2
+    (one_hour,) = env.inbox.find("reminder_1h", event=event.name, recipient=guest.id)
+    assert one_hour.params["start_local"] == local_time(closer, "Europe/Berlin")
+
+
 async def test_cancelling_the_event_or_a_booking_drops_the_reminders(env: NotifyEnv, worker: Worker):
     host, stays, leaves = new_caller("Host"), new_caller("Stays"), new_caller("Leaves")
     event = await new_event(env.events, env.clock, host, start_in=timedelta(days=3))

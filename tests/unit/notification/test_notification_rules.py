@@ -78,13 +78,14 @@ FACTS = messages.EventFacts(
 
 
 def test_reminders_show_the_local_time_with_zone_and_the_full_address():
-    m = messages.reminder(FACTS, "24H", "u-1", is_host=False, seats=2, link="https://x/events/1")
-    assert m.dedupe_key == f"reminder/{FACTS.id}/24H/u-1"
+    due = START - timedelta(hours=24)
+    m = messages.reminder(FACTS, "24H", "u-1", is_host=False, seats=2, link="https://x/events/1", due_time=due)
+    assert m.dedupe_key == f"reminder/{FACTS.id}/24H/u-1/{due.astimezone(UTC):%Y%m%dT%H%M%SZ}"
     assert m.template_id == "reminder_24h" and list(m.recipients) == ["u-1"]
     assert m.params["start_local"] == "Sun 28 Mar 2027, 20:00 CEST (Europe/Berlin)"
     assert m.params["place_address"] == "Torstr. 1"
     assert (m.params["role"], m.params["seats"], m.params["hours_before"]) == ("GUEST", 2, 24)
-    host = messages.reminder(FACTS, "1H", "u-h", is_host=True, seats=0, link="https://x/events/1")
+    host = messages.reminder(FACTS, "1H", "u-h", is_host=True, seats=0, link="https://x/events/1", due_time=due)
     assert host.template_id == "reminder_1h" and host.params["role"] == "HOST" and "seats" not in host.params
 
 
@@ -154,7 +155,7 @@ def _all_messages() -> Iterator[Message]:
     yield booking_messages.new_guest(bookable, booking, guest, link)
     yield booking_messages.booking_cancelled(bookable, booking, guest, link)
     for kind in ("24H", "1H"):
-        yield messages.reminder(FACTS, kind, "g", is_host=False, seats=1, link=link)
+        yield messages.reminder(FACTS, kind, "g", is_host=False, seats=1, link=link, due_time=START)
 
 
 def test_every_message_we_build_has_every_parameter_its_template_needs():

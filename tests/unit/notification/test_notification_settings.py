@@ -42,12 +42,13 @@ def test_bad_values_are_each_reported(env, capsys):
     env.setenv("COWATCH_BACKOFF_BASE_SECONDS", "10")
     env.setenv("COWATCH_BACKOFF_CAP_SECONDS", "5")
     env.setenv("COWATCH_LEASE_SECONDS", "1")
+    env.setenv("COWATCH_LEASE_HEARTBEAT_SECONDS", "0.6")
     err = exit_message(capsys)
     assert "must start with postgresql://" in err
     assert "COWATCH_NOTIFICATION_ADDRESS: must be host:port" in err
     assert "COWATCH_BATCH_SIZE:" in err
     assert "COWATCH_BACKOFF_CAP_SECONDS: must not be below COWATCH_BACKOFF_BASE_SECONDS" in err
-    assert "COWATCH_LEASE_SECONDS: must exceed COWATCH_NOTIFICATION_TIMEOUT_SECONDS" in err
+    assert "COWATCH_LEASE_HEARTBEAT_SECONDS: must be at most half of COWATCH_LEASE_SECONDS" in err
 
 
 def test_defaults(env):
@@ -58,6 +59,7 @@ def test_defaults(env):
     assert s.max_attempts == 10 and s.batch_size == 100
     assert s.backoff_base_seconds < s.backoff_cap_seconds
     assert s.metrics_port == 0  # no endpoint unless asked for
+    assert s.lease_seconds == 10.0 and s.heartbeat_seconds == s.lease_seconds / 3
     assert "postgres" not in repr(s)  # the DSN may carry a password
 
 
