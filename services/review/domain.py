@@ -13,17 +13,17 @@ from datetime import datetime
 from enum import StrEnum
 from uuid import UUID
 
+from services.common import errors, names
 from services.common.errors import (
     Aborted,
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
-    NotFound,
     PermissionDenied,
     Violations,
 )
-from services.common.names import parse_uuid_name
-from services.event.domain import State, Visibility, event_name, user_name
+from services.common.vocabulary import EventState as State
+from services.common.vocabulary import Rating, Visibility
 
 __all__ = [
     "MAX_RATING",
@@ -70,18 +70,6 @@ class Role(StrEnum):
 
     HOST = "HOST"
     GUEST = "GUEST"
-
-
-@dataclass(frozen=True, slots=True)
-class Rating:
-    """An aggregate of 1–5 star ratings: the average is rounded to two decimals, 0 when nobody rated."""
-
-    average: float = 0.0
-    count: int = 0
-
-    @classmethod
-    def of(cls, total: int, count: int) -> Rating:
-        return cls(average=round(total / count, 2) if count else 0.0, count=count)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +128,7 @@ class EventFacts:
 
     @property
     def name(self) -> str:
-        return event_name(self.event_id)
+        return names.event(self.event_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,17 +150,12 @@ class RatingChange:
 # --------------------------------------------------------------------------- names
 
 
-def review_name(review_id: UUID) -> str:
-    return f"reviews/{review_id}"
-
-
-def parse_review_name(value: str, field_name: str = "name") -> UUID:
-    """``reviews/{uuid}`` → UUID; anything else is INVALID_ARGUMENT on ``field_name``."""
-    return parse_uuid_name(value, "reviews", "review", field_name)
+review_name = names.review
+parse_review_name = names.parse_review
 
 
 def subject_user_name(user_id: str | None) -> str:
-    return user_name(user_id) if user_id is not None else ""
+    return names.user(user_id) if user_id is not None else ""
 
 
 # --------------------------------------------------------------------------- validation
@@ -238,7 +221,7 @@ def ensure_visible(facts: EventFacts, caller_id: str | None) -> None:
         return
     if facts.caller_has_booking:
         return
-    raise NotFound("EVENT_NOT_FOUND", f"{facts.name} does not exist")
+    raise errors.event_not_found(facts.name)
 
 
 def resolve_subject(draft: Draft, facts: EventFacts, author_id: str) -> str | None:
@@ -279,7 +262,7 @@ def resolve_subject(draft: Draft, facts: EventFacts, author_id: str) -> str | No
                 raise FailedPrecondition(
                     "SUBJECT_NOT_A_PARTICIPANT",
                     "the reviewed guest did not take part in the event",
-                    metadata={"event": facts.name, "subject_user": user_name(subject)},
+                    metadata={"event": facts.name, "subject_user": names.user(subject)},
                 )
             return subject
 

@@ -14,8 +14,9 @@ from uuid import UUID
 import asyncpg
 
 from services.common.dbtypes import Conn
-from services.event.domain import State, Visibility
-from services.review.domain import EventFacts, Rating, RatingChange, Review, Role, SubjectType
+from services.common.vocabulary import EventState as State
+from services.common.vocabulary import Rating, Visibility
+from services.review.domain import EventFacts, RatingChange, Review, Role, SubjectType
 
 # --------------------------------------------------------------------------- eligibility facts
 
