@@ -85,8 +85,8 @@ ORDER BY e.start_time, b.id
 LIMIT 1
 """
 
-# THE seat statement (DESIGN.md §3): never more seats than capacity, whatever the concurrency. Concurrent
-# bookings of one event queue on its row lock and re-check the WHERE clause against the latest version; the
+# THE seat statement (docs/architecture.md, "Seats"): never more seats than capacity, whatever the concurrency.
+# Concurrent bookings of one event queue on its row lock and re-check the WHERE clause against the latest version; the
 # CHECK (seats_taken BETWEEN 0 AND capacity) is the backstop. Returns the event's times as of the update: the
 # service compares them with the ones its overlap check and reminders used (a concurrent reschedule aborts).
 TAKE_SEATS = """

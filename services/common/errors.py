@@ -24,6 +24,10 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "Violations",
+    "booking_not_found",
+    "event_not_found",
+    "review_not_found",
+    "user_not_found",
 ]
 
 
