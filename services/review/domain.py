@@ -1,7 +1,7 @@
 """Review domain: who may review what after a held event, and how ratings add up.
 
 Pure Python: no gRPC, no protobuf, no SQL. The service layer gathers the facts about an event and its
-participants (:class:`EventFacts`), asks these functions whether a review is allowed (they raise
+participants (:class:`ReviewableEvent`), asks these functions whether a review is allowed (they raise
 :mod:`services.common.errors` exceptions with stable reasons), and persists the result together with the
 aggregate change (:class:`RatingChange`) in one transaction.
 """
@@ -31,10 +31,10 @@ __all__ = [
     "TEXT_MAX",
     "Draft",
     "Edit",
-    "EventFacts",
     "Rating",
     "RatingChange",
     "Review",
+    "ReviewableEvent",
     "Role",
     "SubjectType",
     "already_reviewed",
@@ -115,7 +115,7 @@ class Edit:
 
 
 @dataclass(frozen=True, slots=True)
-class EventFacts:
+class ReviewableEvent:
     """What the rules need to know about one event, from one caller's point of view."""
 
     event_id: UUID
@@ -213,7 +213,7 @@ def validate_edit(edit: Edit, *, prefix: str = "review") -> Edit:
 # --------------------------------------------------------------------------- eligibility
 
 
-def ensure_visible(facts: EventFacts, caller_id: str | None) -> None:
+def ensure_visible(facts: ReviewableEvent, caller_id: str | None) -> None:
     """A private event does not exist for anyone but its host, its participants and its booked guests."""
     if facts.visibility is not Visibility.PRIVATE:
         return
@@ -224,7 +224,7 @@ def ensure_visible(facts: EventFacts, caller_id: str | None) -> None:
     raise errors.event_not_found(facts.name)
 
 
-def resolve_subject(draft: Draft, facts: EventFacts, author_id: str) -> str | None:
+def resolve_subject(draft: Draft, facts: ReviewableEvent, author_id: str) -> str | None:
     """Apply the eligibility rules in order; returns the reviewed user's id (``None`` for EVENT reviews).
 
     Order: the event must be visible, then held; the author must have taken part; the author's role must

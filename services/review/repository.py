@@ -16,7 +16,7 @@ import asyncpg
 from services.common.dbtypes import Conn
 from services.common.vocabulary import EventState as State
 from services.common.vocabulary import Rating, Visibility
-from services.review.domain import EventFacts, RatingChange, Review, Role, SubjectType
+from services.review.domain import RatingChange, Review, ReviewableEvent, Role, SubjectType
 
 # --------------------------------------------------------------------------- eligibility facts
 
@@ -52,8 +52,8 @@ async def event_facts(conn: Conn, event_id: UUID, caller_id: str | None, subject
     )
 
 
-def to_facts(event_id: UUID, row: EventRow, *, caller_has_booking: bool) -> EventFacts:
-    return EventFacts(
+def to_facts(event_id: UUID, row: EventRow, *, caller_has_booking: bool) -> ReviewableEvent:
+    return ReviewableEvent(
         event_id=event_id,
         host_id=row.host_id,
         state=row.state,

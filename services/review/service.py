@@ -27,7 +27,7 @@ from services.common.vocabulary import Rating, Visibility
 from services.review import cache as review_cache
 from services.review import domain
 from services.review import repository as reviews
-from services.review.domain import Draft, Edit, EventFacts, Review, Role, SubjectType
+from services.review.domain import Draft, Edit, Review, ReviewableEvent, Role, SubjectType
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +120,9 @@ class ReviewService:
 
     # ----------------------------------------------------------------- helpers
 
-    async def _facts(self, conn: Conn, event_id: UUID, caller_id: str | None, subject_id: str | None) -> EventFacts:
+    async def _facts(
+        self, conn: Conn, event_id: UUID, caller_id: str | None, subject_id: str | None
+    ) -> ReviewableEvent:
         row = await reviews.event_facts(conn, event_id, caller_id, subject_id)
         if row is None:
             raise errors.event_not_found(names.event(event_id))
