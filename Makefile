@@ -49,10 +49,11 @@ gen-check: gen ## fail if the committed generated code differs from a fresh `mak
 	  echo "generated files not committed:" >&2; echo "$$untracked" >&2; exit 1; \
 	fi
 
-lint: install ## ruff, mypy, buf lint, buf format
+lint: install ## ruff, mypy, import boundaries (lint-imports), buf lint, buf format
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code --path protos/cowatch
 

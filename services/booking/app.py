@@ -15,6 +15,7 @@ from services.common import db
 from services.common.app import ServiceApp
 from services.common.cache import Cache
 from services.common.settings import CommonSettings
+from services.event import cache as event_cache
 
 __all__ = ["SERVICE_NAME", "BookingApp", "BookingSettings"]
 
@@ -44,4 +45,6 @@ class BookingApp(ServiceApp[BookingService]):
     def build(self, pool: db.Pool, cache: Cache) -> BookingService:
         s = self._settings
         max_seats = s.max_seats_per_booking if isinstance(s, BookingSettings) else DEFAULT_MAX_SEATS
-        return BookingService(pool, self._clock, s.public_base_url, max_seats, cache)
+        # EventService caches event rows, seats included: its cache hears every seat change made here.
+        subscribers = event_cache.handlers(cache, pool)
+        return BookingService(pool, self._clock, s.public_base_url, max_seats, subscribers=subscribers)

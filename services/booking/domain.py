@@ -15,17 +15,16 @@ from datetime import datetime
 from enum import StrEnum
 from uuid import UUID
 
+from services.common import errors, names
 from services.common.errors import (
     Aborted,
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
-    NotFound,
     PermissionDenied,
     ResourceExhausted,
 )
 from services.common.identity import User
-from services.common.names import parse_uuid_name
 
 DEFAULT_MAX_SEATS = 4
 # The schema's CHECK on booking.bookings.seats; a configured maximum above it could never be stored.
@@ -69,7 +68,7 @@ class BookableEvent:
 
     @property
     def name(self) -> str:
-        return f"events/{self.id}"
+        return names.event(self.id)
 
     @property
     def seats_available(self) -> int:
@@ -112,13 +111,8 @@ class BookingAccess:
 # --------------------------------------------------------------------------- names
 
 
-def booking_name(booking_id: UUID) -> str:
-    return f"bookings/{booking_id}"
-
-
-def parse_booking_name(value: str, field_name: str = "name") -> UUID:
-    """``bookings/{uuid}`` → UUID; anything else is INVALID_ARGUMENT on ``field_name``."""
-    return parse_uuid_name(value, "bookings", "booking", field_name)
+booking_name = names.booking
+parse_booking_name = names.parse_booking
 
 
 # --------------------------------------------------------------------------- input
@@ -154,7 +148,7 @@ def ensure_can_book(
     seat count are decided by the database (:func:`overlap` and :func:`seats_refusal`).
     """
     if event is None:
-        raise NotFound("EVENT_NOT_FOUND", f"events/{event_id} does not exist")
+        raise errors.event_not_found(names.event(event_id))
     if user.id == event.host_id:
         raise FailedPrecondition("HOST_CANNOT_BOOK", "hosts can't book seats at their own event")
     if event.private and not already_booked and not _valid_invite(event, invite_token):
@@ -204,7 +198,7 @@ def overlap(other_booking: UUID | None) -> FailedPrecondition:
 def seats_refusal(event: BookableEvent | None, event_id: UUID, now: datetime) -> Exception:
     """Why the conditional seat UPDATE matched no row, from a fresh read of the event."""
     if event is None:
-        return NotFound("EVENT_NOT_FOUND", f"events/{event_id} does not exist")
+        return errors.event_not_found(names.event(event_id))
     if not event.is_open(now):
         return not_bookable(event, now)
     return sold_out(event.seats_available)
@@ -216,7 +210,7 @@ def seats_refusal(event: BookableEvent | None, event_id: UUID, now: datetime) ->
 def ensure_visible(access: BookingAccess | None, booking_id: UUID, user: User) -> BookingAccess:
     """A booking exists only for its guest and the event's host."""
     if access is None or not access.visible_to(user):
-        raise NotFound("BOOKING_NOT_FOUND", f"{booking_name(booking_id)} does not exist")
+        raise errors.booking_not_found(names.booking(booking_id))
     return access
 
 

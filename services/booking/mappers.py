@@ -6,11 +6,11 @@ from cowatch.booking.v1 import resources_pb2, service_pb2
 
 from services.booking import domain
 from services.booking.domain import Booking, TimeFilter
-from services.booking.service import CancelBooking, CreateBooking, ListBookings
+from services.booking.service import CancelBooking, CreateBooking, GetBooking, ListBookings
+from services.common import context, names
 from services.common.errors import InvalidArgument, Violations
 from services.common.identity import User
 from services.common.protos import request_key, to_timestamp
-from services.event.domain import parse_event_name
 
 _STATE_TO_PROTO = {
     domain.State.CONFIRMED: resources_pb2.Booking.CONFIRMED,
@@ -33,7 +33,7 @@ def to_create_command(request: service_pb2.CreateBookingRequest, user: User, max
         v.add("booking.event", "is required")
     else:
         try:
-            event_id = parse_event_name(request.booking.event, "booking.event")
+            event_id = names.parse_event(request.booking.event, "booking.event")
         except InvalidArgument as exc:
             v.add(*exc.field_violations[0])
     seats = 1
@@ -49,7 +49,14 @@ def to_create_command(request: service_pb2.CreateBookingRequest, user: User, max
         v.add(*exc.field_violations[0])
     v.raise_if_any()
     assert event_id is not None
-    return CreateBooking(user=user, event_id=event_id, seats=seats, invite_token=request.invite_token, request=key)
+    return CreateBooking(
+        user=user,
+        event_id=event_id,
+        seats=seats,
+        invite_token=request.invite_token,
+        request=key,
+        trace_id=context.request_id(),
+    )
 
 
 def _canonical_create(request: service_pb2.CreateBookingRequest, seats: int) -> service_pb2.CreateBookingRequest:
@@ -75,7 +82,11 @@ def to_cancel_command(request: service_pb2.CancelBookingRequest, user: User) -> 
         v.add(*exc.field_violations[0])
     v.raise_if_any()
     assert booking_id is not None
-    return CancelBooking(user=user, booking_id=booking_id, request=key)
+    return CancelBooking(user=user, booking_id=booking_id, request=key, trace_id=context.request_id())
+
+
+def to_get_query(request: service_pb2.GetBookingRequest, user: User) -> GetBooking:
+    return GetBooking(user=user, booking_id=domain.parse_booking_name(request.name))
 
 
 def to_list_query(request: service_pb2.ListBookingsRequest, user: User) -> ListBookings:
@@ -103,8 +114,8 @@ def to_list_query(request: service_pb2.ListBookingsRequest, user: User) -> ListB
 def booking_to_proto(b: Booking) -> resources_pb2.Booking:
     msg = resources_pb2.Booking(
         name=b.name,
-        event=f"events/{b.event_id}",
-        guest=f"users/{b.guest_id}",
+        event=names.event(b.event_id),
+        guest=names.user(b.guest_id),
         seats=b.seats,
         state=_STATE_TO_PROTO[b.state],
         event_title=b.event_title,

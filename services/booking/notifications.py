@@ -1,7 +1,8 @@
 """The messages BookingService sends (through the outbox), with what a mail template needs.
 
 The common event parameters come from services/notification/messages.py ``event_params`` (one set of keys);
-the exact address goes only to people who may see it: the confirmed guest and the host.
+the exact address goes only to people who may see it: the confirmed guest and the host. :func:`handlers` turns
+the booking domain's events into these messages and into reminder changes, in the booking's transaction.
 """
 
 from __future__ import annotations
@@ -9,8 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from services.booking.domain import BookableEvent, Booking
+from services.booking.domain_events import BookingCancelled, BookingMade
+from services.common import links
+from services.common.dbtypes import Conn
 from services.common.identity import User
-from services.notification import messages
+from services.common.uow import Handlers
+from services.notification import messages, outbox
 from services.notification.outbox import Message
 
 
@@ -73,3 +78,19 @@ def booking_cancelled(event: BookableEvent, booking: Booking, guest: User, link:
         recipients=[event.host_id],
         params=_booking_params(event, booking, link, guest),
     )
+
+
+def handlers(public_base_url: str) -> Handlers:
+    """Outbox messages and reminder changes, written in the transaction of the booking change."""
+
+    async def made(conn: Conn, e: BookingMade, trace_id: str) -> None:
+        link = links.event_link(public_base_url, e.event.id)
+        await outbox.enqueue_many(conn, booking_made(e.event, e.booking, e.guest, link), request_id=trace_id)
+        await outbox.schedule_reminders(conn, e.event.id, e.guest.id, e.event.start_time, e.at)
+
+    async def cancelled(conn: Conn, e: BookingCancelled, trace_id: str) -> None:
+        await outbox.drop_reminders(conn, e.event.id, e.guest.id)
+        link = links.event_link(public_base_url, e.event.id)
+        await outbox.enqueue(conn, booking_cancelled(e.event, e.booking, e.guest, link), request_id=trace_id)
+
+    return Handlers().on(BookingMade, in_transaction=made).on(BookingCancelled, in_transaction=cancelled)

@@ -6,11 +6,12 @@ CreateBooking:
    booked and "not enough seats left" are refused from this read alone, in one round trip and without ever
    queueing behind the event row's lock (a sold-out event under a rush stays cheap to refuse). A request whose id
    was already used goes on instead, to be replayed by the idempotency claim.
-2. one transaction (READ COMMITTED): ``idempotency.claim`` (a retry with the same request id waits here for the
-   first call, then replays it) → the guest's advisory lock → ``users.remember`` → INSERT the booking unless it
-   overlaps another confirmed booking of the guest (exact thanks to the guest lock; a second active booking hits
-   the partial unique index) → outbox rows (confirmation to the guest, "new guest" to the host) and the guest's
-   24 h / 1 h reminders → the idempotency record →
+2. one unit of work (READ COMMITTED, :mod:`services.common.uow`): the request-id claim (a retry with the same
+   request id waits here for the first call, then replays it) → the guest's advisory lock → ``users.remember`` →
+   INSERT the booking unless it overlaps another confirmed booking of the guest (exact thanks to the guest lock;
+   a second active booking hits the partial unique index) → emit ``BookingMade`` and flush it: outbox rows
+   (confirmation to the guest, "new guest" to the host), the guest's 24 h / 1 h reminders, the request id's
+   record →
 3. last, THE conditional ``UPDATE event.events SET seats_taken = seats_taken + n WHERE … seats_taken + n <=
    capacity``. No row → everything rolls back and a fresh read says why (sold out / no longer bookable). Being
    last, it holds the event row's lock for one round trip only (the COMMIT), which is what bounds a hot event's
@@ -23,24 +24,21 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import TypeAlias
 from uuid import UUID
 
-import asyncpg
-
-from services.account import repository as users
+from services.account import users
 from services.booking import domain, notifications
 from services.booking import repository as bookings
 from services.booking.domain import BookableEvent, Booking, BookingAccess, TimeFilter
-from services.common import context, db, idempotency
-from services.common.cache import Cache, NullCache
+from services.booking.domain_events import BookingCancelled, BookingMade
+from services.common import db, errors
 from services.common.clock import Clock
-from services.common.dbtypes import Conn
-from services.common.errors import InvalidArgument, NotFound
+from services.common.dbtypes import Conn, Pool
 from services.common.idempotency import RequestKey
 from services.common.identity import User
-from services.common.paging import clamp_page_size, decode_page_token, encode_page_token, filter_fingerprint
-from services.event.cache import invalidate_events
-from services.notification import outbox
+from services.common.paging import Page, keyset
+from services.common.uow import Handlers, UnitOfWork, uow
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +48,8 @@ class CreateBooking:
     seats: int
     invite_token: str
     request: RequestKey | None
+    trace_id: str = ""
+    """The request's ``x-request-id``, stamped on the outbox rows it causes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +57,7 @@ class CancelBooking:
     user: User
     booking_id: UUID
     request: RequestKey | None
+    trace_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,29 +70,32 @@ class ListBookings:
 
 
 @dataclass(frozen=True, slots=True)
-class BookingPage:
-    items: list[Booking]
-    next_page_token: str
+class GetBooking:
+    user: User
+    booking_id: UUID
+
+
+BookingPage: TypeAlias = Page[Booking]
 
 
 class BookingService:
+    """Use cases in units of work (:mod:`services.common.uow`). Every seat change emits a ``SeatsChanged``
+    (``BookingMade``, ``BookingCancelled``); the event domain's cache listens through ``subscribers`` (wired by
+    :mod:`services.booking.app`), as EventService caches event rows, seats included."""
+
     def __init__(
         self,
-        pool: asyncpg.Pool[asyncpg.Record],
+        pool: Pool,
         clock: Clock,
         public_base_url: str,
         max_seats: int = domain.DEFAULT_MAX_SEATS,
-        cache: Cache | None = None,
+        *,
+        subscribers: Handlers | None = None,
     ) -> None:
         self._pool = pool
         self._clock = clock
-        self._base_url = public_base_url.rstrip("/")
         self.max_seats = max_seats
-        # EventService caches event rows, seats included: every committed seat change invalidates them.
-        self._cache: Cache = cache or NullCache()
-
-    def _link(self, event_id: UUID) -> str:
-        return f"{self._base_url}/events/{event_id}"
+        self._dispatcher = notifications.handlers(public_base_url).merged(*([subscribers] if subscribers else []))
 
     async def _replay(self, conn: Conn, resource: str, user: User) -> Booking:
         """The booking an earlier identical request produced, as it is now."""
@@ -107,14 +111,11 @@ class BookingService:
             found = await bookings.event_for_booking(conn, cmd.event_id, cmd.user.id, request_id)
             if found is None or not found.seen_request:
                 self._ensure_can_book(cmd, found, now)
-            async with conn.transaction():
-                replay = await idempotency.claim(conn, cmd.request)
-                if replay is not None:
-                    return await self._replay(conn, replay, cmd.user)
+            async with uow(conn, self._dispatcher, request=cmd.request, trace_id=cmd.trace_id) as tx:
+                if tx.replay is not None:
+                    return await self._replay(conn, tx.replay, cmd.user)
                 event = self._ensure_can_book(cmd, found, now)
-                booking = await self._book(conn, cmd, event, now)
-        await invalidate_events(self._cache, booking.event_id)  # committed
-        return booking
+                return await self._book(tx, cmd, event, now)
 
     def _ensure_can_book(
         self, cmd: CreateBooking, found: bookings.EventForBooking | None, now: datetime
@@ -129,7 +130,8 @@ class BookingService:
             now=now,
         )
 
-    async def _book(self, conn: Conn, cmd: CreateBooking, event: BookableEvent, now: datetime) -> Booking:
+    async def _book(self, tx: UnitOfWork, cmd: CreateBooking, event: BookableEvent, now: datetime) -> Booking:
+        conn = tx.conn
         await bookings.lock_guest(conn, cmd.user.id)
         await users.remember(conn, cmd.user)
         booking_id = uuid.uuid4()
@@ -150,8 +152,9 @@ class BookingService:
             event_end_time=event.end_time,
             create_time=created,
         )
-        await self._announce_booking(conn, event, booking, cmd.user, now)
-        await idempotency.record(conn, cmd.request, booking.name)
+        tx.emit(BookingMade(event.id, True, event, booking, cmd.user, now))
+        tx.record(booking.name)
+        await tx.flush()  # outbox, reminders, request id: all before the seat UPDATE, which must come last
         times = await bookings.take_seats(conn, event.id, cmd.seats, now)
         if times is None:
             raise domain.seats_refusal(await bookings.event_state(conn, event.id), event.id, now)
@@ -159,75 +162,45 @@ class BookingService:
             raise domain.event_moved(event)
         return booking
 
-    async def _announce_booking(
-        self, conn: Conn, event: BookableEvent, booking: Booking, guest: User, now: datetime
-    ) -> None:
-        messages = notifications.booking_made(event, booking, guest, self._link(event.id))
-        await outbox.enqueue_many(conn, messages, request_id=context.request_id())
-        await outbox.schedule_reminders(conn, event.id, guest.id, event.start_time, now)
-
     # ----------------------------------------------------------------- read
 
-    async def get(self, user: User, booking_id: UUID) -> Booking:
+    async def get(self, q: GetBooking) -> Booking:
         async with db.connection(self._pool) as conn:
-            return domain.ensure_visible(await bookings.get_booking(conn, booking_id), booking_id, user).booking
+            return domain.ensure_visible(await bookings.get_booking(conn, q.booking_id), q.booking_id, q.user).booking
 
     async def list(self, q: ListBookings) -> BookingPage:
-        limit = clamp_page_size(q.page_size)
-        fingerprint = filter_fingerprint(
-            {"guest": q.user.id, "state": q.state.value if q.state else None, "time": q.time.value}
-        )
-        keys = decode_page_token(q.page_token, fingerprint)
-        after: tuple[datetime, UUID] | None = None
-        now = self._clock.now()
-        if keys is not None:
-            # (start_time, id, now): "now" is pinned on the first page so that later pages agree on what
-            # "upcoming" means.
-            if (
-                len(keys) != 3
-                or not isinstance(keys[0], datetime)
-                or not isinstance(keys[1], UUID)
-                or not isinstance(keys[2], datetime)
-            ):
-                raise InvalidArgument.field("page_token", "is malformed", "INVALID_PAGE_TOKEN")
-            after, now = (keys[0], keys[1]), keys[2]
+        filters = {"guest": q.user.id, "state": q.state.value if q.state else None, "time": q.time.value}
+        # (start_time, id, now): "now" is pinned on the first page so that later pages agree on "upcoming"
+        ks = keyset(q.page_size, q.page_token, filters, [datetime])
+        now = ks.extra[0] if ks.extra and isinstance(ks.extra[0], datetime) else self._clock.now()
         upcoming = {TimeFilter.ANY: None, TimeFilter.UPCOMING: True, TimeFilter.PAST: False}[q.time]
         query = bookings.BookingQuery(
-            guest_id=q.user.id, state=q.state, upcoming=upcoming, now=now, after=after, limit=limit + 1
+            guest_id=q.user.id, state=q.state, upcoming=upcoming, now=now, after=ks.after, limit=ks.fetch
         )
         async with db.connection(self._pool) as conn:
             rows = await bookings.list_bookings(conn, query)
-        items = [r.booking for r in rows[:limit]]
-        token = ""
-        if len(rows) > limit:
-            last = items[-1]
-            token = encode_page_token([last.event_start_time, last.id, now], fingerprint)
-        return BookingPage(items, token)
+        return ks.page([r.booking for r in rows], lambda b: (b.event_start_time, b.id), now)
 
     # ----------------------------------------------------------------- cancel
 
     async def cancel(self, cmd: CancelBooking) -> Booking:
         try:
-            booking, changed = await self._cancel(cmd)
+            return await self._cancel(cmd)
         except _AlreadyCancelled:
             # Lost a race with another cancel (or the host cancelled the event): the booking as that left it.
-            return await self.get(cmd.user, cmd.booking_id)
-        if changed:
-            await invalidate_events(self._cache, booking.event_id)  # committed
-        return booking
+            return await self.get(GetBooking(cmd.user, cmd.booking_id))
 
-    async def _cancel(self, cmd: CancelBooking) -> tuple[Booking, bool]:
-        """The booking, and whether this call cancelled it (seats given back)."""
+    async def _cancel(self, cmd: CancelBooking) -> Booking:
         now = self._clock.now()
-        async with db.transaction(self._pool) as conn:
-            replay = await idempotency.claim(conn, cmd.request)
-            if replay is not None:
-                return await self._replay(conn, replay, cmd.user), False
+        async with uow(self._pool, self._dispatcher, request=cmd.request, trace_id=cmd.trace_id) as tx:
+            conn = tx.conn
+            if tx.replay is not None:
+                return await self._replay(conn, tx.replay, cmd.user)
             access = await bookings.get_booking(conn, cmd.booking_id)
             if not domain.ensure_can_cancel(access, cmd.booking_id, cmd.user, now):
                 assert access is not None
-                await idempotency.record(conn, cmd.request, access.booking.name)
-                return access.booking, False
+                tx.record(access.booking.name)
+                return access.booking
             assert access is not None
             booking = access.booking
             await users.remember(conn, cmd.user)
@@ -236,21 +209,16 @@ class BookingService:
             # deadlock. (users.remember comes first, as in CreateBooking: users row, then event row.)
             event = await bookings.lock_event(conn, booking.event_id)
             if event is None:  # pragma: no cover - bookings reference events; events are never deleted
-                raise NotFound("BOOKING_NOT_FOUND", f"{booking.name} does not exist")
+                raise errors.booking_not_found(booking.name)
             domain.ensure_not_started(event, now)  # the host may have moved the start since our read
             seats = await bookings.mark_cancelled(conn, booking.id, now)
             if seats is None:
                 raise _AlreadyCancelled  # cancelled meanwhile; rolls back what this transaction wrote
             await bookings.release_seats(conn, event.id, seats)
-            await outbox.drop_reminders(conn, event.id, cmd.user.id)
             cancelled = replace(booking, state=domain.State.CANCELLED, cancel_time=now)
-            await outbox.enqueue(
-                conn,
-                notifications.booking_cancelled(event, cancelled, cmd.user, self._link(event.id)),
-                request_id=context.request_id(),
-            )
-            await idempotency.record(conn, cmd.request, booking.name)
-            return cancelled, True
+            tx.emit(BookingCancelled(event.id, True, event, cancelled, cmd.user))
+            tx.record(booking.name)
+            return cancelled
 
 
 class _AlreadyCancelled(Exception):
@@ -263,5 +231,6 @@ __all__ = [
     "BookingService",
     "CancelBooking",
     "CreateBooking",
+    "GetBooking",
     "ListBookings",
 ]

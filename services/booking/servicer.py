@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 from cowatch.booking.v1 import resources_pb2, service_pb2, service_pb2_grpc
 
-from services.booking import domain, mappers
+from services.booking import mappers
 from services.booking.service import BookingService
 from services.common.context import require_user
 
@@ -31,9 +31,7 @@ class BookingServicer(service_pb2_grpc.BookingServiceServicer):
         return mappers.booking_to_proto(await service.create(command))
 
     async def GetBooking(self, request: service_pb2.GetBookingRequest, context: Ctx) -> resources_pb2.Booking:
-        user = require_user()
-        booking_id = domain.parse_booking_name(request.name)
-        return mappers.booking_to_proto(await self._bookings.get(user, booking_id))
+        return mappers.booking_to_proto(await self._bookings.get(mappers.to_get_query(request, require_user())))
 
     async def ListBookings(
         self, request: service_pb2.ListBookingsRequest, context: Ctx

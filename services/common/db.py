@@ -20,18 +20,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final, Literal
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
 from services.common import deadline
+from services.common.dbtypes import Conn, Pool
 from services.common.errors import Unavailable
 from services.common.logging import get_logger
 from services.common.settings import CommonSettings
 
 __all__ = [
-    "Connection",
     "Pool",
     "close_pool",
     "connection",
@@ -40,8 +39,6 @@ __all__ = [
     "transaction",
 ]
 
-Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
-Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
 Isolation = Literal["read_committed", "repeatable_read", "serializable"]
 
 DEFAULT_ACQUIRE_TIMEOUT_SECONDS: Final = 2.0
@@ -103,7 +100,7 @@ def _acquire_failed() -> Unavailable:
 
 
 @asynccontextmanager
-async def connection(pool: Pool, *, acquire_timeout: float | None = None) -> AsyncIterator[Connection]:
+async def connection(pool: Pool, *, acquire_timeout: float | None = None) -> AsyncIterator[Conn]:
     """A pooled connection outside of an explicit transaction (each statement autocommits)."""
     timeout = deadline.bounded(_acquire_timeout if acquire_timeout is None else acquire_timeout)
     try:
@@ -123,7 +120,7 @@ async def transaction(
     isolation: Isolation | None = None,
     readonly: bool = False,
     acquire_timeout: float | None = None,
-) -> AsyncIterator[Connection]:
+) -> AsyncIterator[Conn]:
     """A pooled connection inside one transaction: committed on normal exit, rolled back on any exception.
 
     ``acquire_timeout`` bounds the wait for a pooled connection (default: the settings' acquire timeout).

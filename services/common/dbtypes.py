@@ -1,4 +1,5 @@
-"""Type of "a connection" as repository functions accept it: a plain one or one checked out of a pool."""
+"""The database types, one alias per concept: :data:`Conn` is "a connection" as repositories accept it (a plain one
+or one checked out of a pool), :data:`Pool` the process's pool. Everything else spells them through these."""
 
 from __future__ import annotations
 
@@ -8,3 +9,4 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"

@@ -24,6 +24,10 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "Violations",
+    "booking_not_found",
+    "event_not_found",
+    "review_not_found",
+    "user_not_found",
 ]
 
 
@@ -135,3 +139,23 @@ class Violations:
         if message is None:
             message = "; ".join(f"{field}: {description}" for field, description in self._items)
         raise InvalidArgument(reason, message, field_violations=self._items)
+
+
+# --------------------------------------------------------------------------- NOT_FOUND, one constructor per resource
+
+
+def event_not_found(name: str) -> NotFound:
+    """``name`` is the resource name (``names.event(id)``); the message never says more than that it is missing."""
+    return NotFound("EVENT_NOT_FOUND", f"{name} does not exist")
+
+
+def booking_not_found(name: str) -> NotFound:
+    return NotFound("BOOKING_NOT_FOUND", f"{name} does not exist")
+
+
+def review_not_found(name: str) -> NotFound:
+    return NotFound("REVIEW_NOT_FOUND", f"{name} does not exist")
+
+
+def user_not_found(name: str) -> NotFound:
+    return NotFound("USER_NOT_FOUND", f"{name} does not exist")

@@ -1,10 +1,32 @@
-"""Resource names (AIP-122): ``{collection}/{uuid}``, built and parsed in one place. Pure Python (no grpc)."""
+"""Resource names (AIP-122), built and parsed in one place. Pure Python (no grpc).
+
+Every ``{collection}/{id}`` string the services produce comes from a builder here (``names.event(id)``), and
+every name a request carries is parsed here, so a malformed one is always INVALID_ARGUMENT on the field it came in.
+"""
 
 from __future__ import annotations
 
 from uuid import UUID
 
 from services.common.errors import InvalidArgument
+
+USER_ID_MAX = 128
+
+
+def event(event_id: UUID) -> str:
+    return f"events/{event_id}"
+
+
+def booking(booking_id: UUID) -> str:
+    return f"bookings/{booking_id}"
+
+
+def review(review_id: UUID) -> str:
+    return f"reviews/{review_id}"
+
+
+def user(user_id: str) -> str:
+    return f"users/{user_id}"
 
 
 def parse_uuid_name(value: str, collection: str, singular: str, field_name: str) -> UUID:
@@ -22,3 +44,24 @@ def parse_uuid_name(value: str, collection: str, singular: str, field_name: str)
         raise InvalidArgument.field(
             field_name, f"must be a {singular} name of the form {collection}/{{uuid}}"
         ) from None
+
+
+def parse_event(value: str, field_name: str = "name") -> UUID:
+    """``events/{uuid}`` → UUID; anything else is INVALID_ARGUMENT on ``field_name``."""
+    return parse_uuid_name(value, "events", "event", field_name)
+
+
+def parse_booking(value: str, field_name: str = "name") -> UUID:
+    return parse_uuid_name(value, "bookings", "booking", field_name)
+
+
+def parse_review(value: str, field_name: str = "name") -> UUID:
+    return parse_uuid_name(value, "reviews", "review", field_name)
+
+
+def parse_user(value: str, field_name: str) -> str:
+    """``users/{user}`` → the user id (opaque, printable, at most 128 characters)."""
+    prefix, _, raw = value.partition("/")
+    if prefix != "users" or not raw or "/" in raw or len(raw) > USER_ID_MAX or not raw.isprintable():
+        raise InvalidArgument.field(field_name, "must be a user name of the form users/{user}")
+    return raw

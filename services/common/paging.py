@@ -12,6 +12,12 @@ back with the same types.
     after = decode_page_token(request.page_token, fp)  # None on the first page
     ...
     next_token = encode_page_token([last.start_time, last.id], fp) if has_more else ""
+
+Services use the one helper on top, :func:`keyset` → :class:`Keyset` → :class:`Page`:
+
+    ks = keyset(q.page_size, q.page_token, {"host": host_id})
+    rows = await repository.list(conn, after=ks.after, limit=ks.fetch)
+    return ks.page(rows, lambda r: (r.start_time, r.id))
 """
 
 from __future__ import annotations
@@ -20,10 +26,11 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 from uuid import UUID
 
 from services.common.errors import InvalidArgument
@@ -31,11 +38,14 @@ from services.common.errors import InvalidArgument
 __all__ = [
     "DEFAULT_PAGE_SIZE",
     "MAX_PAGE_SIZE",
+    "Keyset",
+    "Page",
     "PageKey",
     "clamp_page_size",
     "decode_page_token",
     "encode_page_token",
     "filter_fingerprint",
+    "keyset",
 ]
 
 DEFAULT_PAGE_SIZE: Final = 50
@@ -143,3 +153,62 @@ def clamp_page_size(requested: int, *, default: int = DEFAULT_PAGE_SIZE, maximum
     if requested == 0:
         return default
     return min(requested, maximum)
+
+
+# --------------------------------------------------------------------------- the one keyset helper
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a List method: the items and the token of the next page (``""`` on the last one)."""
+
+    items: list[T]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Keyset:
+    """One List request's position in a keyset ordered by ``(sort time, id)``.
+
+    Built by :func:`keyset` from the request's page size, page token and filters; the repository is asked for
+    ``fetch`` rows after ``after``, and :meth:`page` cuts them into a :class:`Page`, with the next token holding the
+    last row's keys (plus ``extra`` keys a method pins for later pages, such as the "now" of its first page).
+    """
+
+    limit: int
+    fingerprint: str
+    after: tuple[datetime, UUID] | None
+    extra: tuple[PageKey, ...]
+    """The extra keys of the token (empty on the first page)."""
+
+    @property
+    def fetch(self) -> int:
+        """How many rows to ask for: one more than a page, to know whether there is a next one."""
+        return self.limit + 1
+
+    def page(self, rows: Sequence[T], last_keys: Callable[[T], tuple[datetime, UUID]], *extra: PageKey) -> Page[T]:
+        items = list(rows[: self.limit])
+        token = ""
+        if len(rows) > self.limit:
+            token = encode_page_token([*last_keys(items[-1]), *extra], self.fingerprint)
+        return Page(items, token)
+
+
+def keyset(
+    page_size: int, page_token: str, filters: Mapping[str, Any], extra_types: Sequence[type | tuple[type, ...]] = ()
+) -> Keyset:
+    """Clamp the page size, check the token against ``filters`` and its keys' types (``(datetime, UUID, *extra)``);
+    a token of another shape is ``INVALID_ARGUMENT`` / ``INVALID_PAGE_TOKEN`` on ``page_token``."""
+    limit = clamp_page_size(page_size)
+    fingerprint = filter_fingerprint(filters)
+    keys = decode_page_token(page_token, fingerprint)
+    if keys is None:
+        return Keyset(limit, fingerprint, None, ())
+    types: tuple[type | tuple[type, ...], ...] = (datetime, UUID, *extra_types)
+    if len(keys) != len(types) or not all(isinstance(k, t) for k, t in zip(keys, types, strict=True)):
+        raise _invalid("is malformed")
+    first, second = keys[0], keys[1]
+    assert isinstance(first, datetime) and isinstance(second, UUID)
+    return Keyset(limit, fingerprint, (first, second), keys[2:])

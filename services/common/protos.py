@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from cowatch.type.v1 import rating_pb2
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from services.common.errors import InvalidArgument
 from services.common.idempotency import RequestKey, fingerprint, parse_request_id
 from services.common.identity import User
+from services.common.vocabulary import Rating
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -64,3 +66,7 @@ def request_key(user: User, method: str, request: Message, request_id: str) -> R
         request_id=parsed,
         request_hash=fingerprint(copy.SerializeToString(deterministic=True)),
     )
+
+
+def rating_to_proto(rating: Rating) -> rating_pb2.Rating:
+    return rating_pb2.Rating(average=rating.average, count=rating.count)

@@ -1,6 +1,6 @@
 """Server bootstrap shared by every cowatch gRPC process.
 
-Order (STYLE.md): interceptor → servicers, health, reflection → bind → start → ``app.start()`` (pools) →
+Order (docs/architecture.md): interceptor → servicers, health, reflection → bind → start → ``app.start()`` (pools) →
 readiness loop: health turns SERVING only while ``app.ready()`` answers true (Postgres down → NOT_SERVING,
 recovery → SERVING). On SIGTERM/SIGINT: health NOT_SERVING for good, RPCs still accepted for
 ``shutdown_drain_seconds`` (so load balancers that poll health move away first), then ``server.stop(grace)``

@@ -14,6 +14,7 @@ from services.common.cache import Cache
 from services.common.settings import CommonSettings
 from services.event.service import EventService
 from services.event.servicer import ANONYMOUS_METHODS, SERVICE_NAME, EventServicer
+from services.review import cache as review_cache
 
 
 class EventSettings(CommonSettings):
@@ -44,4 +45,5 @@ class EventApp(ServiceApp[EventService]):
             cache,
             cache_ttl=s.cache_ttl_seconds,
             list_ttl=s.cache_list_ttl_seconds,
+            subscribers=review_cache.handlers(cache),  # a held event shows on the host's profile
         )

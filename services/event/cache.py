@@ -10,6 +10,9 @@ Invalidation (after the write's transaction committed):
 - an event's row changes (edit, cancel, complete, invite token, **seats taken by a booking or a cancellation**):
   :func:`invalidate_events` — the event's entry and every cached list page;
 - a host's rating or display name changes (shown on each of their events): :func:`invalidate_host_events`.
+
+:func:`handlers` subscribes these to the domain events (:mod:`services.common.domain_events`) whichever domain
+emits them: a process's ``app`` passes them to its service, so BookingService and ReviewService never import this.
 """
 
 from __future__ import annotations
@@ -18,10 +21,14 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 from uuid import UUID
 
+from services.common import db
 from services.common.cache import Cache, Codec
-from services.common.dbtypes import Conn
+from services.common.dbtypes import Conn, Pool
+from services.common.domain_events import EventChanged, EventCreated, HostRenamed, ReviewPosted
+from services.common.uow import Handlers
+from services.common.vocabulary import Rating
 from services.event import repository as events
-from services.event.domain import Event, EventDetails, Film, Place, Rating, State, Visibility
+from services.event.domain import Event, EventDetails, Film, Place, State, Visibility
 
 __all__ = [
     "EVENT_CODEC",
@@ -29,6 +36,7 @@ __all__ = [
     "LIST_SCOPE",
     "CachedPage",
     "event_key",
+    "handlers",
     "invalidate_events",
     "invalidate_host_events",
     "list_key",
@@ -56,6 +64,39 @@ async def invalidate_events(cache: Cache, *event_ids: UUID) -> None:
 async def invalidate_host_events(cache: Cache, conn: Conn, host_id: str) -> None:
     """The host's rating or display name changed: every event of theirs shows it."""
     await invalidate_events(cache, *await events.ids_by_host(conn, host_id))
+
+
+def handlers(cache: Cache, pool: Pool) -> Handlers:
+    """After COMMIT: drop what the events made stale."""
+
+    async def created(e: EventCreated) -> None:
+        if e.listed:
+            await cache.invalidate(LIST_SCOPE)  # it may belong on a cached first page
+
+    async def changed(e: EventChanged) -> None:
+        if e.listed:
+            await invalidate_events(cache, e.event_id)
+        else:
+            await cache.invalidate(event_key(e.event_id))  # private: on no list
+
+    async def host_changed(host_id: str) -> None:
+        async with db.connection(pool) as conn:
+            await invalidate_host_events(cache, conn, host_id)
+
+    async def renamed(e: HostRenamed) -> None:
+        await host_changed(e.host_id)
+
+    async def reviewed(e: ReviewPosted) -> None:
+        if e.about == "HOST":  # the host's rating, shown on each of their events
+            await host_changed(e.host_id)
+
+    return (
+        Handlers()
+        .on(EventCreated, after_commit=created)
+        .on(EventChanged, after_commit=changed)
+        .on(HostRenamed, after_commit=renamed)
+        .on(ReviewPosted, after_commit=reviewed)
+    )
 
 
 # --------------------------------------------------------------------------- codecs

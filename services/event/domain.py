@@ -12,19 +12,19 @@ import secrets
 import zoneinfo
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from enum import StrEnum
 from uuid import UUID
 
+from services.common import errors, names
 from services.common.errors import (
     Aborted,
     FailedPrecondition,
-    InvalidArgument,
-    NotFound,
     PermissionDenied,
     Violations,
 )
 from services.common.identity import User
-from services.common.names import parse_uuid_name
+from services.common.vocabulary import EventState, Rating
+from services.common.vocabulary import Visibility as Visibility
+from services.common.vocabulary import local_time as local_time  # re-exported for the benchmark scenarios
 
 MAX_CAPACITY = 1000
 MIN_DURATION = timedelta(minutes=1)
@@ -41,15 +41,8 @@ PLACE_ADDRESS_MAX = 500
 CITY_MAX = 100
 
 
-class State(StrEnum):
-    SCHEDULED = "SCHEDULED"
-    CANCELLED = "CANCELLED"
-    COMPLETED = "COMPLETED"
-
-
-class Visibility(StrEnum):
-    PUBLIC = "PUBLIC"
-    PRIVATE = "PRIVATE"
+State = EventState
+"""The event's lifecycle (shared vocabulary: :mod:`services.common.vocabulary`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,12 +75,6 @@ class EventDetails:
     @property
     def end_time(self) -> datetime:
         return self.start_time + self.duration
-
-
-@dataclass(frozen=True, slots=True)
-class Rating:
-    average: float = 0.0
-    count: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,24 +141,8 @@ class FieldChange:
 # --------------------------------------------------------------------------- names
 
 
-def event_name(event_id: UUID) -> str:
-    return f"events/{event_id}"
-
-
-def parse_event_name(value: str, field_name: str = "name") -> UUID:
-    """``events/{uuid}`` → UUID; anything else is INVALID_ARGUMENT on ``field_name``."""
-    return parse_uuid_name(value, "events", "event", field_name)
-
-
-def user_name(user_id: str) -> str:
-    return f"users/{user_id}"
-
-
-def parse_user_name(value: str, field_name: str) -> str:
-    prefix, _, raw = value.partition("/")
-    if prefix != "users" or not raw or "/" in raw or len(raw) > 128 or not raw.isprintable():
-        raise InvalidArgument.field(field_name, "must be a user name of the form users/{user}")
-    return raw
+event_name = names.event
+parse_event_name = names.parse_event
 
 
 def new_invite_token() -> str:
@@ -252,7 +223,7 @@ def access_for(event: Event, user: User | None, *, is_guest: bool, invite_token:
 def ensure_visible(event: Event, access: Access) -> None:
     """A private event does not exist for callers who are neither host, guest nor invited."""
     if event.details.visibility is Visibility.PRIVATE and not (access.is_host or access.is_guest or access.has_invite):
-        raise NotFound("EVENT_NOT_FOUND", f"{event.name} does not exist")
+        raise errors.event_not_found(event.name)
 
 
 def ensure_host(event: Event, access: Access) -> None:
@@ -366,12 +337,6 @@ def apply_update(current: EventDetails, patch: EventDetails, paths: frozenset[st
         capacity=patch.capacity if "capacity" in paths else current.capacity,
         visibility=patch.visibility if "visibility" in paths else current.visibility,
     )
-
-
-def local_time(instant: datetime, time_zone: str) -> str:
-    """``instant`` as people at the place read it, e.g. ``Fri 4 Dec 2026, 20:00 CET (Europe/Berlin)``."""
-    local = instant.astimezone(zoneinfo.ZoneInfo(time_zone))
-    return f"{local:%a} {local.day} {local:%b %Y, %H:%M} {local.tzname()} ({time_zone})"
 
 
 def changes_between(old: EventDetails, new: EventDetails) -> list[FieldChange]:

@@ -5,20 +5,24 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from cowatch.event.v1 import resources_pb2, service_pb2
-from cowatch.type.v1 import rating_pb2
 from google.protobuf import duration_pb2
 
+from services.common import context, names
 from services.common.errors import InvalidArgument, Violations
 from services.common.identity import User
-from services.common.protos import from_duration, from_timestamp, request_key, timestamp, to_timestamp
+from services.common.protos import from_duration, from_timestamp, rating_to_proto, request_key, timestamp, to_timestamp
 from services.event import domain
 from services.event.domain import EventDetails, Film, Place, Visibility
 from services.event.service import (
     CancelEvent,
+    CompleteEvent,
     CreateEvent,
     EventView,
+    GetEvent,
     Guest,
     ListEvents,
+    ListGuests,
+    RotateInviteToken,
     SendInvitations,
     UpdateEvent,
 )
@@ -85,6 +89,7 @@ def to_create_command(request: service_pb2.CreateEventRequest, user: User) -> Cr
         user=user,
         details=_details(request.event, require_all=True),
         request=request_key(user, "CreateEvent", request, request.request_id),
+        trace_id=context.request_id(),
     )
 
 
@@ -136,6 +141,7 @@ def to_update_command(request: service_pb2.UpdateEventRequest, user: User) -> Up
         patch=_details(request.event, require_all=False),
         paths=paths,
         etag=etag(request.event.etag),
+        trace_id=context.request_id(),
     )
 
 
@@ -152,6 +158,7 @@ def to_cancel_command(request: service_pb2.CancelEventRequest, user: User) -> Ca
         etag=etag(request.etag),
         reason=request.reason,
         request=request_key(user, "CancelEvent", request, request.request_id),
+        trace_id=context.request_id(),
     )
 
 
@@ -182,7 +189,7 @@ def to_list_query(request: service_pb2.ListEventsRequest, user: User | None) -> 
     host_id = None
     if request.host:
         try:
-            host_id = domain.parse_user_name(request.host, "host")
+            host_id = names.parse_user(request.host, "host")
         except InvalidArgument as exc:
             v.add(*exc.field_violations[0])
     v.raise_if_any()
@@ -209,7 +216,7 @@ def to_send_invitations(request: service_pb2.SendInvitationsRequest, user: User)
     ids: list[str] = []
     for i, name in enumerate(request.users):
         try:
-            ids.append(domain.parse_user_name(name, f"users[{i}]"))
+            ids.append(names.parse_user(name, f"users[{i}]"))
         except InvalidArgument as exc:
             v.add(*exc.field_violations[0])
     if len(set(ids)) != len(ids):
@@ -221,11 +228,34 @@ def to_send_invitations(request: service_pb2.SendInvitationsRequest, user: User)
         user_ids=ids,
         note=request.message,
         request=request_key(user, "SendInvitations", request, request.request_id),
+        trace_id=context.request_id(),
     )
 
 
-def _rating(average: float, count: int) -> rating_pb2.Rating:
-    return rating_pb2.Rating(average=average, count=count)
+def to_complete_command(request: service_pb2.CompleteEventRequest, user: User) -> CompleteEvent:
+    return CompleteEvent(
+        user=user,
+        event_id=domain.parse_event_name(request.name),
+        etag=etag(request.etag),
+        trace_id=context.request_id(),
+    )
+
+
+def to_rotate_command(request: service_pb2.RotateInviteTokenRequest, user: User) -> RotateInviteToken:
+    return RotateInviteToken(user=user, event_id=domain.parse_event_name(request.name), trace_id=context.request_id())
+
+
+def to_get_query(request: service_pb2.GetEventRequest, user: User | None) -> GetEvent:
+    return GetEvent(user=user, event_id=domain.parse_event_name(request.name), invite_token=request.invite_token)
+
+
+def to_guests_query(request: service_pb2.ListEventGuestsRequest, user: User) -> ListGuests:
+    return ListGuests(
+        user=user,
+        event_id=domain.parse_event_name(request.parent, "parent"),
+        page_size=request.page_size,
+        page_token=request.page_token,
+    )
 
 
 def event_to_proto(view: EventView, share_link: str) -> resources_pb2.Event:
@@ -233,7 +263,7 @@ def event_to_proto(view: EventView, share_link: str) -> resources_pb2.Event:
     d = e.details
     msg = resources_pb2.Event(
         name=e.name,
-        host=domain.user_name(e.host_id),
+        host=names.user(e.host_id),
         host_display_name=e.host_display_name,
         film=resources_pb2.Film(id=d.film.id, title=d.film.title),
         title=d.title,
@@ -255,7 +285,7 @@ def event_to_proto(view: EventView, share_link: str) -> resources_pb2.Event:
         state=_STATE[e.state],
         share_link=share_link,
         invite_token=e.invite_token if access.sees_invite_token and d.visibility is Visibility.PRIVATE else "",
-        host_rating=_rating(e.host_rating.average, e.host_rating.count),
+        host_rating=rating_to_proto(e.host_rating),
         create_time=timestamp(e.create_time),
         update_time=timestamp(e.update_time),
         etag=e.etag,
@@ -269,10 +299,10 @@ def event_to_proto(view: EventView, share_link: str) -> resources_pb2.Event:
 
 def guest_to_proto(g: Guest) -> resources_pb2.Guest:
     return resources_pb2.Guest(
-        user=domain.user_name(g.user_id),
+        user=names.user(g.user_id),
         display_name=g.display_name,
         seats=g.seats,
-        booking=f"bookings/{g.booking_id}",
+        booking=names.booking(g.booking_id),
         book_time=to_timestamp(g.book_time),
-        guest_rating=_rating(g.rating_average, g.rating_count),
+        guest_rating=rating_to_proto(g.rating),
     )

@@ -1,12 +1,18 @@
-"""The messages EventService sends (through the outbox), with what a mail template needs."""
+"""The messages EventService sends (through the outbox), with what a mail template needs, and the in-transaction
+handlers that turn the event domain's events into them and into reminder changes (:func:`handlers`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-from services.event.domain import Event, FieldChange
-from services.notification import messages
+from services.common import links
+from services.common.dbtypes import Conn
+from services.common.domain_events import EventCompleted, EventCreated
+from services.common.uow import Handlers
+from services.event.domain import Event, FieldChange, Visibility
+from services.event.domain_events import EventCancelled, EventRescheduled, EventUpdated, InvitationsSent
+from services.notification import messages, outbox
 from services.notification.outbox import Message
 
 
@@ -56,4 +62,49 @@ def invitation(event: Event, users: Sequence[str], note: str, link: str, batch: 
         template_id="event_invitation",
         recipients=list(users),
         params=params,
+    )
+
+
+def share_link(public_base_url: str, event: Event, *, with_invite: bool) -> str:
+    """The event's share link; with its invite token only for a private event and a caller who may pass it on."""
+    private = event.details.visibility is Visibility.PRIVATE
+    return links.event_link(public_base_url, event.id, event.invite_token if with_invite and private else "")
+
+
+def handlers(public_base_url: str) -> Handlers:
+    """Outbox messages and reminder changes, written in the transaction of the change that caused them."""
+
+    def link(event: Event, *, with_invite: bool = False) -> str:
+        return share_link(public_base_url, event, with_invite=with_invite)
+
+    async def created(conn: Conn, e: EventCreated, trace_id: str) -> None:
+        await outbox.schedule_reminders(conn, e.event_id, e.host_id, e.start_time, e.at)
+
+    async def rescheduled(conn: Conn, e: EventRescheduled, trace_id: str) -> None:
+        await outbox.move_reminders(conn, e.event_id, e.start_time, e.at)
+
+    async def updated(conn: Conn, e: EventUpdated, trace_id: str) -> None:
+        message = event_changed(e.event, e.guest_ids, e.changes, link(e.event))
+        await outbox.enqueue(conn, message, request_id=trace_id)
+
+    async def cancelled(conn: Conn, e: EventCancelled, trace_id: str) -> None:
+        await outbox.drop_reminders(conn, e.event_id)
+        message = event_cancelled(e.event, e.guest_ids, e.reason, link(e.event))
+        await outbox.enqueue(conn, message, request_id=trace_id)
+
+    async def completed(conn: Conn, e: EventCompleted, trace_id: str) -> None:
+        await outbox.drop_reminders(conn, e.event_id)
+
+    async def invited(conn: Conn, e: InvitationsSent, trace_id: str) -> None:
+        message = invitation(e.event, e.user_ids, e.note, link(e.event, with_invite=True), e.batch)
+        await outbox.enqueue(conn, message, request_id=trace_id)
+
+    return (
+        Handlers()
+        .on(EventCreated, in_transaction=created)
+        .on(EventRescheduled, in_transaction=rescheduled)
+        .on(EventUpdated, in_transaction=updated)
+        .on(EventCancelled, in_transaction=cancelled)
+        .on(EventCompleted, in_transaction=completed)
+        .on(InvitationsSent, in_transaction=invited)
     )

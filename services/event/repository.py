@@ -1,4 +1,6 @@
-"""SQL over event.events and event.participants; the only writer of those tables."""
+"""SQL over event.events and event.participants; the only writer of those tables except for
+``event.events.seats_taken``, which belongs to the booking domain (docs/architecture.md, "Who writes which table").
+"""
 
 from __future__ import annotations
 
@@ -9,13 +11,13 @@ from uuid import UUID
 
 import asyncpg
 
-from services.common.dbtypes import Conn
+from services.common.dbtypes import Conn, Pool
+from services.common.vocabulary import Rating
 from services.event.domain import (
     Event,
     EventDetails,
     Film,
     Place,
-    Rating,
     State,
     Visibility,
 )
@@ -52,7 +54,7 @@ WHERE id = $1
 """
 
 MARK_CANCELLED = """
-UPDATE event.events SET state = 'CANCELLED', cancel_time = $2, seats_taken = 0,
+UPDATE event.events SET state = 'CANCELLED', cancel_time = $2,
     version = version + 1, update_time = $2
 WHERE id = $1 AND state = 'SCHEDULED'
 """
@@ -73,10 +75,6 @@ ON CONFLICT DO NOTHING
 ROTATE_INVITE = """
 UPDATE event.events SET invite_token = $2, version = version + 1, update_time = $3 WHERE id = $1
 """
-
-
-def _rating(total: int, count: int) -> Rating:
-    return Rating(average=round(total / count, 2) if count else 0.0, count=count)
 
 
 def to_event(r: asyncpg.Record) -> Event:
@@ -104,7 +102,7 @@ def to_event(r: asyncpg.Record) -> Event:
         update_time=r["update_time"],
         cancel_time=r["cancel_time"],
         complete_time=r["complete_time"],
-        host_rating=_rating(r["host_rating_sum"], r["host_rating_count"]),
+        host_rating=Rating.of(r["host_rating_sum"], r["host_rating_count"]),
     )
 
 
@@ -243,7 +241,7 @@ def build_list_sql(q: ListQuery) -> tuple[str, list[Any]]:
     return sql, args
 
 
-async def list_events(conn: Conn | asyncpg.Pool[asyncpg.Record], q: ListQuery) -> list[Listed]:
+async def list_events(conn: Conn | Pool, q: ListQuery) -> list[Listed]:
     sql, args = build_list_sql(q)
     rows = await conn.fetch(sql, *args)
     return [Listed(to_event(r), r["viewer_is_guest"]) for r in rows]

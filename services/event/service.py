@@ -8,37 +8,31 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import TypeAlias
 from uuid import UUID
 
-import asyncpg
-
-from services.account import repository as users
-from services.booking import repository as bookings
-from services.common import context, db, idempotency
+from services.account import users
+from services.booking import cascades as bookings
+from services.common import db, errors, names
 from services.common.cache import Cache, NullCache
 from services.common.clock import Clock
-from services.common.dbtypes import Conn
-from services.common.errors import InvalidArgument, NotFound
+from services.common.dbtypes import Conn, Pool
+from services.common.domain_events import EventChanged, EventCompleted, EventCreated, HostRenamed
+from services.common.errors import InvalidArgument
 from services.common.idempotency import RequestKey
 from services.common.identity import User
-from services.common.paging import PageKey, clamp_page_size, decode_page_token, encode_page_token, filter_fingerprint
+from services.common.paging import Keyset, Page, keyset
+from services.common.uow import Handlers, UnitOfWork, uow
+from services.common.vocabulary import Rating
+from services.event import cache as event_cache
 from services.event import domain, notifications
 from services.event import repository as events
-from services.event.cache import (
-    EVENT_CODEC,
-    LIST_CODEC,
-    LIST_SCOPE,
-    CachedPage,
-    event_key,
-    invalidate_events,
-    invalidate_host_events,
-    list_key,
-)
+from services.event.cache import EVENT_CODEC, LIST_CODEC, LIST_SCOPE, CachedPage, event_key, list_key
 from services.event.domain import Access, Event, EventDetails
-from services.notification import outbox
-from services.review.cache import invalidate_host_profile
+from services.event.domain_events import EventCancelled, EventRescheduled, EventUpdated, InvitationsSent
 
 MAX_INVITEES = 50
 NOTE_MAX = 1000
@@ -55,6 +49,8 @@ class CreateEvent:
     user: User
     details: EventDetails
     request: RequestKey | None
+    trace_id: str = ""
+    """The request's ``x-request-id``, stamped on the outbox rows it causes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +60,7 @@ class UpdateEvent:
     patch: EventDetails
     paths: frozenset[str]
     etag: str
+    trace_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +70,37 @@ class CancelEvent:
     etag: str
     reason: str
     request: RequestKey | None
+    trace_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CompleteEvent:
+    user: User
+    event_id: UUID
+    etag: str
+    trace_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RotateInviteToken:
+    user: User
+    event_id: UUID
+    trace_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GetEvent:
+    user: User | None
+    event_id: UUID
+    invite_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListGuests:
+    user: User
+    event_id: UUID
+    page_size: int
+    page_token: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,10 +117,7 @@ class ListEvents:
     text: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class EventPage:
-    items: list[EventView]
-    next_page_token: str
+EventPage: TypeAlias = Page[EventView]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,14 +127,10 @@ class Guest:
     seats: int
     booking_id: UUID
     book_time: datetime
-    rating_average: float
-    rating_count: int
+    rating: Rating
 
 
-@dataclass(frozen=True, slots=True)
-class GuestPage:
-    items: list[Guest]
-    next_page_token: str
+GuestPage: TypeAlias = Page[Guest]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +140,7 @@ class SendInvitations:
     user_ids: Sequence[str]
     note: str
     request: RequestKey | None
+    trace_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,49 +149,43 @@ class Invitations:
     share_link: str
 
 
-def _after(keys: tuple[PageKey, ...] | None) -> tuple[datetime, UUID] | None:
-    if keys is None:
-        return None
-    if len(keys) < 2 or not isinstance(keys[0], datetime) or not isinstance(keys[1], UUID):
-        raise InvalidArgument.field("page_token", "is malformed", "INVALID_PAGE_TOKEN")
-    return keys[0], keys[1]
-
-
 class EventService:
-    """Reads go through ``cache`` (cache-aside, see :mod:`services.event.cache`); every write invalidates what it
-    changed once its transaction committed. Access is decided per request, never cached."""
+    """Reads go through ``cache`` (cache-aside, see :mod:`services.event.cache`). Writes run in a unit of work
+    (:mod:`services.common.uow`) and emit domain events: the dispatcher turns them into outbox rows and reminder
+    changes in the transaction, and into cache invalidations after it — this domain's (:func:`event_cache.handlers`)
+    and those of the domains listening (``subscribers``, wired by the process's app). Access is decided per
+    request, never cached."""
 
     def __init__(
         self,
-        pool: asyncpg.Pool[asyncpg.Record],
+        pool: Pool,
         clock: Clock,
         public_base_url: str,
         cache: Cache | None = None,
         *,
         cache_ttl: float = 60.0,
         list_ttl: float = 15.0,
+        subscribers: Handlers | None = None,
     ) -> None:
         self._pool = pool
         self._clock = clock
-        self._base_url = public_base_url.rstrip("/")
+        self._base_url = public_base_url
         self._cache: Cache = cache or NullCache()
         self._ttl = cache_ttl
         self._list_ttl = list_ttl
-
-    # ----------------------------------------------------------------- links
+        self._dispatcher = notifications.handlers(public_base_url).merged(
+            event_cache.handlers(self._cache, pool), *([subscribers] if subscribers else [])
+        )
 
     def share_link(self, event: Event, *, with_invite: bool) -> str:
-        link = f"{self._base_url}/events/{event.id}"
-        if with_invite and event.details.visibility is domain.Visibility.PRIVATE:
-            link += f"?invite={event.invite_token}"
-        return link
+        return notifications.share_link(self._base_url, event, with_invite=with_invite)
 
     # ----------------------------------------------------------------- helpers
 
     async def _load(self, conn: Conn, event_id: UUID, *, for_update: bool = False) -> Event:
         event = await events.get(conn, event_id, for_update=for_update)
         if event is None:
-            raise NotFound("EVENT_NOT_FOUND", f"events/{event_id} does not exist")
+            raise errors.event_not_found(names.event(event_id))
         return event
 
     async def _access(self, conn: Conn, event: Event, user: User | None, invite_token: str = "") -> Access:
@@ -180,65 +196,69 @@ class EventService:
         event = await self._load(conn, event_id)
         return EventView(event, Access(is_host=True, is_guest=False, has_invite=True))
 
+    async def _load_as_host(self, tx: UnitOfWork, user: User, event_id: UUID) -> tuple[Event, Access]:
+        """The event, locked for this transaction, once the caller is known to be its host."""
+        event = await self._load(tx.conn, event_id, for_update=True)
+        access = await self._access(tx.conn, event, user)
+        domain.ensure_host(event, access)
+        return event, access
+
+    def _uow(self, request: RequestKey | None = None, trace_id: str = "") -> AbstractAsyncContextManager[UnitOfWork]:
+        return uow(self._pool, self._dispatcher, request=request, trace_id=trace_id)
+
     # ----------------------------------------------------------------- create / read
 
     async def create(self, cmd: CreateEvent) -> EventView:
         now = self._clock.now()
         details = domain.normalized(cmd.details)
         domain.validate_details(details, now)
-        async with db.transaction(self._pool) as conn:
-            replay = await idempotency.claim(conn, cmd.request)
-            if replay is not None:
-                return await self._host_view(conn, domain.parse_event_name(replay))
-            await users.remember(conn, cmd.user)
+        async with self._uow(cmd.request, cmd.trace_id) as tx:
+            if tx.replay is not None:
+                return await self._host_view(tx.conn, domain.parse_event_name(tx.replay))
+            await users.remember(tx.conn, cmd.user)
             event_id = uuid.uuid4()
-            await events.insert(conn, event_id, cmd.user.id, details, domain.new_invite_token(), now)
-            await outbox.schedule_reminders(conn, event_id, cmd.user.id, details.start_time, now)
-            await idempotency.record(conn, cmd.request, domain.event_name(event_id))
-            view = await self._host_view(conn, event_id)
-        if details.visibility is domain.Visibility.PUBLIC:
-            await self._cache.invalidate(LIST_SCOPE)  # it may belong on a cached first page
+            await events.insert(tx.conn, event_id, cmd.user.id, details, domain.new_invite_token(), now)
+            listed = details.visibility is domain.Visibility.PUBLIC
+            tx.emit(EventCreated(event_id, cmd.user.id, details.start_time, listed, now))
+            tx.record(names.event(event_id))
+            view = await self._host_view(tx.conn, event_id)
         return view
 
     async def _load_row(self, event_id: UUID) -> Event:
         async with db.connection(self._pool) as conn:
             return await self._load(conn, event_id)
 
-    async def get(self, user: User | None, event_id: UUID, invite_token: str) -> EventView:
+    async def get(self, q: GetEvent) -> EventView:
         event = await self._cache.get_or_load(
-            event_key(event_id), lambda: self._load_row(event_id), EVENT_CODEC, ttl=self._ttl
+            event_key(q.event_id), lambda: self._load_row(q.event_id), EVENT_CODEC, ttl=self._ttl
         )
         is_guest = False
-        if user is not None and user.id != event.host_id:  # the host can't book their own event
+        if q.user is not None and q.user.id != event.host_id:  # the host can't book their own event
             async with db.connection(self._pool) as conn:
-                is_guest = await bookings.has_confirmed_booking(conn, event.id, user.id)
-        access = domain.access_for(event, user, is_guest=is_guest, invite_token=invite_token)
+                is_guest = await bookings.has_confirmed_booking(conn, event.id, q.user.id)
+        access = domain.access_for(event, q.user, is_guest=is_guest, invite_token=q.invite_token)
         domain.ensure_visible(event, access)
         return EventView(event, access)
 
     async def list(self, q: ListEvents) -> EventPage:
-        limit = clamp_page_size(q.page_size)
         own = q.user is not None and q.host_id == q.user.id
-        fingerprint = filter_fingerprint(
-            {
-                "film": q.film_id,
-                "city": q.city and q.city.lower(),
-                "from": q.start_from,
-                "to": q.start_to,
-                "free": q.has_free_seats,
-                "host": q.host_id,
-                "text": q.text,
-                "own": own,
-            }
-        )
-        keys = decode_page_token(q.page_token, fingerprint)
-        after = _after(keys)
+        filters = {
+            "film": q.film_id,
+            "city": q.city and q.city.lower(),
+            "from": q.start_from,
+            "to": q.start_to,
+            "free": q.has_free_seats,
+            "host": q.host_id,
+            "text": q.text,
+            "own": own,
+        }
+        # (start_time, id, the "upcoming" bound of the first page, pinned so later pages agree)
+        ks = keyset(q.page_size, q.page_token, filters, [(datetime, type(None))])
         start_from = q.start_from
-        if keys is not None and len(keys) == 3 and isinstance(keys[2], datetime):
-            start_from = keys[2]
+        if ks.extra and isinstance(ks.extra[0], datetime):
+            start_from = ks.extra[0]
         elif start_from is None and not own:
-            # Upcoming events by default; the bound is pinned in the page token so later pages agree.
-            start_from = self._clock.now()
+            start_from = self._clock.now()  # upcoming events by default
         query = events.ListQuery(
             start_from=start_from,
             start_to=q.start_to,
@@ -249,27 +269,22 @@ class EventService:
             own=own,
             text=q.text,
             viewer_id=q.user.id if q.user else None,
-            after=after,
-            limit=limit + 1,
+            after=ks.after,
+            limit=ks.fetch,
         )
-        if keys is None and not own:
+        if ks.after is None and not own:
             # A first page of public events: the same rows for everyone, so cached by the filters' fingerprint.
-            return await self._cached_first_page(q, query, fingerprint, limit)
+            return await self._cached_first_page(q, query, ks)
         async with db.connection(self._pool) as conn:
             rows = await events.list_events(conn, query)
+        page = ks.page(rows, lambda r: (r.event.details.start_time, r.event.id), start_from)
         items = [
             EventView(r.event, domain.access_for(r.event, q.user, is_guest=r.viewer_is_guest, invite_token=""))
-            for r in rows[:limit]
+            for r in page.items
         ]
-        token = ""
-        if len(rows) > limit:
-            last = rows[limit - 1].event
-            token = encode_page_token([last.details.start_time, last.id, start_from], fingerprint)
-        return EventPage(items, token)
+        return Page(items, page.next_page_token)
 
-    async def _cached_first_page(
-        self, q: ListEvents, query: events.ListQuery, fingerprint: str, limit: int
-    ) -> EventPage:
+    async def _cached_first_page(self, q: ListEvents, query: events.ListQuery, ks: Keyset) -> EventPage:
         public = replace(query, viewer_id=None)
 
         async def load() -> CachedPage:
@@ -277,10 +292,11 @@ class EventService:
                 rows = await events.list_events(conn, public)
             return CachedPage([r.event for r in rows], public.start_from)
 
-        page = await self._cache.get_or_load(
-            list_key(fingerprint, limit), load, LIST_CODEC, ttl=self._list_ttl, scope=LIST_SCOPE
+        cached = await self._cache.get_or_load(
+            list_key(ks.fingerprint, ks.limit), load, LIST_CODEC, ttl=self._list_ttl, scope=LIST_SCOPE
         )
-        shown = page.rows[:limit]
+        page = ks.page(cached.rows, lambda e: (e.details.start_time, e.id), cached.start_from)
+        shown = page.items
         if q.start_from is None:
             # "upcoming" was computed when the page was cached: leave out what started since
             now = self._clock.now()
@@ -290,20 +306,14 @@ class EventService:
             async with db.connection(self._pool) as conn:
                 guest_of = await events.guest_of(conn, q.user.id, [e.id for e in shown])
         items = [EventView(e, domain.access_for(e, q.user, is_guest=e.id in guest_of, invite_token="")) for e in shown]
-        token = ""
-        if len(page.rows) > limit:
-            last = page.rows[limit - 1]
-            token = encode_page_token([last.details.start_time, last.id, page.start_from], fingerprint)
-        return EventPage(items, token)
+        return Page(items, page.next_page_token)
 
     # ----------------------------------------------------------------- host actions
 
     async def update(self, cmd: UpdateEvent) -> EventView:
         now = self._clock.now()
-        async with db.transaction(self._pool) as conn:
-            event = await self._load(conn, cmd.event_id, for_update=True)
-            access = await self._access(conn, event, cmd.user)
-            domain.ensure_host(event, access)
+        async with self._uow(trace_id=cmd.trace_id) as tx:
+            event, access = await self._load_as_host(tx, cmd.user, cmd.event_id)
             domain.ensure_etag(event, cmd.etag)
             domain.ensure_editable(event, now)
             new = domain.normalized(domain.apply_update(event.details, cmd.patch, cmd.paths))
@@ -312,129 +322,84 @@ class EventService:
             changes = domain.changes_between(event.details, new)
             if not changes:
                 return EventView(event, access)
-            await users.remember(conn, cmd.user)
-            await events.update_details(conn, event.id, new, now)
+            await users.remember(tx.conn, cmd.user)
+            await events.update_details(tx.conn, event.id, new, now)
+            updated = await self._load(tx.conn, event.id)
+            guests = await bookings.confirmed_guest_ids(tx.conn, event.id)
             if new.start_time != event.details.start_time:
-                await outbox.move_reminders(conn, event.id, new.start_time, now)
-            updated = await self._load(conn, event.id)
-            guests = await bookings.confirmed_guest_ids(conn, event.id)
-            link = self.share_link(updated, with_invite=False)
-            await outbox.enqueue(
-                conn,
-                notifications.event_changed(updated, guests, changes, link),
-                request_id=context.request_id(),
-            )
-        if updated.host_display_name != event.host_display_name:  # shown on every event of the host
-            async with db.connection(self._pool) as conn:
-                await invalidate_host_events(self._cache, conn, updated.host_id)
-        else:
-            await invalidate_events(self._cache, updated.id)
+                tx.emit(EventRescheduled(event.id, new.start_time, now))
+            tx.emit(EventUpdated(event.id, True, updated, changes, guests))
+            if updated.host_display_name != event.host_display_name:  # shown on every event of the host
+                tx.emit(HostRenamed(updated.host_id))
         return EventView(updated, access)
 
     async def cancel(self, cmd: CancelEvent) -> EventView:
         now = self._clock.now()
         if len(cmd.reason) > NOTE_MAX:
             raise InvalidArgument.field("reason", f"must be at most {NOTE_MAX} characters")
-        async with db.transaction(self._pool) as conn:
-            replay = await idempotency.claim(conn, cmd.request)
-            if replay is not None:
-                return await self._host_view(conn, cmd.event_id)
-            event = await self._load(conn, cmd.event_id, for_update=True)
-            access = await self._access(conn, event, cmd.user)
-            domain.ensure_host(event, access)
+        async with self._uow(cmd.request, cmd.trace_id) as tx:
+            if tx.replay is not None:
+                return await self._host_view(tx.conn, cmd.event_id)
+            event, access = await self._load_as_host(tx, cmd.user, cmd.event_id)
             if event.state is domain.State.CANCELLED:
                 return EventView(event, access)
             domain.ensure_etag(event, cmd.etag)
             domain.ensure_cancellable(event)
-            guests = await bookings.cancel_all_for_event(conn, event.id, now)
-            await events.mark_cancelled(conn, event.id, now)
-            await outbox.drop_reminders(conn, event.id)
-            cancelled = await self._load(conn, event.id)
-            link = self.share_link(cancelled, with_invite=False)
-            await outbox.enqueue(
-                conn,
-                notifications.event_cancelled(cancelled, guests, cmd.reason.strip(), link),
-                request_id=context.request_id(),
-            )
-            await idempotency.record(conn, cmd.request, cancelled.name)
-        await invalidate_events(self._cache, cancelled.id)
+            guests = await bookings.cancel_all_for_event(tx.conn, event.id, now)
+            await events.mark_cancelled(tx.conn, event.id, now)
+            cancelled = await self._load(tx.conn, event.id)
+            tx.emit(EventCancelled(event.id, True, cancelled, guests, cmd.reason.strip()))
+            tx.record(cancelled.name)
         return EventView(cancelled, access)
 
-    async def complete(self, user: User, event_id: UUID, etag: str) -> EventView:
+    async def complete(self, cmd: CompleteEvent) -> EventView:
         now = self._clock.now()
-        async with db.transaction(self._pool) as conn:
-            event = await self._load(conn, event_id, for_update=True)
-            access = await self._access(conn, event, user)
-            domain.ensure_host(event, access)
+        async with self._uow(trace_id=cmd.trace_id) as tx:
+            event, access = await self._load_as_host(tx, cmd.user, cmd.event_id)
             if event.state is domain.State.COMPLETED:
                 return EventView(event, access)
-            domain.ensure_etag(event, etag)
+            domain.ensure_etag(event, cmd.etag)
             domain.ensure_completable(event, now)
-            await events.mark_completed(conn, event.id, now)
-            await outbox.drop_reminders(conn, event.id)
-            completed = await self._load(conn, event.id)
-        await invalidate_events(self._cache, completed.id)
-        await invalidate_host_profile(self._cache, completed.host_id)  # held-event count and list
+            await events.mark_completed(tx.conn, event.id, now)
+            completed = await self._load(tx.conn, event.id)
+            tx.emit(EventCompleted(event.id, True, completed.host_id))  # held-event count and list of the host
         return EventView(completed, access)
 
-    async def list_guests(self, user: User, event_id: UUID, page_size: int, page_token: str) -> GuestPage:
-        limit = clamp_page_size(page_size)
-        after = _after(decode_page_token(page_token, filter_fingerprint({"event": event_id})))
+    async def list_guests(self, q: ListGuests) -> GuestPage:
+        ks = keyset(q.page_size, q.page_token, {"event": q.event_id})
         async with db.connection(self._pool) as conn:
-            event = await self._load(conn, event_id)
-            domain.ensure_host(event, await self._access(conn, event, user))
-            rows = await bookings.list_guests(conn, event_id, after, limit + 1)
-        items = [
-            Guest(
-                user_id=r.guest_id,
-                display_name=r.display_name,
-                seats=r.seats,
-                booking_id=r.booking_id,
-                book_time=r.book_time,
-                rating_average=round(r.rating_sum / r.rating_count, 2) if r.rating_count else 0.0,
-                rating_count=r.rating_count,
-            )
-            for r in rows[:limit]
-        ]
-        token = ""
-        if len(rows) > limit:
-            last = rows[limit - 1]
-            token = encode_page_token([last.book_time, last.booking_id], filter_fingerprint({"event": event_id}))
-        return GuestPage(items, token)
+            event = await self._load(conn, q.event_id)
+            domain.ensure_host(event, await self._access(conn, event, q.user))
+            rows = await bookings.list_guests(conn, q.event_id, ks.after, ks.fetch)
+        page = ks.page(rows, lambda r: (r.book_time, r.booking_id))
+        items = [Guest(r.guest_id, r.display_name, r.seats, r.booking_id, r.book_time, r.rating) for r in page.items]
+        return Page(items, page.next_page_token)
 
     async def send_invitations(self, cmd: SendInvitations) -> Invitations:
         now = self._clock.now()
         if len(cmd.note) > NOTE_MAX:
             raise InvalidArgument.field("message", f"must be at most {NOTE_MAX} characters")
-        async with db.transaction(self._pool) as conn:
-            replay = await idempotency.claim(conn, cmd.request)
-            event = await self._load(conn, cmd.event_id, for_update=replay is None)
-            access = await self._access(conn, event, cmd.user)
-            domain.ensure_host(event, access)
+        async with self._uow(cmd.request, cmd.trace_id) as tx:
+            event = await self._load(tx.conn, cmd.event_id, for_update=tx.replay is None)
+            domain.ensure_host(event, await self._access(tx.conn, event, cmd.user))
             link = self.share_link(event, with_invite=True)
-            if replay is not None:
+            if tx.replay is not None:
                 return Invitations(list(cmd.user_ids), link)
             domain.ensure_open(event, now)
             if cmd.user.id in cmd.user_ids:
                 raise InvalidArgument.field("users", "must not include the host")
             batch = str(cmd.request.request_id) if cmd.request else str(uuid.uuid4())
-            await outbox.enqueue(
-                conn,
-                notifications.invitation(event, cmd.user_ids, cmd.note.strip(), link, batch),
-                request_id=context.request_id(),
-            )
-            await idempotency.record(conn, cmd.request, event.name)
-            return Invitations(list(cmd.user_ids), link)
+            tx.emit(InvitationsSent(event, cmd.user_ids, cmd.note.strip(), batch))
+            tx.record(event.name)
+        return Invitations(list(cmd.user_ids), link)
 
-    async def rotate_invite_token(self, user: User, event_id: UUID) -> EventView:
+    async def rotate_invite_token(self, cmd: RotateInviteToken) -> EventView:
         now = self._clock.now()
-        async with db.transaction(self._pool) as conn:
-            event = await self._load(conn, event_id, for_update=True)
-            access = await self._access(conn, event, user)
-            domain.ensure_host(event, access)
+        async with self._uow(trace_id=cmd.trace_id) as tx:
+            event, access = await self._load_as_host(tx, cmd.user, cmd.event_id)
             domain.ensure_private(event)
             domain.ensure_editable(event, now)
-            await events.rotate_invite_token(conn, event.id, domain.new_invite_token(), now)
-            rotated = await self._load(conn, event.id)
-        await self._cache.invalidate(event_key(rotated.id))  # private: on no list
+            await events.rotate_invite_token(tx.conn, event.id, domain.new_invite_token(), now)
+            rotated = await self._load(tx.conn, event.id)
+            tx.emit(EventChanged(event.id, False))  # private: on no list
         return EventView(rotated, access)

@@ -9,8 +9,9 @@ from typing import Any
 import grpc
 from cowatch.event.v1 import resources_pb2, service_pb2, service_pb2_grpc
 
+from services.common import names
 from services.common.context import current_user, require_user
-from services.event import domain, mappers
+from services.event import mappers
 from services.event.service import EventService, EventView
 
 SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["EventService"].full_name
@@ -37,8 +38,7 @@ class EventServicer(service_pb2_grpc.EventServiceServicer):
         return self._proto(view)
 
     async def GetEvent(self, request: service_pb2.GetEventRequest, context: Ctx) -> resources_pb2.Event:
-        event_id = domain.parse_event_name(request.name)
-        return self._proto(await self._events.get(current_user(), event_id, request.invite_token))
+        return self._proto(await self._events.get(mappers.to_get_query(request, current_user())))
 
     async def ListEvents(self, request: service_pb2.ListEventsRequest, context: Ctx) -> service_pb2.ListEventsResponse:
         page = await self._events.list(mappers.to_list_query(request, current_user()))
@@ -53,16 +53,12 @@ class EventServicer(service_pb2_grpc.EventServiceServicer):
         return self._proto(await self._events.cancel(mappers.to_cancel_command(request, require_user())))
 
     async def CompleteEvent(self, request: service_pb2.CompleteEventRequest, context: Ctx) -> resources_pb2.Event:
-        user = require_user()
-        event_id = domain.parse_event_name(request.name)
-        return self._proto(await self._events.complete(user, event_id, mappers.etag(request.etag)))
+        return self._proto(await self._events.complete(mappers.to_complete_command(request, require_user())))
 
     async def ListEventGuests(
         self, request: service_pb2.ListEventGuestsRequest, context: Ctx
     ) -> service_pb2.ListEventGuestsResponse:
-        user = require_user()
-        event_id = domain.parse_event_name(request.parent, "parent")
-        page = await self._events.list_guests(user, event_id, request.page_size, request.page_token)
+        page = await self._events.list_guests(mappers.to_guests_query(request, require_user()))
         return service_pb2.ListEventGuestsResponse(
             guests=[mappers.guest_to_proto(g) for g in page.items], next_page_token=page.next_page_token
         )
@@ -72,11 +68,10 @@ class EventServicer(service_pb2_grpc.EventServiceServicer):
     ) -> service_pb2.SendInvitationsResponse:
         result = await self._events.send_invitations(mappers.to_send_invitations(request, require_user()))
         return service_pb2.SendInvitationsResponse(
-            users=[domain.user_name(u) for u in result.user_ids], share_link=result.share_link
+            users=[names.user(u) for u in result.user_ids], share_link=result.share_link
         )
 
     async def RotateInviteToken(
         self, request: service_pb2.RotateInviteTokenRequest, context: Ctx
     ) -> resources_pb2.Event:
-        user = require_user()
-        return self._proto(await self._events.rotate_invite_token(user, domain.parse_event_name(request.name)))
+        return self._proto(await self._events.rotate_invite_token(mappers.to_rotate_command(request, require_user())))

@@ -20,6 +20,8 @@ import grpc
 from cowatch.notification.v1 import notification_pb2, notification_pb2_grpc
 from google.protobuf import struct_pb2
 
+from services.common import names
+
 __all__ = ["NotificationClient", "Notifier", "SendResult", "service_config", "to_request"]
 
 # The header services.common.interceptors reads and binds (not imported from there: that module pulls in the
@@ -66,7 +68,7 @@ def service_config(*, max_attempts: int) -> str:
 
 def user_resource(user_id: str) -> str:
     """Outbox rows hold user ids; the contract names recipients ``users/{id}``."""
-    return user_id if user_id.startswith("users/") else f"users/{user_id}"
+    return user_id if user_id.startswith("users/") else names.user(user_id)
 
 
 def to_request(

@@ -13,12 +13,12 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from services.event.domain import local_time
+from services.common import names
+from services.common.vocabulary import ReminderKind, local_time
 from services.notification.outbox import Message
 
 __all__ = [
     "EventFacts",
-    "event_link",
     "event_params",
     "reminder",
     "reminder_dedupe_key",
@@ -41,12 +41,7 @@ class EventFacts:
 
     @property
     def name(self) -> str:
-        return f"events/{self.id}"
-
-
-def event_link(public_base_url: str, event_id: UUID) -> str:
-    """The event's page (never with the invite token: these mails go to people who already have access)."""
-    return f"{public_base_url.rstrip('/')}/events/{event_id}"
+        return names.event(self.id)
 
 
 def event_params(event: EventFacts, link: str, *, with_address: bool) -> dict[str, Any]:
@@ -68,10 +63,6 @@ def event_params(event: EventFacts, link: str, *, with_address: bool) -> dict[st
     return params
 
 
-REMINDER_TEMPLATES = {"24H": "reminder_24h", "1H": "reminder_1h"}
-REMINDER_HOURS = {"24H": 24, "1H": 1}
-
-
 def reminder_dedupe_key(event_id: UUID, kind: str, recipient_id: str, due_time: datetime) -> str:
     """One key per reminder *and schedule*: the due time (UTC, to the second) is part of it, so a reminder re-armed
     after the start moved is a new message, while every retry of one schedule's reminder repeats the same key."""
@@ -84,12 +75,12 @@ def reminder(
 ) -> Message:
     """The 24 h / 1 h reminder to one recipient (host or confirmed guest: both see the address)."""
     params = event_params(event, link, with_address=True)
-    params.update(kind=kind, hours_before=REMINDER_HOURS[kind], role="HOST" if is_host else "GUEST")
+    params.update(kind=kind, hours_before=ReminderKind(kind).hours, role="HOST" if is_host else "GUEST")
     if not is_host:
         params["seats"] = seats
     return Message(
         dedupe_key=reminder_dedupe_key(event.id, kind, recipient_id, due_time),
-        template_id=REMINDER_TEMPLATES[kind],
+        template_id=ReminderKind(kind).template_id,
         recipients=[recipient_id],
         params=params,
     )

@@ -15,8 +15,9 @@ from typing import Any
 from uuid import UUID
 
 from services.common.dbtypes import Conn
+from services.common.vocabulary import ReminderKind
 
-REMINDER_OFFSETS: dict[str, timedelta] = {"24H": timedelta(hours=24), "1H": timedelta(hours=1)}
+REMINDER_OFFSETS: dict[ReminderKind, timedelta] = {kind: kind.before_start for kind in ReminderKind}
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from services.common import db
+from services.common import db, links
 from services.common.clock import Clock
 from services.common.logging import get_logger
+from services.common.vocabulary import ReminderKind
 from services.notification import messages, outbox
 from services.notification.messages import EventFacts
 from services.notification.metrics import WorkerMetrics
@@ -41,7 +42,7 @@ __all__ = ["ReminderDispatcher", "skip_reason"]
 _log = get_logger("cowatch.notification.reminders")
 
 # A reminder later than this before the start is not worth sending any more (the next one will come).
-STALE_AFTER: Final = {"24H": timedelta(hours=1), "1H": timedelta(0)}
+STALE_AFTER: Final = {ReminderKind.H24: timedelta(hours=1), ReminderKind.H1: timedelta(0)}
 
 CLAIM_DUE = """
 SELECT r.id, r.event_id, r.kind, r.recipient_id, r.due_time,
@@ -75,7 +76,7 @@ def skip_reason(
         return "event_not_scheduled"
     if not (is_host or is_guest):
         return "not_attending"
-    if now >= start_time - STALE_AFTER[kind]:
+    if now >= start_time - STALE_AFTER[ReminderKind(kind)]:
         return "too_late"
     return None
 
@@ -137,7 +138,7 @@ class ReminderDispatcher:
             row["recipient_id"],
             is_host=is_host,
             seats=row["guest_seats"] or 0,
-            link=messages.event_link(self._base_url, row["event_id"]),
+            link=links.event_link(self._base_url, row["event_id"]),
             due_time=row["due_time"],
         )
         return _Decision(row["id"], row["kind"], "SENT", None, message)

@@ -12,6 +12,7 @@ from services.common import db
 from services.common.app import ServiceApp
 from services.common.cache import Cache
 from services.common.settings import CommonSettings
+from services.event import cache as event_cache
 from services.review.service import ReviewService
 from services.review.servicer import ANONYMOUS_METHODS, SERVICE_NAME, ReviewServicer
 
@@ -36,4 +37,6 @@ class ReviewApp(ServiceApp[ReviewService]):
         service_pb2_grpc.add_ReviewServiceServicer_to_server(ReviewServicer(lambda: self.service), server)
 
     def build(self, pool: db.Pool, cache: Cache) -> ReviewService:
-        return ReviewService(pool, self._clock, cache, cache_ttl=self._settings.cache_ttl_seconds)
+        ttl = self._settings.cache_ttl_seconds
+        # EventService's cached rows show the host's rating: its cache hears every review posted here.
+        return ReviewService(pool, self._clock, cache, cache_ttl=ttl, subscribers=event_cache.handlers(cache, pool))

@@ -19,7 +19,9 @@ from typing import Any, Final
 from uuid import UUID
 
 from services.common.cache import Cache, Codec
-from services.review.domain import Rating
+from services.common.domain_events import EventCompleted, ReviewPosted
+from services.common.uow import Handlers
+from services.common.vocabulary import Rating
 from services.review.repository import HeldEventRow, HostProfileRow
 
 SCHEMA: Final = "v1"
@@ -41,6 +43,23 @@ def held_page_key(host_id: str, limit: int) -> str:
 async def invalidate_host_profile(cache: Cache, host_id: str) -> None:
     """The host held another event, or one of their events got a new rating."""
     await cache.invalidate(profile_key(host_id))
+
+
+def handlers(cache: Cache) -> Handlers:
+    """After COMMIT: what a held event or a review made stale (the event domain's cache hears them too)."""
+
+    async def completed(e: EventCompleted) -> None:
+        await invalidate_host_profile(cache, e.host_id)  # held-event count and list
+
+    async def reviewed(e: ReviewPosted) -> None:
+        if e.about == "EVENT":
+            await invalidate_host_profile(cache, e.host_id)  # the event's rating, on the held-events list
+            return
+        await cache.invalidate(rating_key(e.subject_user_id or e.host_id))
+        if e.about == "HOST":
+            await invalidate_host_profile(cache, e.host_id)
+
+    return Handlers().on(EventCompleted, after_commit=completed).on(ReviewPosted, after_commit=reviewed)
 
 
 def _rating(r: Rating) -> list[float | int]:

@@ -1,7 +1,7 @@
 """Review domain: who may review what after a held event, and how ratings add up.
 
 Pure Python: no gRPC, no protobuf, no SQL. The service layer gathers the facts about an event and its
-participants (:class:`EventFacts`), asks these functions whether a review is allowed (they raise
+participants (:class:`ReviewableEvent`), asks these functions whether a review is allowed (they raise
 :mod:`services.common.errors` exceptions with stable reasons), and persists the result together with the
 aggregate change (:class:`RatingChange`) in one transaction.
 """
@@ -13,17 +13,17 @@ from datetime import datetime
 from enum import StrEnum
 from uuid import UUID
 
+from services.common import errors, names
 from services.common.errors import (
     Aborted,
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
-    NotFound,
     PermissionDenied,
     Violations,
 )
-from services.common.names import parse_uuid_name
-from services.event.domain import State, Visibility, event_name, user_name
+from services.common.vocabulary import EventState as State
+from services.common.vocabulary import Rating, Visibility
 
 __all__ = [
     "MAX_RATING",
@@ -31,10 +31,10 @@ __all__ = [
     "TEXT_MAX",
     "Draft",
     "Edit",
-    "EventFacts",
     "Rating",
     "RatingChange",
     "Review",
+    "ReviewableEvent",
     "Role",
     "SubjectType",
     "already_reviewed",
@@ -70,18 +70,6 @@ class Role(StrEnum):
 
     HOST = "HOST"
     GUEST = "GUEST"
-
-
-@dataclass(frozen=True, slots=True)
-class Rating:
-    """An aggregate of 1–5 star ratings: the average is rounded to two decimals, 0 when nobody rated."""
-
-    average: float = 0.0
-    count: int = 0
-
-    @classmethod
-    def of(cls, total: int, count: int) -> Rating:
-        return cls(average=round(total / count, 2) if count else 0.0, count=count)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +115,7 @@ class Edit:
 
 
 @dataclass(frozen=True, slots=True)
-class EventFacts:
+class ReviewableEvent:
     """What the rules need to know about one event, from one caller's point of view."""
 
     event_id: UUID
@@ -140,7 +128,7 @@ class EventFacts:
 
     @property
     def name(self) -> str:
-        return event_name(self.event_id)
+        return names.event(self.event_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,17 +150,12 @@ class RatingChange:
 # --------------------------------------------------------------------------- names
 
 
-def review_name(review_id: UUID) -> str:
-    return f"reviews/{review_id}"
-
-
-def parse_review_name(value: str, field_name: str = "name") -> UUID:
-    """``reviews/{uuid}`` → UUID; anything else is INVALID_ARGUMENT on ``field_name``."""
-    return parse_uuid_name(value, "reviews", "review", field_name)
+review_name = names.review
+parse_review_name = names.parse_review
 
 
 def subject_user_name(user_id: str | None) -> str:
-    return user_name(user_id) if user_id is not None else ""
+    return names.user(user_id) if user_id is not None else ""
 
 
 # --------------------------------------------------------------------------- validation
@@ -230,7 +213,7 @@ def validate_edit(edit: Edit, *, prefix: str = "review") -> Edit:
 # --------------------------------------------------------------------------- eligibility
 
 
-def ensure_visible(facts: EventFacts, caller_id: str | None) -> None:
+def ensure_visible(facts: ReviewableEvent, caller_id: str | None) -> None:
     """A private event does not exist for anyone but its host, its participants and its booked guests."""
     if facts.visibility is not Visibility.PRIVATE:
         return
@@ -238,10 +221,10 @@ def ensure_visible(facts: EventFacts, caller_id: str | None) -> None:
         return
     if facts.caller_has_booking:
         return
-    raise NotFound("EVENT_NOT_FOUND", f"{facts.name} does not exist")
+    raise errors.event_not_found(facts.name)
 
 
-def resolve_subject(draft: Draft, facts: EventFacts, author_id: str) -> str | None:
+def resolve_subject(draft: Draft, facts: ReviewableEvent, author_id: str) -> str | None:
     """Apply the eligibility rules in order; returns the reviewed user's id (``None`` for EVENT reviews).
 
     Order: the event must be visible, then held; the author must have taken part; the author's role must
@@ -279,7 +262,7 @@ def resolve_subject(draft: Draft, facts: EventFacts, author_id: str) -> str | No
                 raise FailedPrecondition(
                     "SUBJECT_NOT_A_PARTICIPANT",
                     "the reviewed guest did not take part in the event",
-                    metadata={"event": facts.name, "subject_user": user_name(subject)},
+                    metadata={"event": facts.name, "subject_user": names.user(subject)},
                 )
             return subject
 

@@ -5,18 +5,18 @@ from __future__ import annotations
 from uuid import UUID
 
 from cowatch.review.v1 import resources_pb2, service_pb2
-from cowatch.type.v1 import rating_pb2
 
+from services.common import context, names
 from services.common.errors import InvalidArgument, Violations
 from services.common.identity import User
-from services.common.protos import request_key, to_timestamp
-from services.event.domain import event_name, parse_event_name, parse_user_name, user_name
+from services.common.protos import rating_to_proto, request_key, to_timestamp
 from services.review import domain
-from services.review.domain import Draft, Edit, Rating, Review, SubjectType
+from services.review.domain import Draft, Edit, Review, SubjectType
 from services.review.service import (
     CreateReview,
     HeldEvent,
     HostProfile,
+    ListHeldEvents,
     ListReviews,
     UpdateReview,
     UserRating,
@@ -42,7 +42,7 @@ def _user_child(value: str, child: str, field: str) -> str:
     if not sep or tail != child:
         raise InvalidArgument.field(field, f"must be of the form users/{{user}}/{child}")
     try:
-        return parse_user_name(head, field)
+        return names.parse_user(head, field)
     except InvalidArgument:
         raise InvalidArgument.field(field, f"must be of the form users/{{user}}/{child}") from None
 
@@ -60,7 +60,7 @@ def to_create_command(request: service_pb2.CreateReviewRequest, user: User) -> C
         v.add("review.event", "is required")
     else:
         try:
-            event_id = parse_event_name(r.event, "review.event")
+            event_id = names.parse_event(r.event, "review.event")
         except InvalidArgument as exc:
             _collect(v, exc)
     subject_type = _SUBJECT_FROM_PROTO.get(r.subject_type)
@@ -69,7 +69,7 @@ def to_create_command(request: service_pb2.CreateReviewRequest, user: User) -> C
     subject_user: str | None = None
     if r.subject_user:
         try:
-            subject_user = parse_user_name(r.subject_user, "review.subject_user")
+            subject_user = names.parse_user(r.subject_user, "review.subject_user")
         except InvalidArgument as exc:
             _collect(v, exc)
     if r.rating == 0:
@@ -80,7 +80,8 @@ def to_create_command(request: service_pb2.CreateReviewRequest, user: User) -> C
     v.raise_if_any()
     assert event_id is not None and subject_type is not None
     draft = Draft(event_id, subject_type, subject_user, r.rating, r.text)
-    return CreateReview(user=user, draft=draft, request=request_key(user, "CreateReview", request, request.request_id))
+    key = request_key(user, "CreateReview", request, request.request_id)
+    return CreateReview(user=user, draft=draft, request=key, trace_id=context.request_id())
 
 
 def etag(value: str, field: str = "review.etag") -> str:
@@ -112,7 +113,7 @@ def to_update_command(request: service_pb2.UpdateReviewRequest, user: User) -> U
         rating=r.rating if "rating" in paths else None,
         text=r.text if "text" in paths else None,
     )
-    return UpdateReview(user=user, review_id=review_id, edit=edit, etag=etag(r.etag))
+    return UpdateReview(user=user, review_id=review_id, edit=edit, etag=etag(r.etag), trace_id=context.request_id())
 
 
 def to_list_query(request: service_pb2.ListReviewsRequest, user: User | None) -> ListReviews:
@@ -127,12 +128,12 @@ def to_list_query(request: service_pb2.ListReviewsRequest, user: User | None) ->
         v.add("subject_user", description)
     elif request.event:
         try:
-            event_id = parse_event_name(request.event, "event")
+            event_id = names.parse_event(request.event, "event")
         except InvalidArgument as exc:
             _collect(v, exc)
     else:
         try:
-            subject_user = parse_user_name(request.subject_user, "subject_user")
+            subject_user = names.parse_user(request.subject_user, "subject_user")
         except InvalidArgument as exc:
             _collect(v, exc)
     subject_type: SubjectType | None = None
@@ -167,20 +168,20 @@ def held_events_host(request: service_pb2.ListHeldEventsRequest) -> str:
     return _user_child(request.parent, "hostProfile", "parent")
 
 
+def to_held_events_query(request: service_pb2.ListHeldEventsRequest) -> ListHeldEvents:
+    return ListHeldEvents(held_events_host(request), request.page_size, request.page_token)
+
+
 # --------------------------------------------------------------------------- responses
-
-
-def rating_to_proto(rating: Rating) -> rating_pb2.Rating:
-    return rating_pb2.Rating(average=rating.average, count=rating.count)
 
 
 def review_to_proto(r: Review) -> resources_pb2.Review:
     return resources_pb2.Review(
         name=r.name,
-        event=event_name(r.event_id),
+        event=names.event(r.event_id),
         subject_type=_SUBJECT_TO_PROTO[r.subject_type],
         subject_user=domain.subject_user_name(r.subject_user_id),
-        author=user_name(r.author_id),
+        author=names.user(r.author_id),
         author_display_name=r.author_display_name,
         rating=r.rating,
         text=r.text,
@@ -192,7 +193,7 @@ def review_to_proto(r: Review) -> resources_pb2.Review:
 
 def user_rating_to_proto(r: UserRating) -> resources_pb2.UserRating:
     return resources_pb2.UserRating(
-        name=f"{user_name(r.user_id)}/rating",
+        name=f"{names.user(r.user_id)}/rating",
         as_host=rating_to_proto(r.as_host),
         as_guest=rating_to_proto(r.as_guest),
     )
@@ -200,7 +201,7 @@ def user_rating_to_proto(r: UserRating) -> resources_pb2.UserRating:
 
 def host_profile_to_proto(p: HostProfile) -> resources_pb2.HostProfile:
     return resources_pb2.HostProfile(
-        name=f"{user_name(p.user_id)}/hostProfile",
+        name=f"{names.user(p.user_id)}/hostProfile",
         display_name=p.display_name,
         host_rating=rating_to_proto(p.host_rating),
         held_event_count=p.held_event_count,
@@ -209,7 +210,7 @@ def host_profile_to_proto(p: HostProfile) -> resources_pb2.HostProfile:
 
 def held_event_to_proto(e: HeldEvent) -> resources_pb2.HeldEvent:
     return resources_pb2.HeldEvent(
-        event=event_name(e.event_id),
+        event=names.event(e.event_id),
         title=e.title,
         film_title=e.film_title,
         start_time=to_timestamp(e.start_time),

@@ -14,8 +14,9 @@ from uuid import UUID
 import asyncpg
 
 from services.common.dbtypes import Conn
-from services.event.domain import State, Visibility
-from services.review.domain import EventFacts, Rating, RatingChange, Review, Role, SubjectType
+from services.common.vocabulary import EventState as State
+from services.common.vocabulary import Rating, Visibility
+from services.review.domain import RatingChange, Review, ReviewableEvent, Role, SubjectType
 
 # --------------------------------------------------------------------------- eligibility facts
 
@@ -51,8 +52,8 @@ async def event_facts(conn: Conn, event_id: UUID, caller_id: str | None, subject
     )
 
 
-def to_facts(event_id: UUID, row: EventRow, *, caller_has_booking: bool) -> EventFacts:
-    return EventFacts(
+def to_facts(event_id: UUID, row: EventRow, *, caller_has_booking: bool) -> ReviewableEvent:
+    return ReviewableEvent(
         event_id=event_id,
         host_id=row.host_id,
         state=row.state,

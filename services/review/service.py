@@ -9,26 +9,25 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeAlias
 from uuid import UUID
 
-import asyncpg
-
-from services.account import repository as users
-from services.booking import repository as bookings
-from services.common import db, idempotency
+from services.account import users
+from services.booking import eligibility as bookings
+from services.common import db, errors, names
 from services.common.cache import Cache, NullCache
 from services.common.clock import Clock
-from services.common.dbtypes import Conn
-from services.common.errors import InvalidArgument, NotFound
+from services.common.dbtypes import Conn, Pool
+from services.common.domain_events import ReviewPosted
 from services.common.idempotency import RequestKey
 from services.common.identity import User
-from services.common.paging import PageKey, clamp_page_size, decode_page_token, encode_page_token, filter_fingerprint
-from services.event.cache import invalidate_host_events
-from services.event.domain import Visibility, event_name
+from services.common.paging import Page, keyset
+from services.common.uow import Handlers, uow
+from services.common.vocabulary import Rating, Visibility
 from services.review import cache as review_cache
 from services.review import domain
 from services.review import repository as reviews
-from services.review.domain import Draft, Edit, EventFacts, Rating, Review, Role, SubjectType
+from services.review.domain import Draft, Edit, Review, ReviewableEvent, Role, SubjectType
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +35,7 @@ class CreateReview:
     user: User
     draft: Draft
     request: RequestKey | None
+    trace_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +44,7 @@ class UpdateReview:
     review_id: UUID
     edit: Edit
     etag: str
+    trace_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +57,7 @@ class ListReviews:
     page_token: str
 
 
-@dataclass(frozen=True, slots=True)
-class ReviewPage:
-    items: list[Review]
-    next_page_token: str
+ReviewPage: TypeAlias = Page[Review]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,56 +84,48 @@ class HeldEvent:
     rating: Rating
 
 
+HeldEventPage: TypeAlias = Page[HeldEvent]
+
+
 @dataclass(frozen=True, slots=True)
-class HeldEventPage:
-    items: list[HeldEvent]
-    next_page_token: str
+class ListHeldEvents:
+    host_id: str
+    page_size: int
+    page_token: str
 
 
-def _after(keys: tuple[PageKey, ...] | None) -> tuple[datetime, UUID] | None:
-    if keys is None:
-        return None
-    if len(keys) != 2 or not isinstance(keys[0], datetime) or not isinstance(keys[1], UUID):
-        raise InvalidArgument.field("page_token", "is malformed", "INVALID_PAGE_TOKEN")
-    return keys[0], keys[1]
-
-
-def _user_not_found(user_id: str) -> NotFound:
-    return NotFound("USER_NOT_FOUND", f"users/{user_id} does not exist")
+def _user_not_found(user_id: str) -> errors.NotFound:
+    return errors.user_not_found(names.user(user_id))
 
 
 class ReviewService:
+    """Writes run in a unit of work (:mod:`services.common.uow`) and emit ``ReviewPosted``; after COMMIT this
+    domain's cache (:func:`review_cache.handlers`) and the listening ones (``subscribers``, wired by the app: the
+    event rows show the host's rating) drop what it made stale."""
+
     def __init__(
         self,
-        pool: asyncpg.Pool[asyncpg.Record],
+        pool: Pool,
         clock: Clock,
         cache: Cache | None = None,
         *,
         cache_ttl: float = 60.0,
+        subscribers: Handlers | None = None,
     ) -> None:
         self._pool = pool
         self._clock = clock
         self._cache: Cache = cache or NullCache()
         self._ttl = cache_ttl
-
-    async def _invalidate(self, review: Review, host_id: str) -> None:
-        """After commit: make stale what this review changed (see services/review/cache.py)."""
-        if review.subject_type is SubjectType.EVENT:
-            await review_cache.invalidate_host_profile(self._cache, host_id)
-            return
-        subject = review.subject_user_id or host_id
-        await self._cache.invalidate(review_cache.rating_key(subject))
-        if review.subject_type is SubjectType.HOST:
-            await review_cache.invalidate_host_profile(self._cache, host_id)
-            async with db.connection(self._pool) as conn:
-                await invalidate_host_events(self._cache, conn, host_id)
+        self._dispatcher = review_cache.handlers(self._cache).merged(*([subscribers] if subscribers else []))
 
     # ----------------------------------------------------------------- helpers
 
-    async def _facts(self, conn: Conn, event_id: UUID, caller_id: str | None, subject_id: str | None) -> EventFacts:
+    async def _facts(
+        self, conn: Conn, event_id: UUID, caller_id: str | None, subject_id: str | None
+    ) -> ReviewableEvent:
         row = await reviews.event_facts(conn, event_id, caller_id, subject_id)
         if row is None:
-            raise NotFound("EVENT_NOT_FOUND", f"{event_name(event_id)} does not exist")
+            raise errors.event_not_found(names.event(event_id))
         # Only a private event's visibility can depend on a booking, and only for a non-participant.
         booked = (
             row.visibility is Visibility.PRIVATE
@@ -149,7 +139,7 @@ class ReviewService:
     async def _load(self, conn: Conn, review_id: UUID, *, for_update: bool = False) -> Review:
         review = await reviews.get(conn, review_id, for_update=for_update)
         if review is None:
-            raise NotFound("REVIEW_NOT_FOUND", f"{domain.review_name(review_id)} does not exist")
+            raise errors.review_not_found(names.review(review_id))
         return review
 
     # ----------------------------------------------------------------- writes
@@ -157,10 +147,10 @@ class ReviewService:
     async def create(self, cmd: CreateReview) -> Review:
         now = self._clock.now()
         draft = domain.validate_draft(cmd.draft, cmd.user.id)
-        async with db.transaction(self._pool) as conn:
-            replay = await idempotency.claim(conn, cmd.request)
-            if replay is not None:
-                return await self._load(conn, domain.parse_review_name(replay))
+        async with uow(self._pool, self._dispatcher, request=cmd.request, trace_id=cmd.trace_id) as tx:
+            conn = tx.conn
+            if tx.replay is not None:
+                return await self._load(conn, domain.parse_review_name(tx.replay))
             facts = await self._facts(conn, draft.event_id, cmd.user.id, draft.subject_user_id)
             subject = domain.resolve_subject(draft, facts, cmd.user.id)
             await users.remember(conn, cmd.user)
@@ -180,15 +170,16 @@ class ReviewService:
             if review is None:
                 existing = await reviews.find(conn, cmd.user.id, draft.event_id, draft.subject_type, subject)
                 raise domain.already_reviewed(existing)
-            await idempotency.record(conn, cmd.request, review.name)
+            tx.record(review.name)
             await reviews.apply_rating_change(conn, domain.rating_change_for_new(review))
-        await self._invalidate(review, facts.host_id)
+            tx.emit(_posted(review, facts.host_id))
         return review
 
     async def update(self, cmd: UpdateReview) -> Review:
         now = self._clock.now()
         edit = domain.validate_edit(cmd.edit)
-        async with db.transaction(self._pool) as conn:
+        async with uow(self._pool, self._dispatcher, trace_id=cmd.trace_id) as tx:
+            conn = tx.conn
             review = await self._load(conn, cmd.review_id, for_update=True)
             domain.ensure_author(review, cmd.user.id)
             domain.ensure_etag(review, cmd.etag)
@@ -199,17 +190,14 @@ class ReviewService:
             updated = await reviews.update(conn, review.id, rating, text, now)
             await reviews.apply_rating_change(conn, domain.rating_change_for_edit(review, rating))
             host_id = await reviews.event_host_id(conn, review.event_id)
-        await self._invalidate(updated, host_id)
+            tx.emit(_posted(updated, host_id))
         return updated
 
     # ----------------------------------------------------------------- reads
 
     async def list(self, q: ListReviews) -> ReviewPage:
-        limit = clamp_page_size(q.page_size)
-        fingerprint = filter_fingerprint(
-            {"event": q.event_id, "subject": q.subject_user_id, "type": q.subject_type and q.subject_type.value}
-        )
-        after = _after(decode_page_token(q.page_token, fingerprint))
+        filters = {"event": q.event_id, "subject": q.subject_user_id, "type": q.subject_type and q.subject_type.value}
+        ks = keyset(q.page_size, q.page_token, filters)
         async with db.connection(self._pool) as conn:
             if q.event_id is not None:
                 facts = await self._facts(conn, q.event_id, q.user.id if q.user else None, None)
@@ -220,16 +208,12 @@ class ReviewService:
                     event_id=q.event_id,
                     subject_user_id=q.subject_user_id,
                     subject_type=q.subject_type,
-                    after=after,
-                    limit=limit + 1,
+                    after=ks.after,
+                    limit=ks.fetch,
                     viewer_id=q.user.id if q.user else None,
                 ),
             )
-        token = ""
-        if len(rows) > limit:
-            last = rows[limit - 1]
-            token = encode_page_token([last.create_time, last.id], fingerprint)
-        return ReviewPage(rows[:limit], token)
+        return ks.page(rows, lambda r: (r.create_time, r.id))
 
     async def user_rating(self, user_id: str) -> UserRating:
         async def load() -> dict[str, Rating]:
@@ -254,20 +238,19 @@ class ReviewService:
         )
         return HostProfile(user_id, row.display_name, row.rating, row.held_event_count)
 
-    async def held_events(self, host_id: str, page_size: int, page_token: str) -> HeldEventPage:
-        limit = clamp_page_size(page_size)
-        fingerprint = filter_fingerprint({"host": host_id})
-        after = _after(decode_page_token(page_token, fingerprint))
+    async def held_events(self, q: ListHeldEvents) -> HeldEventPage:
+        host_id = q.host_id
+        ks = keyset(q.page_size, q.page_token, {"host": host_id})
 
         async def load() -> list[reviews.HeldEventRow]:
             async with db.connection(self._pool) as conn:
                 if not await reviews.user_exists(conn, host_id):
                     raise _user_not_found(host_id)
-                return await reviews.held_events(conn, host_id, after, limit + 1)
+                return await reviews.held_events(conn, host_id, ks.after, ks.fetch)
 
-        if after is None:  # first pages are the hot ones; later pages go to Postgres
+        if ks.after is None:  # first pages are the hot ones; later pages go to Postgres
             rows = await self._cache.get_or_load(
-                review_cache.held_page_key(host_id, limit),
+                review_cache.held_page_key(host_id, ks.limit),
                 load,
                 review_cache.HELD_PAGE_CODEC,
                 ttl=self._ttl,
@@ -275,9 +258,10 @@ class ReviewService:
             )
         else:
             rows = await load()
-        items = [HeldEvent(r.event_id, r.title, r.film_title, r.start_time, r.rating) for r in rows[:limit]]
-        token = ""
-        if len(rows) > limit:
-            last = items[-1]
-            token = encode_page_token([last.start_time, last.event_id], fingerprint)
-        return HeldEventPage(items, token)
+        page = ks.page(rows, lambda r: (r.start_time, r.event_id))
+        items = [HeldEvent(r.event_id, r.title, r.film_title, r.start_time, r.rating) for r in page.items]
+        return Page(items, page.next_page_token)
+
+
+def _posted(review: Review, host_id: str) -> ReviewPosted:
+    return ReviewPosted(review.id, review.event_id, review.subject_type.value, review.subject_user_id, host_id)

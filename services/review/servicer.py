@@ -57,8 +57,7 @@ class ReviewServicer(service_pb2_grpc.ReviewServiceServicer):
     async def ListHeldEvents(
         self, request: service_pb2.ListHeldEventsRequest, context: Ctx
     ) -> service_pb2.ListHeldEventsResponse:
-        host_id = mappers.held_events_host(request)
-        page = await self._reviews.held_events(host_id, request.page_size, request.page_token)
+        page = await self._reviews.held_events(mappers.to_held_events_query(request))
         return service_pb2.ListHeldEventsResponse(
             held_events=[mappers.held_event_to_proto(e) for e in page.items], next_page_token=page.next_page_token
         )

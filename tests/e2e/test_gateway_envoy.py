@@ -361,7 +361,7 @@ async def test_killing_one_of_two_event_replicas_mid_traffic_keeps_idempotent_ca
 ) -> None:
     """Envoy retries every idempotent call the dead replica had not begun to answer (refused connections, resets
     before a response) on the other replica; only the few calls in flight at the moment of the kill, at most one
-    per client, need the client's own retry (DESIGN §4: "clients' idempotent retries succeed")."""
+    per client, need the client's own retry (README, "Degradation": "idempotent retries succeed")."""
     host = new_caller()
     city = unique_city()
     victim, survivor = gateway.event_replicas

@@ -1,4 +1,4 @@
-"""Overload (DESIGN.md §4): beyond the server's concurrency limit, requests are refused at once with
+"""Overload (README, "Degradation"): beyond the server's concurrency limit, requests are refused at once with
 RESOURCE_EXHAUSTED (not queued into timeouts), health keeps answering, and the admitted ones finish normally."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Postgres down (DESIGN.md §4): RPCs fail fast with UNAVAILABLE inside their deadline, health turns NOT_SERVING,
-both come back by themselves, no seat is oversold and no pool connection leaks.
+"""Postgres down (README, "Degradation"): RPCs fail fast with UNAVAILABLE inside their deadline, health
+turns NOT_SERVING, both come back by themselves, no seat is oversold and no pool connection leaks.
 
 Each test runs its own embedded PostgreSQL (never the shared server) and stops it.
 """

@@ -1,5 +1,6 @@
-"""Redis down or slow (DESIGN.md §4): every RPC still answers from Postgres, no request waits longer than the Redis
-timeout, the breaker opens and closes again by itself, and no write is hidden by a stale entry afterwards.
+"""Redis down or slow (README, "Degradation"): every RPC still answers from Postgres, no request waits
+longer than the Redis timeout, the breaker opens and closes again by itself, and no write is hidden by a stale entry
+afterwards.
 
 Each test starts its own redis-server (never the shared one) and breaks it: SIGKILL, or SIGSTOP (a hung Redis:
 connections stay open, nothing answers).

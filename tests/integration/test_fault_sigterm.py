@@ -1,5 +1,6 @@
-"""SIGTERM under load (DESIGN.md §4): health turns NOT_SERVING at once, in-flight RPCs finish, then the process
-exits 0. The real entry point (``python -m services.event``) runs as its own process, as in production."""
+"""SIGTERM under load (README, "Degradation"): health turns NOT_SERVING at once, in-flight RPCs finish,
+then the process exits 0. The real entry point (``python -m services.event``) runs as its own process, as in
+production."""
 
 from __future__ import annotations
 

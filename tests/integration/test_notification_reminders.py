@@ -16,7 +16,7 @@ import pytest_asyncio
 from cowatch.event.v1 import resources_pb2, service_pb2
 from google.protobuf import field_mask_pb2
 
-from services.event.domain import local_time
+from services.common.vocabulary import local_time
 from services.notification.metrics import WorkerMetrics
 from services.notification.reminders import ReminderDispatcher
 from services.notification.worker import Worker

@@ -6,16 +6,12 @@ import asyncio
 import secrets
 from pathlib import Path
 
-import asyncpg
-from asyncpg.pool import PoolConnectionProxy
-
+from services.common.dbtypes import Conn
 from services.dev.migrate import MIGRATIONS_DIR, create_database, drop_database, migrate
 
 # Every schema the migrations create; tables are discovered so this keeps working as migrations grow.
 COWATCH_SCHEMAS: tuple[str, ...] = ("account", "event", "booking", "review", "notify", "idem")
 TEST_DB_PREFIX = "cowatch_test_"
-
-Conn = asyncpg.Connection | PoolConnectionProxy
 
 _TABLES_SQL = """
 SELECT format('%I.%I', table_schema, table_name)

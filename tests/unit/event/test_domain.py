@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from services.common import names
 from services.common.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from services.common.identity import User
 from services.event import domain
@@ -203,4 +204,4 @@ def test_event_name_round_trip() -> None:
 @pytest.mark.parametrize("name", ["users/", "users/a/b", "user/a", "users/" + "x" * 129, "users/\x00"])
 def test_user_names(name: str) -> None:
     with pytest.raises(InvalidArgument):
-        domain.parse_user_name(name, "host")
+        names.parse_user(name, "host")

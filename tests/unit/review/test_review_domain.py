@@ -21,7 +21,7 @@ from services.common.errors import (
 )
 from services.event.domain import State, Visibility
 from services.review import domain
-from services.review.domain import Draft, Edit, EventFacts, Rating, Review, Role, SubjectType
+from services.review.domain import Draft, Edit, Rating, Review, ReviewableEvent, Role, SubjectType
 
 EVENT_ID = uuid.uuid4()
 HOST, ANA, BEN = "host", "ana", "ben"
@@ -35,8 +35,8 @@ def facts(
     visibility: Visibility = Visibility.PUBLIC,
     subject_role: Role | None = None,
     booked: bool = False,
-) -> EventFacts:
-    return EventFacts(EVENT_ID, HOST, state, visibility, caller_role, booked, subject_role)
+) -> ReviewableEvent:
+    return ReviewableEvent(EVENT_ID, HOST, state, visibility, caller_role, booked, subject_role)
 
 
 def draft(subject_type: SubjectType, subject: str | None = None, rating: int = 4, text: str = "") -> Draft:
@@ -135,7 +135,7 @@ def test_edit_validation():
         (draft(SubjectType.HOST, HOST), facts(Role.GUEST), ANA, None),
     ],
 )
-def test_eligibility_reasons(d: Draft, f: EventFacts, author: str, expected):
+def test_eligibility_reasons(d: Draft, f: ReviewableEvent, author: str, expected):
     if expected is None:
         assert domain.resolve_subject(d, f, author) == HOST
         return

@@ -1,0 +1,85 @@
+"""The bookings side of event actions, run inside the EventService's transaction (the event → booking port).
+
+Cancelling an event cancels its bookings and gives their seats back; the host's guest list; who the confirmed
+guests are (they get the event's change and cancellation mails; they may see a private event). Everything the
+event domain reads from or writes to booking.bookings and event.events.seats_taken goes through here, so the
+booking domain stays the one writer of both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+from services.booking.eligibility import has_confirmed_booking
+from services.common.dbtypes import Conn
+from services.common.vocabulary import Rating
+
+__all__ = ["GuestRow", "cancel_all_for_event", "confirmed_guest_ids", "has_confirmed_booking", "list_guests"]
+
+CONFIRMED_GUEST_IDS = """
+SELECT guest_id FROM booking.bookings WHERE event_id = $1 AND state = 'CONFIRMED' ORDER BY create_time, id
+"""
+
+
+async def confirmed_guest_ids(conn: Conn, event_id: UUID) -> list[str]:
+    return [r["guest_id"] for r in await conn.fetch(CONFIRMED_GUEST_IDS, event_id)]
+
+
+# One statement: the bookings and the seats they held go together (the event row is already locked by the caller).
+CANCEL_ALL_FOR_EVENT = """
+WITH cancelled AS (
+    UPDATE booking.bookings SET state = 'CANCELLED', cancel_time = $2
+    WHERE event_id = $1 AND state = 'CONFIRMED'
+    RETURNING guest_id
+), freed AS (
+    UPDATE event.events SET seats_taken = 0 WHERE id = $1 AND seats_taken <> 0
+)
+SELECT guest_id FROM cancelled
+"""
+
+
+async def cancel_all_for_event(conn: Conn, event_id: UUID, now: datetime) -> list[str]:
+    """Cancel every confirmed booking of an event being cancelled and free its seats; returns the guests' ids."""
+    return [r["guest_id"] for r in await conn.fetch(CANCEL_ALL_FOR_EVENT, event_id, now)]
+
+
+@dataclass(frozen=True, slots=True)
+class GuestRow:
+    booking_id: UUID
+    guest_id: str
+    display_name: str
+    seats: int
+    book_time: datetime
+    rating: Rating
+    """The guest's rating as a guest."""
+
+
+LIST_GUESTS = """
+SELECT b.id, b.guest_id, u.display_name, b.seats, b.create_time,
+       coalesce(r.rating_sum, 0) AS rating_sum, coalesce(r.rating_count, 0) AS rating_count
+FROM booking.bookings b
+JOIN account.users u ON u.id = b.guest_id
+LEFT JOIN review.user_ratings r ON r.user_id = b.guest_id AND r.role = 'GUEST'
+WHERE b.event_id = $1 AND b.state = 'CONFIRMED'
+  AND ($2::timestamptz IS NULL OR (b.create_time, b.id) > ($2, $3::uuid))
+ORDER BY b.create_time, b.id
+LIMIT $4
+"""
+
+
+async def list_guests(conn: Conn, event_id: UUID, after: tuple[datetime, UUID] | None, limit: int) -> list[GuestRow]:
+    after_time, after_id = after if after else (None, None)
+    rows = await conn.fetch(LIST_GUESTS, event_id, after_time, after_id, limit)
+    return [
+        GuestRow(
+            booking_id=r["id"],
+            guest_id=r["guest_id"],
+            display_name=r["display_name"],
+            seats=r["seats"],
+            book_time=r["create_time"],
+            rating=Rating.of(r["rating_sum"], r["rating_count"]),
+        )
+        for r in rows
+    ]
