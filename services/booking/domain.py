@@ -148,20 +148,18 @@ def ensure_can_book(
 ) -> BookableEvent:
     """Every rule that a read of the event can decide, in the order a caller learns them.
 
-    The host learns first that hosts can't book; a private event is refused without a valid invite before its
-    state is revealed (a guest who already holds a booking there needs no token); then the event must be open,
+    The host learns first that hosts can't book; a private event does not exist (the same NOT_FOUND as an unknown
+    id, as every other RPC answers) for a caller without a valid invite, before anything else about it is revealed
+    (a guest who already holds a booking there needs no token); then the event must be open,
     the caller not already booked, and enough seats free at the time of the read. The overlap rule and the final
     seat count are decided by the database (:func:`overlap` and :func:`seats_refusal`).
     """
     if event is None:
-        raise NotFound("EVENT_NOT_FOUND", f"events/{event_id} does not exist")
+        raise event_not_found(event_id)
     if user.id == event.host_id:
         raise FailedPrecondition("HOST_CANNOT_BOOK", "hosts can't book seats at their own event")
     if event.private and not already_booked and not _valid_invite(event, invite_token):
-        raise PermissionDenied(
-            "INVITE_REQUIRED",
-            "this private event needs the invite token from its share link",
-        )
+        raise event_not_found(event_id)
     if not event.is_open(now):
         raise not_bookable(event, now)
     if already_booked:
@@ -169,6 +167,11 @@ def ensure_can_book(
     if seats > event.seats_available:
         raise sold_out(event.seats_available)
     return event
+
+
+def event_not_found(event_id: UUID) -> NotFound:
+    """The one answer for an unknown event and for a private event the caller may not see."""
+    return NotFound("EVENT_NOT_FOUND", f"events/{event_id} does not exist")
 
 
 def _valid_invite(event: BookableEvent, token: str) -> bool:
@@ -204,7 +207,7 @@ def overlap(other_booking: UUID | None) -> FailedPrecondition:
 def seats_refusal(event: BookableEvent | None, event_id: UUID, now: datetime) -> Exception:
     """Why the conditional seat UPDATE matched no row, from a fresh read of the event."""
     if event is None:
-        return NotFound("EVENT_NOT_FOUND", f"events/{event_id} does not exist")
+        return event_not_found(event_id)
     if not event.is_open(now):
         return not_bookable(event, now)
     return sold_out(event.seats_available)

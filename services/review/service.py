@@ -261,7 +261,7 @@ class ReviewService:
 
         async def load() -> list[reviews.HeldEventRow]:
             async with db.connection(self._pool) as conn:
-                if not await reviews.user_exists(conn, host_id):
+                if not await reviews.is_public_host(conn, host_id):
                     raise _user_not_found(host_id)
                 return await reviews.held_events(conn, host_id, after, limit + 1)
 

@@ -136,6 +136,9 @@ class ReviewServiceServicer:
 
     def GetHostProfile(self, request, context):
         """Gets a host's profile: display name, rating as host, events held.
+        Only users who host or have hosted at least one PUBLIC event (in any
+        state: scheduled, held or cancelled) have a profile; for anyone else,
+        private hosts and mere guests included, it does not exist.
 
         Errors: NOT_FOUND `USER_NOT_FOUND`.
         """
@@ -145,7 +148,7 @@ class ReviewServiceServicer:
 
     def ListHeldEvents(self, request, context):
         """Lists the public events a host has held, most recent first, each with
-        its rating.
+        its rating. Exists for the same users as their host profile.
 
         Errors: NOT_FOUND `USER_NOT_FOUND`, INVALID_ARGUMENT `INVALID_PAGE_TOKEN`.
         """

@@ -75,12 +75,15 @@ class ReviewServiceStub:
     """Gets a user's ratings as host and as guest (zero counts when none)."""
     GetHostProfile: _grpc.UnaryUnaryMultiCallable[_service_pb2.GetHostProfileRequest, _resources_pb2.HostProfile]
     """Gets a host's profile: display name, rating as host, events held.
+    Only users who host or have hosted at least one PUBLIC event (in any
+    state: scheduled, held or cancelled) have a profile; for anyone else,
+    private hosts and mere guests included, it does not exist.
 
     Errors: NOT_FOUND `USER_NOT_FOUND`.
     """
     ListHeldEvents: _grpc.UnaryUnaryMultiCallable[_service_pb2.ListHeldEventsRequest, _service_pb2.ListHeldEventsResponse]
     """Lists the public events a host has held, most recent first, each with
-    its rating.
+    its rating. Exists for the same users as their host profile.
 
     Errors: NOT_FOUND `USER_NOT_FOUND`, INVALID_ARGUMENT `INVALID_PAGE_TOKEN`.
     """
@@ -131,12 +134,15 @@ class ReviewServiceAsyncStub(ReviewServiceStub):
     """Gets a user's ratings as host and as guest (zero counts when none)."""
     GetHostProfile: _aio.UnaryUnaryMultiCallable[_service_pb2.GetHostProfileRequest, _resources_pb2.HostProfile]  # type: ignore[assignment]
     """Gets a host's profile: display name, rating as host, events held.
+    Only users who host or have hosted at least one PUBLIC event (in any
+    state: scheduled, held or cancelled) have a profile; for anyone else,
+    private hosts and mere guests included, it does not exist.
 
     Errors: NOT_FOUND `USER_NOT_FOUND`.
     """
     ListHeldEvents: _aio.UnaryUnaryMultiCallable[_service_pb2.ListHeldEventsRequest, _service_pb2.ListHeldEventsResponse]  # type: ignore[assignment]
     """Lists the public events a host has held, most recent first, each with
-    its rating.
+    its rating. Exists for the same users as their host profile.
 
     Errors: NOT_FOUND `USER_NOT_FOUND`, INVALID_ARGUMENT `INVALID_PAGE_TOKEN`.
     """
@@ -214,6 +220,9 @@ class ReviewServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.HostProfile, _abc.Awaitable[_resources_pb2.HostProfile]]:
         """Gets a host's profile: display name, rating as host, events held.
+        Only users who host or have hosted at least one PUBLIC event (in any
+        state: scheduled, held or cancelled) have a profile; for anyone else,
+        private hosts and mere guests included, it does not exist.
 
         Errors: NOT_FOUND `USER_NOT_FOUND`.
         """
@@ -225,7 +234,7 @@ class ReviewServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_service_pb2.ListHeldEventsResponse, _abc.Awaitable[_service_pb2.ListHeldEventsResponse]]:
         """Lists the public events a host has held, most recent first, each with
-        its rating.
+        its rating. Exists for the same users as their host profile.
 
         Errors: NOT_FOUND `USER_NOT_FOUND`, INVALID_ARGUMENT `INVALID_PAGE_TOKEN`.
         """
