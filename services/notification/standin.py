@@ -281,7 +281,7 @@ class StandIn:
         self._server = server
         self.port = bound
         if self.record_path is not None and self.record is None:
-            self.record = self.record_path.open("a", encoding="utf-8")
+            self.record = self.record_path.open("a", encoding="utf-8", buffering=1)  # line by line: read live
         _log.info("notification STAND-IN listening (logs messages, sends no mail)", host=self.host, port=bound)
         return bound
 
