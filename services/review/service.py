@@ -100,6 +100,10 @@ def _after(keys: tuple[PageKey, ...] | None) -> tuple[datetime, UUID] | None:
     return keys[0], keys[1]
 
 
+def _review_not_found(review_id: UUID) -> NotFound:
+    return NotFound("REVIEW_NOT_FOUND", f"{domain.review_name(review_id)} does not exist")
+
+
 def _user_not_found(user_id: str) -> NotFound:
     return NotFound("USER_NOT_FOUND", f"users/{user_id} does not exist")
 
@@ -149,8 +153,17 @@ class ReviewService:
     async def _load(self, conn: Conn, review_id: UUID, *, for_update: bool = False) -> Review:
         review = await reviews.get(conn, review_id, for_update=for_update)
         if review is None:
-            raise NotFound("REVIEW_NOT_FOUND", f"{domain.review_name(review_id)} does not exist")
+            raise _review_not_found(review_id)
         return review
+
+    async def _ensure_may_see(self, conn: Conn, review: Review, caller_id: str) -> None:
+        """A review at a private event does not exist for those who may not see the event (as an unknown id)."""
+        if review.author_id == caller_id:
+            return
+        try:
+            domain.ensure_visible(await self._facts(conn, review.event_id, caller_id, None), caller_id)
+        except NotFound:
+            raise _review_not_found(review.id) from None
 
     # ----------------------------------------------------------------- writes
 
@@ -190,6 +203,7 @@ class ReviewService:
         edit = domain.validate_edit(cmd.edit)
         async with db.transaction(self._pool) as conn:
             review = await self._load(conn, cmd.review_id, for_update=True)
+            await self._ensure_may_see(conn, review, cmd.user.id)
             domain.ensure_author(review, cmd.user.id)
             domain.ensure_etag(review, cmd.etag)
             rating, text = domain.apply_edit(review, edit)

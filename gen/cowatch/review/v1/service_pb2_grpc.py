@@ -108,8 +108,9 @@ class ReviewServiceServicer:
         """Edits the rating or text of the caller's own review; aggregates are
         adjusted in the same transaction.
 
-        Errors: NOT_FOUND `REVIEW_NOT_FOUND`, PERMISSION_DENIED
-        `NOT_REVIEW_AUTHOR`, ABORTED `ETAG_MISMATCH`.
+        Errors: NOT_FOUND `REVIEW_NOT_FOUND` (also a review at a private event
+        the caller may not see), PERMISSION_DENIED `NOT_REVIEW_AUTHOR`, ABORTED
+        `ETAG_MISMATCH`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

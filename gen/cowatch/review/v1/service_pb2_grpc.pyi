@@ -60,8 +60,9 @@ class ReviewServiceStub:
     """Edits the rating or text of the caller's own review; aggregates are
     adjusted in the same transaction.
 
-    Errors: NOT_FOUND `REVIEW_NOT_FOUND`, PERMISSION_DENIED
-    `NOT_REVIEW_AUTHOR`, ABORTED `ETAG_MISMATCH`.
+    Errors: NOT_FOUND `REVIEW_NOT_FOUND` (also a review at a private event
+    the caller may not see), PERMISSION_DENIED `NOT_REVIEW_AUTHOR`, ABORTED
+    `ETAG_MISMATCH`.
     """
     ListReviews: _grpc.UnaryUnaryMultiCallable[_service_pb2.ListReviewsRequest, _service_pb2.ListReviewsResponse]
     """Lists reviews of one event or about one user, newest first. Reviews
@@ -119,8 +120,9 @@ class ReviewServiceAsyncStub(ReviewServiceStub):
     """Edits the rating or text of the caller's own review; aggregates are
     adjusted in the same transaction.
 
-    Errors: NOT_FOUND `REVIEW_NOT_FOUND`, PERMISSION_DENIED
-    `NOT_REVIEW_AUTHOR`, ABORTED `ETAG_MISMATCH`.
+    Errors: NOT_FOUND `REVIEW_NOT_FOUND` (also a review at a private event
+    the caller may not see), PERMISSION_DENIED `NOT_REVIEW_AUTHOR`, ABORTED
+    `ETAG_MISMATCH`.
     """
     ListReviews: _aio.UnaryUnaryMultiCallable[_service_pb2.ListReviewsRequest, _service_pb2.ListReviewsResponse]  # type: ignore[assignment]
     """Lists reviews of one event or about one user, newest first. Reviews
@@ -187,8 +189,9 @@ class ReviewServiceServicer(metaclass=_abc_1.ABCMeta):
         """Edits the rating or text of the caller's own review; aggregates are
         adjusted in the same transaction.
 
-        Errors: NOT_FOUND `REVIEW_NOT_FOUND`, PERMISSION_DENIED
-        `NOT_REVIEW_AUTHOR`, ABORTED `ETAG_MISMATCH`.
+        Errors: NOT_FOUND `REVIEW_NOT_FOUND` (also a review at a private event
+        the caller may not see), PERMISSION_DENIED `NOT_REVIEW_AUTHOR`, ABORTED
+        `ETAG_MISMATCH`.
         """
 
     @_abc_1.abstractmethod
