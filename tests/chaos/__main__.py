@@ -1,8 +1,9 @@
 """``python -m tests.chaos`` (``make chaos``; ``QUICK=1`` for the short run ``make test`` uses).
 
 Starts its own stack (tests/chaos/stack.py), runs every scenario in turn (``CHAOS_ONLY=redis,worker`` picks by
-function-name substring), prints one markdown table and writes it to ``tests/chaos/results/latest.md`` and
-``latest.json`` (``CHAOS_RESULTS_DIR`` moves them). Exits 1 if any row lost, duplicated or oversold anything.
+function-name substring), prints one markdown table (a row as each scenario ends) and writes it to
+``tests/chaos/results/latest.md`` and ``latest.json`` (``CHAOS_RESULTS_DIR`` moves them). Exits 1 if any row
+lost, duplicated or oversold anything.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tests.chaos.scenarios import SCENARIOS, Chaos, Row, markdown
+from tests.chaos.scenarios import HEADER, RULE, SCENARIOS, Chaos, Row, markdown, markdown_row
 from tests.chaos.stack import ChaosStack
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -27,6 +28,7 @@ async def run(quick: bool, only: list[str], workdir: Path) -> list[Row]:
     stack = await ChaosStack.start(workdir)
     print(f"stack up in {time.monotonic() - t0:.1f}s (logs in {workdir})", file=sys.stderr, flush=True)
     rows: list[Row] = []
+    print(f"{HEADER}\n{RULE}", flush=True)  # each scenario's row as soon as it is known
     try:
         chaos = Chaos(stack, quick=quick)
         for scenario in SCENARIOS:
@@ -36,6 +38,7 @@ async def run(quick: bool, only: list[str], workdir: Path) -> list[Row]:
             row = await scenario(chaos)
             stack.check_running()
             rows.append(row)
+            print(markdown_row(row), flush=True)
             print(f"{scenario.__name__}: {time.monotonic() - t:.1f}s", file=sys.stderr, flush=True)
     finally:
         await stack.close()
@@ -56,7 +59,6 @@ def main() -> int:
                 print(f"--- {log.name} ---\n{tail}", file=sys.stderr)
             raise
     table = markdown(rows)
-    print(table)
     (results / "latest.md").write_text(table, encoding="utf-8")
     meta = {"quick": quick, "finished": datetime.now(UTC).isoformat()}
     payload = {"meta": meta, "rows": [r.as_json() for r in rows]}

@@ -73,15 +73,19 @@ HEADER = (
 )
 
 
+RULE = "|" + "---|" * 9
+
+
+def markdown_row(r: Row) -> str:
+    return (
+        f"| {r.scenario} | {r.load} | {r.fault} | {r.confirmed} | {r.lost_bookings} / {r.lost_messages} "
+        f"| {r.duplicated_bookings} / {r.duplicated_messages} | {r.oversold} | {r.errors} "
+        f"| {r.recovery_seconds:.1f} s {r.recovery_note} |"
+    )
+
+
 def markdown(rows: list[Row]) -> str:
-    lines = [HEADER, "|" + "---|" * 9]
-    for r in rows:
-        lines.append(
-            f"| {r.scenario} | {r.load} | {r.fault} | {r.confirmed} | {r.lost_bookings} / {r.lost_messages} "
-            f"| {r.duplicated_bookings} / {r.duplicated_messages} | {r.oversold} | {r.errors} "
-            f"| {r.recovery_seconds:.1f} s {r.recovery_note} |"
-        )
-    return "\n".join(lines) + "\n"
+    return "\n".join([HEADER, RULE, *(markdown_row(r) for r in rows)]) + "\n"
 
 
 @dataclass
