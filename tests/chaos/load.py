@@ -57,13 +57,16 @@ class LoadResult:
     def confirmed(self) -> list[Call]:
         return [c for c in self.bookings if c.outcome == "OK"]
 
-    def errors(self) -> str:
-        """Final errors by reason/code (reads prefixed), then the transient answers clients retried."""
+    def errors(self, booked_guests: set[str]) -> str:
+        """Final errors by reason/code (reads prefixed), with how many of those failed bookings exist all the same
+        (``booked_guests``: the guests holding a confirmed booking; the answer was lost, a retry with the request id
+        gets the booking); then the transient answers clients retried."""
         final = Counter(
             (c.outcome if c.kind == "book" else f"read {c.outcome}") for c in self.calls if c.outcome != "OK"
         )
+        booked = Counter(c.outcome for c in self.bookings if c.outcome != "OK" and c.guest_id in booked_guests)
         retried = Counter(code for c in self.calls for _, code in c.attempts[:-1] if code != "OK")
-        parts = [f"{k} {n}" for k, n in sorted(final.items())]
+        parts = [f"{k} {n}" + (f" ({booked[k]} booked)" if booked[k] else "") for k, n in sorted(final.items())]
         parts += [f"retried {k} {n}" for k, n in sorted(retried.items())]
         return ", ".join(parts) or "none"
 

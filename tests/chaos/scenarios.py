@@ -11,8 +11,9 @@ Columns (one row per scenario):
   two names returned for one request id; messages — a dedupe key the stand-in accepted as new more than once;
 * **oversold**: seats confirmed beyond an event's capacity, plus any difference between an event's seat counter
   and its confirmed bookings;
-* **errors**: the final error of each call that failed (its reason, else its code; reads prefixed ``read``), then
-  the transient answers clients retried with the same request id;
+* **errors**: the final error of each call that failed (its reason, else its code; reads prefixed ``read``; "n
+  booked": bookings made all the same, whose answer was lost), then the transient answers clients retried with the
+  same request id;
 * **recovery**: for faults of the request path, the longest time from the fault on during which no call got a
   definitive answer (success or refusal): how long clients were without service; for the worker and the
   notification service, the time from the component's return until every message written meanwhile was delivered.
@@ -184,7 +185,7 @@ class Chaos:
             duplicated_bookings=duplicated_bookings,
             duplicated_messages=duplicated_messages,
             oversold=oversold,
-            errors=result.errors(),
+            errors=result.errors({r["guest_id"] for r in rows if r["state"] == "CONFIRMED"}),
             recovery_seconds=seconds,
             recovery_note=note,
         )
