@@ -2,7 +2,8 @@
 
 Starts its own stack (tests/chaos/stack.py), runs every scenario in turn (``CHAOS_ONLY=redis,worker`` picks by
 function-name substring), prints one markdown table (a row as each scenario ends) and writes it to
-``tests/chaos/results/latest.md`` and ``latest.json`` (``CHAOS_RESULTS_DIR`` moves them). Exits 1 if any row
+``tests/chaos/results/latest.md`` and ``latest.json`` (``CHAOS_RESULTS_DIR`` moves them; ``CHAOS_LOG_DIR`` keeps
+the processes' logs). Exits 1 if any row
 lost, duplicated or oversold anything.
 """
 
@@ -50,7 +51,10 @@ def main() -> int:
     only = [s for s in os.environ.get("CHAOS_ONLY", "").split(",") if s]
     results = Path(os.environ.get("CHAOS_RESULTS_DIR") or RESULTS_DIR)
     results.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="cowatch-chaos-") as tmp:
+    keep = os.environ.get("CHAOS_LOG_DIR")  # keep the processes' logs there instead of a temporary directory
+    with tempfile.TemporaryDirectory(prefix="cowatch-chaos-") as scratch:
+        tmp = keep or scratch
+        Path(tmp).mkdir(parents=True, exist_ok=True)
         try:
             rows = asyncio.run(run(quick, only, Path(tmp)))
         except BaseException:
