@@ -30,7 +30,7 @@ else \
 fi
 endef
 
-.PHONY: help install tools gen gen-check lint test test-fast run bench up clean distclean
+.PHONY: help install tools gen gen-check lint test test-fast run bench chaos up clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -73,11 +73,14 @@ run: install ## the whole stack: PostgreSQL, migrations, services, worker, notif
 bench: tools ## benchmarks (make bench QUICK=1 for a seconds-long smoke run)
 	$(if $(QUICK),QUICK=$(QUICK) )$(PY) -m tests.bench
 
+chaos: install ## fault scenarios against a real multi-process stack, one table (make chaos QUICK=1: short run)
+	$(if $(QUICK),QUICK=$(QUICK) )$(PY) -m tests.chaos
+
 up: ## the production shape in docker compose
 	docker compose up --build
 
 clean: ## remove caches and benchmark results (keeps .venv and the make-run data in .dev/)
-	rm -rf .pytest_cache .mypy_cache .ruff_cache tests/bench/results
+	rm -rf .pytest_cache .mypy_cache .ruff_cache tests/bench/results tests/chaos/results
 	find . -path ./.venv -prune -o -type d -name __pycache__ -print0 | xargs -0 rm -rf
 
 distclean: clean ## also remove .venv and .dev/ (the make-run database)

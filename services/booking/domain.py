@@ -142,26 +142,36 @@ def ensure_can_book(
 ) -> BookableEvent:
     """Every rule that a read of the event can decide, in the order a caller learns them.
 
-    The host learns first that hosts can't book; a private event is refused without a valid invite before its
-    state is revealed (a guest who already holds a booking there needs no token); then the event must be open,
-    the caller not already booked, and enough seats free at the time of the read. The overlap rule and the final
-    seat count are decided by the database (:func:`overlap` and :func:`seats_refusal`).
+    First whether the event exists for the caller (:func:`ensure_event_visible`); then the host learns that hosts can't
+    book; then the event must be open, the caller not already booked, and enough seats free at the time of the
+    read. The overlap rule and the final seat count are decided by the database (:func:`overlap` and
+    :func:`seats_refusal`).
     """
-    if event is None:
-        raise errors.event_not_found(names.event(event_id))
+    event = ensure_event_visible(event, event_id, user, invite_token=invite_token, already_booked=already_booked)
     if user.id == event.host_id:
         raise FailedPrecondition("HOST_CANNOT_BOOK", "hosts can't book seats at their own event")
-    if event.private and not already_booked and not _valid_invite(event, invite_token):
-        raise PermissionDenied(
-            "INVITE_REQUIRED",
-            "this private event needs the invite token from its share link",
-        )
     if not event.is_open(now):
         raise not_bookable(event, now)
     if already_booked:
         raise already_booked_error(event)
     if seats > event.seats_available:
         raise sold_out(event.seats_available)
+    return event
+
+
+def ensure_event_visible(
+    event: BookableEvent | None, event_id: UUID, user: User, *, invite_token: str, already_booked: bool
+) -> BookableEvent:
+    """The event, if it exists for the caller; the same NOT_FOUND as an unknown id otherwise (as every RPC answers).
+
+    A private event exists for its host, a guest who holds a booking there and anyone presenting its current invite
+    token. Every call that acts on an event by name for a guest (booking, and a waitlist when there is one) starts
+    here, before revealing anything else about the event.
+    """
+    if event is None:
+        raise errors.event_not_found(names.event(event_id))
+    if event.private and user.id != event.host_id and not already_booked and not _valid_invite(event, invite_token):
+        raise errors.event_not_found(names.event(event_id))  # the same answer as an unknown id
     return event
 
 

@@ -309,7 +309,7 @@ class StandIn:
             if self.record_path.exists():
                 with self.record_path.open(encoding="utf-8") as earlier:
                     self.inbox.remember(earlier)
-            self.record = self.record_path.open("a", encoding="utf-8")
+            self.record = self.record_path.open("a", encoding="utf-8", buffering=1)  # line by line: read live
         _log.info("notification STAND-IN listening (logs messages, sends no mail)", host=self.host, port=bound)
         return bound
 

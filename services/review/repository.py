@@ -271,7 +271,7 @@ SELECT u.display_name, coalesce(hr.rating_sum, 0) AS rating_sum, coalesce(hr.rat
         WHERE e.host_id = u.id AND e.visibility = 'PUBLIC' AND e.state = 'COMPLETED') AS held_event_count
 FROM account.users u
 LEFT JOIN review.user_ratings hr ON hr.user_id = u.id AND hr.role = 'HOST'
-WHERE u.id = $1
+WHERE u.id = $1 AND EXISTS (SELECT 1 FROM event.events e WHERE e.host_id = u.id AND e.visibility = 'PUBLIC')
 """
 
 
@@ -297,11 +297,12 @@ async def event_host_id(conn: Conn, event_id: UUID) -> str:
     return host_id
 
 
-USER_EXISTS = "SELECT EXISTS (SELECT 1 FROM account.users WHERE id = $1)"
+IS_PUBLIC_HOST = "SELECT EXISTS (SELECT 1 FROM event.events WHERE host_id = $1 AND visibility = 'PUBLIC')"
 
 
-async def user_exists(conn: Conn, user_id: str) -> bool:
-    return bool(await conn.fetchval(USER_EXISTS, user_id))
+async def is_public_host(conn: Conn, user_id: str) -> bool:
+    """Whether ``user_id`` hosts or hosted a PUBLIC event (any state): only such users have a host profile."""
+    return bool(await conn.fetchval(IS_PUBLIC_HOST, user_id))
 
 
 _HELD_SELECT = """

@@ -142,6 +142,15 @@ class ReviewService:
             raise errors.review_not_found(names.review(review_id))
         return review
 
+    async def _ensure_may_see(self, conn: Conn, review: Review, caller_id: str) -> None:
+        """A review at a private event does not exist for those who may not see the event (as an unknown id)."""
+        if review.author_id == caller_id:
+            return
+        try:
+            domain.ensure_visible(await self._facts(conn, review.event_id, caller_id, None), caller_id)
+        except errors.NotFound:
+            raise errors.review_not_found(names.review(review.id)) from None
+
     # ----------------------------------------------------------------- writes
 
     async def create(self, cmd: CreateReview) -> Review:
@@ -181,6 +190,7 @@ class ReviewService:
         async with uow(self._pool, self._dispatcher, trace_id=cmd.trace_id) as tx:
             conn = tx.conn
             review = await self._load(conn, cmd.review_id, for_update=True)
+            await self._ensure_may_see(conn, review, cmd.user.id)
             domain.ensure_author(review, cmd.user.id)
             domain.ensure_etag(review, cmd.etag)
             rating, text = domain.apply_edit(review, edit)
@@ -244,7 +254,7 @@ class ReviewService:
 
         async def load() -> list[reviews.HeldEventRow]:
             async with db.connection(self._pool) as conn:
-                if not await reviews.user_exists(conn, host_id):
+                if not await reviews.is_public_host(conn, host_id):
                     raise _user_not_found(host_id)
                 return await reviews.held_events(conn, host_id, ks.after, ks.fetch)
 

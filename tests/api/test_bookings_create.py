@@ -130,9 +130,14 @@ async def test_private_event_needs_a_valid_invite_token(
     host = new_caller("Host")
     event = await new_event(events, clock, host, private=True)
     guest = new_caller()
+    # Without the invite the event does not exist for the caller: the same error, word for word, as GetEvent's.
+    hidden = await expect_error(
+        events.GetEvent(event_service_pb2.GetEventRequest(name=event.name), metadata=guest.metadata)
+    )
+    assert (hidden.code, hidden.reason) == (grpc.StatusCode.NOT_FOUND, "EVENT_NOT_FOUND")
     for token in ("", "wrong-token-wrong-token"):
         err = await expect_error(bookings.CreateBooking(book(event, invite_token=token), metadata=guest.metadata))
-        assert (err.code, err.reason) == (grpc.StatusCode.PERMISSION_DENIED, "INVITE_REQUIRED")
+        assert err == hidden
 
     rotated = await events.RotateInviteToken(
         event_service_pb2.RotateInviteTokenRequest(name=event.name), metadata=host.metadata
@@ -140,7 +145,7 @@ async def test_private_event_needs_a_valid_invite_token(
     stale = await expect_error(
         bookings.CreateBooking(book(event, invite_token=event.invite_token), metadata=guest.metadata)
     )
-    assert stale.reason == "INVITE_REQUIRED"  # old links stop working
+    assert stale == hidden  # old links stop working
 
     booking = await bookings.CreateBooking(book(event, invite_token=rotated.invite_token), metadata=guest.metadata)
     assert booking.state == booking_pb2.Booking.CONFIRMED
@@ -311,7 +316,7 @@ async def test_a_refused_request_can_be_retried_with_the_same_id(
     guest = new_caller()
     rid = str(uuid.uuid4())
     err = await expect_error(bookings.CreateBooking(book(event, request_id=rid), metadata=guest.metadata))
-    assert err.reason == "INVITE_REQUIRED"
+    assert err.reason == "EVENT_NOT_FOUND"
     # A refused call's transaction rolled back, request id included: the corrected request may reuse the id.
     ok = await bookings.CreateBooking(
         book(event, request_id=rid, invite_token=event.invite_token), metadata=guest.metadata

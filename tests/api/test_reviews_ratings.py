@@ -247,6 +247,30 @@ async def test_unknown_hosts_are_not_found(reviews: review_grpc.ReviewServiceAsy
     assert (err.code, err.reason) == (grpc.StatusCode.NOT_FOUND, "USER_NOT_FOUND")
 
 
+async def test_only_hosts_of_public_events_have_a_profile(
+    events: event_grpc.EventServiceAsyncStub, reviews: review_grpc.ReviewServiceAsyncStub, clock: ManualClock, db_pool
+):
+    """A profile names its user: it must not exist for users who never showed their name on a public event."""
+    private_host, guest, public_host = new_caller("Priv Host"), new_caller("Gina Guest"), new_caller("Pub Host")
+    await held_event(events, db_pool, clock, private_host, [guest], private=True)  # both are known users now
+    for user in (private_host, guest):
+        name = f"{user.resource}/hostProfile"
+        err = await expect_error(reviews.GetHostProfile(service_pb2.GetHostProfileRequest(name=name)))
+        assert (err.code, err.reason, err.message) == (
+            grpc.StatusCode.NOT_FOUND,
+            "USER_NOT_FOUND",
+            f"{user.resource} does not exist",
+        )
+        err = await expect_error(reviews.ListHeldEvents(service_pb2.ListHeldEventsRequest(parent=name)))
+        assert (err.code, err.reason) == (grpc.StatusCode.NOT_FOUND, "USER_NOT_FOUND")
+
+    await scheduled_event(events, db_pool, clock, public_host)  # public, not held yet: the name is public already
+    name = f"{public_host.resource}/hostProfile"
+    profile = await reviews.GetHostProfile(service_pb2.GetHostProfileRequest(name=name))
+    assert (profile.display_name, profile.held_event_count) == ("Pub Host", 0)
+    assert not (await reviews.ListHeldEvents(service_pb2.ListHeldEventsRequest(parent=name))).held_events
+
+
 async def test_bad_host_profile_requests(reviews: review_grpc.ReviewServiceAsyncStub):
     for name in ("users/a", "users/a/rating", "hosts/a/hostProfile", ""):
         err = await expect_error(reviews.GetHostProfile(service_pb2.GetHostProfileRequest(name=name)))

@@ -115,7 +115,10 @@ class ServiceProcess(_Process):
 
     def wait_serving(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+        # Short reconnect backoff: the channel's first attempts fail while the process starts, and gRPC's default
+        # backoff (1 s, growing 1.6× a time) would notice a server that is up only seconds later.
+        fast = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 500)]
+        with grpc.insecure_channel(f"127.0.0.1:{self.port}", options=fast) as channel:
             stub: Any = health_pb2_grpc.HealthStub(channel)
             while True:
                 self.check_running()

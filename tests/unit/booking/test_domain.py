@@ -81,14 +81,14 @@ def test_host_cannot_book_even_a_private_event_without_token() -> None:
 
 @pytest.mark.parametrize("token", ["", "wrong", TOKEN[:-1], TOKEN + "x"])
 def test_private_event_needs_the_exact_invite_token(token: str) -> None:
-    with pytest.raises(PermissionDenied) as exc:
+    with pytest.raises(NotFound) as exc:
         can_book(event(private=True), invite_token=token)
-    assert reason(exc) == "INVITE_REQUIRED"
+    assert reason(exc) == "EVENT_NOT_FOUND"  # as for an unknown id: existence doesn't leak
     assert can_book(event(private=True), invite_token=TOKEN)
 
 
 def test_invite_is_checked_before_the_state_is_revealed() -> None:
-    with pytest.raises(PermissionDenied):
+    with pytest.raises(NotFound):
         can_book(event(private=True, scheduled=False))
 
 
