@@ -57,7 +57,6 @@ def test_only_reads_and_writes_with_a_request_id_are_retried():
     [
         ("EVENT_SOLD_OUT", grpc.StatusCode.RESOURCE_EXHAUSTED, errors.SoldOut),
         ("EVENT_SOLD_OUT", grpc.StatusCode.FAILED_PRECONDITION, errors.SoldOut),
-        ("INVITE_REQUIRED", grpc.StatusCode.PERMISSION_DENIED, errors.InviteRequired),
         ("SOME_NEW_REASON", grpc.StatusCode.FAILED_PRECONDITION, errors.FailedPrecondition),
         ("SOME_NEW_REASON", grpc.StatusCode.NOT_FOUND, errors.NotFound),
         ("", grpc.StatusCode.UNAVAILABLE, errors.Unavailable),

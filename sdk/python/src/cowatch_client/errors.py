@@ -26,7 +26,6 @@ __all__ = [
     "FieldViolation",
     "Internal",
     "InvalidArgument",
-    "InviteRequired",
     "NotFound",
     "PermissionDenied",
     "ResourceExhausted",
@@ -117,12 +116,9 @@ class PermissionDenied(CowatchError):
     """The caller may not do this (``NOT_EVENT_HOST``, ``NOT_BOOKING_GUEST``, ``NOT_REVIEW_AUTHOR``...)."""
 
 
-class InviteRequired(PermissionDenied):
-    """A private event needs the invite token from its share link (``INVITE_REQUIRED``)."""
-
-
 class NotFound(CowatchError):
-    """No such resource, or one the caller may not see (``EVENT_NOT_FOUND``, ``BOOKING_NOT_FOUND``...)."""
+    """No such resource, or one the caller may not see (``EVENT_NOT_FOUND`` — also a private event without its
+    invite token —, ``BOOKING_NOT_FOUND``...)."""
 
 
 class AlreadyExists(CowatchError):
@@ -170,7 +166,6 @@ class Internal(CowatchError):
 
 _BY_REASON: Final[Mapping[str, type[CowatchError]]] = {
     "EVENT_SOLD_OUT": SoldOut,
-    "INVITE_REQUIRED": InviteRequired,
     "ETAG_MISMATCH": Conflict,
     "CONCURRENT_MODIFICATION": Conflict,
     "ALREADY_BOOKED": AlreadyExists,
