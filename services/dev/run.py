@@ -7,7 +7,9 @@ Starts, in order:
    if missing, applies new migrations). ``REDIS_URL`` is passed through when set (no Redis otherwise).
 2. The services (``python -m services.event|booking|review``) and, once their modules exist, the outbox/reminder
    worker and the notification stand-in, with a dev JWT configuration (HS256, issuer/audience ``cowatch-dev``).
-3. Envoy, from ``envoy/envoy.yaml`` rendered for these ports into ``.dev/envoy.yaml``.
+3. Envoy, from ``envoy/envoy.yaml`` rendered for these ports into ``.dev/envoy.yaml``, and the web page's static
+   server behind it (:mod:`services.dev.web`: ``web/dist`` and dev sign-in on the API's origin). Browser origins
+   allowed to call the API from elsewhere: ``COWATCH_CORS_ORIGINS`` (default: the Vite dev server on :5173).
 
 It waits for every service's grpc.health.v1 to report SERVING and for Envoy to see them healthy, then prints dev
 tokens and commands to try. Child output goes to the terminal prefixed with the process name, and to
@@ -41,6 +43,7 @@ from typing import IO, Any, Final
 
 from services.common.settings import ENV_PREFIX
 from services.dev import envoy_config
+from services.dev import web as dev_web
 from services.dev.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError, pdeathsig_argv
 from services.dev.migrate import MigrationError, migrate
 from services.dev.token import GUEST_USER, DevTokenError, dev_auth_env, issue_dev_token
@@ -63,6 +66,7 @@ DEFAULT_PORTS: Final = {
     "booking": 50052,
     "review": 50053,
     "notification": 50060,
+    "web": 8090,
 }
 PORT_ROLES: Final = {
     "http": "Envoy listener",
@@ -72,6 +76,7 @@ PORT_ROLES: Final = {
     "booking": "BookingService",
     "review": "ReviewService",
     "notification": "notification stand-in",
+    "web": "web page static server",
 }
 SERVICES: Final = (
     ("event", "services.event", "cowatch.event.v1.EventService"),
@@ -479,12 +484,24 @@ class Stack:
             missing = [m for m, ok in ((WORKER_MODULE, worker), (STANDIN_MODULE, standin)) if not ok]
             self.console.info(f"not started (module not there yet): {', '.join(missing)}")
 
+        # --- the web page (services/dev/web.py): web/dist and dev sign-in, behind Envoy on the API's origin
+        web_argv = [python, "-m", "services.dev.web", "--port", str(self.config.port("web"))]
+        self.helpers.append(Child("web", web_argv, self.child_env()))
+        try:
+            cors = dev_web.cors_origins()
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+        # ---
         ENVOY_RENDERED.write_text(
             envoy_config.render(
                 listen_port=self.config.port("http"),
                 admin_port=self.config.port("admin"),
-                upstreams={name: [("127.0.0.1", self.config.port(name))] for name, _, _ in SERVICES},
+                upstreams={
+                    **{name: [("127.0.0.1", self.config.port(name))] for name, _, _ in SERVICES},
+                    "web": [("127.0.0.1", self.config.port("web"))],
+                },
                 descriptor=DESCRIPTOR,
+                cors_origins=cors,
             ),
             encoding="utf-8",
         )
@@ -551,6 +568,7 @@ class Stack:
             ("Envoy is live", f"{admin}/ready"),
             ("Envoy sees every service healthy", f"{gateway}/healthz"),
             ("JSON transcoding answers", f"{gateway}/v1/events?pageSize=1"),
+            ("the web page is served", f"{gateway}/"),
         )
         for what, url in checks:
             while not _http_ok(url):
@@ -731,6 +749,7 @@ def walkthrough(
     lines = [
         rule,
         f"cowatch is running. Gateway (Envoy): {gw}  — native gRPC (h2c), gRPC-web and JSON on one port",
+        f"  web page   {gw}/  (share links {gw}/events/<id> open there; dev sign-in offered, dev only)",
         f"  services   EventService :{ev}   BookingService :{bk}   ReviewService :{rv}"
         "   (gRPC, reflection, grpc.health.v1)",
         f"  database   {database}" + (f"  (embedded; data kept in {embedded})" if embedded else ""),

@@ -16,47 +16,53 @@ export interface FieldViolation {
   readonly description: string;
 }
 
-/** A failed cowatch call. `reason` is stable and meant to be switched on; `message` is for humans. */
-export class CowatchError extends Error {
-  override readonly name = "CowatchError";
-  /** The gRPC status code (`Code.NotFound`, `Code.FailedPrecondition`...). */
-  readonly code: Code;
+/**
+ * A failed cowatch call. `reason` is stable and meant to be switched on; `message` is for humans.
+ * It is a `ConnectError` too (Connect's clients let only those through unchanged): `code`, `rawMessage` and
+ * `metadata` (the response headers and trailers) are Connect's.
+ */
+export class CowatchError extends ConnectError {
+  // `name` stays "ConnectError": ConnectError's own instanceof check (Symbol.hasInstance) goes by the name for
+  // anything not created by ConnectError itself, and Connect's clients wrap whatever fails that check.
+
+  /** A real prototype check: ConnectError's duck-typed one would take every ConnectError for a CowatchError. */
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    return Function.prototype[Symbol.hasInstance].call(this, value);
+  }
+
   /** `ErrorInfo.reason` (`EVENT_SOLD_OUT`, `ETAG_MISMATCH`...); the code's name when the server sent none. */
   readonly reason: string;
   /** `ErrorInfo.domain` (`cowatch.io`), empty when absent. */
   readonly domain: string;
-  /** `ErrorInfo.metadata`: facts about the refusal (`seats_available`, `event`...). */
-  readonly metadata: Readonly<Record<string, string>>;
+  /** `ErrorInfo.metadata`: facts about the refusal (`event`, `seats_available`...). */
+  readonly info: Readonly<Record<string, string>>;
   /** `BadRequest.field_violations`, empty unless the request was invalid. */
   readonly violations: readonly FieldViolation[];
-  /** The server's message without the `[code]` prefix. */
-  readonly rawMessage: string;
 
   constructor(init: {
     code: Code;
     message: string;
     reason?: string;
     domain?: string;
-    metadata?: Record<string, string>;
+    info?: Record<string, string>;
     violations?: FieldViolation[];
+    headers?: HeadersInit;
     cause?: unknown;
   }) {
-    super(init.message, { cause: init.cause });
-    this.code = init.code;
-    this.rawMessage = init.message;
-    this.reason = init.reason || Code[init.code] || "UNKNOWN";
+    super(init.message, init.code, init.headers, undefined, init.cause);
+    this.reason = init.reason || Code[init.code] || "Unknown";
     this.domain = init.domain ?? "";
-    this.metadata = init.metadata ?? {};
+    this.info = init.info ?? {};
     this.violations = init.violations ?? [];
   }
 
-  /** The violation for `field` (exact path), if any. */
+  /** The violation for `field` (exact path, `event.capacity`), if any. */
   violation(field: string): FieldViolation | undefined {
     return this.violations.find((v) => v.field === field);
   }
 
   /** Wraps anything a Connect call threw; a `CowatchError` is returned as it is. */
-  static from(err: unknown): CowatchError {
+  static override from(err: unknown): CowatchError {
     if (err instanceof CowatchError) return err;
     const ce = ConnectError.from(err);
     const info = ce.findDetails(ErrorInfoSchema)[0];
@@ -66,8 +72,9 @@ export class CowatchError extends Error {
       message: ce.rawMessage,
       reason: info?.reason,
       domain: info?.domain,
-      metadata: info ? { ...info.metadata } : {},
+      info: info ? { ...info.metadata } : {},
       violations: (bad?.fieldViolations ?? []).map((v) => ({ field: v.field, description: v.description })),
+      headers: ce.metadata,
       cause: ce,
     });
   }

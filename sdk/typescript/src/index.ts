@@ -27,4 +27,4 @@ export * from "./gen/cowatch/review/v1/resources_pb.js";
 export * from "./gen/cowatch/review/v1/service_pb.js";
 export * from "./gen/cowatch/type/v1/rating_pb.js";
 export { create, toJson, fromJson } from "@bufbuild/protobuf";
-export { timestampDate, timestampFromDate, durationFromMs } from "@bufbuild/protobuf/wkt";
+export { timestampDate, timestampFromDate, timestampNow, durationFromMs } from "@bufbuild/protobuf/wkt";

@@ -23,8 +23,10 @@ const anonymous = createCowatchClient({ baseUrl });
 const city = `SdkCity-${crypto.randomUUID().slice(0, 8)}`;
 const UUID4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 
+// Each event on its own day (a guest's bookings must not overlap in time), far from other runs' events.
+let day = 30 + Math.floor(Math.random() * 600);
 function newEvent(overrides = {}) {
-  const start = new Date(Date.now() + 3 * 86_400_000 + Math.floor(Math.random() * 86_400_000));
+  const start = new Date(Date.now() + day++ * 86_400_000);
   return {
     film: { id: "tt0069293", title: "Solaris" },
     title: "SDK night",
@@ -107,7 +109,9 @@ test("business refusals carry ErrorInfo.reason and metadata", async () => {
   const third = createCowatchClient({ baseUrl, token: () => process.env.THIRD_TOKEN });
   await assert.rejects(third.bookings.createBooking({ booking: { event: event.name } }), (err) => {
     assert.ok(hasReason(err, "EVENT_SOLD_OUT"), String(err));
-    assert.notEqual(err.code, Code.Unavailable);
+    assert.notEqual(err.code, Code.Unavailable); // a refusal: never retried
+    assert.equal(err.info.seats_available, "0");
+    assert.equal(err.domain, "cowatch.io");
     return true;
   });
   await assert.rejects(anonymous.events.getEvent({ name: "events/00000000-0000-0000-0000-000000000000" }), (err) => {

@@ -13,7 +13,7 @@ export function eventCard(e: Event): HTMLElement {
     "li",
     { class: "card" },
     h("h3", {}, link(`/events/${e.name.replace(/^events\//, "")}`, e.title)),
-    h("p", { class: "film" }, `🎬 ${e.film?.title ?? ""}`),
+    h("p", { class: "film" }, `Film: ${e.film?.title ?? ""}`),
     h("p", {}, formatTime(e.startTime ? timestampDate(e.startTime) : undefined, e.timeZone), " · ", e.place?.city ?? ""),
     h(
       "p",

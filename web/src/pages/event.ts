@@ -59,7 +59,7 @@ async function render(root: HTMLElement, e: Event, invite: string): Promise<void
   root.append(
     h("p", { class: `badge state-${STATE_LABEL[e.state]?.toLowerCase()}` }, STATE_LABEL[e.state] ?? ""),
     heading,
-    h("p", { class: "film" }, `🎬 ${e.film?.title ?? ""}`),
+    h("p", { class: "film" }, `Film: ${e.film?.title ?? ""}`),
     e.description ? h("p", {}, e.description) : "",
     h(
       "dl",

@@ -1,5 +1,5 @@
 /** Host profiles (rating, held events with their averages), my bookings, and sign-in. */
-import { Booking_State, timestampDate, type Event } from "@cowatch/client";
+import { Booking_State, Event_State, timestampDate, timestampNow, type Event } from "@cowatch/client";
 import { api, currentUser, devToken, devUsers, eventId, signIn, type DevUser } from "../session";
 import { errorBox, field, focus, formatRating, formatTime, h, input, loading } from "../ui";
 import { link, navigate } from "../router";
@@ -20,7 +20,8 @@ export function hostPage(root: HTMLElement, id: string): void {
         );
       }
       const upcoming: Event[] = [];
-      for await (const e of api.listEvents({ host: `users/${id}`, pageSize: 20 })) {
+      for await (const e of api.listEvents({ host: `users/${id}`, pageSize: 20, startTimeFrom: timestampNow() })) {
+        if (e.state !== Event_State.SCHEDULED) continue;
         upcoming.push(e);
         if (upcoming.length >= 20) break;
       }
