@@ -134,6 +134,27 @@ try {
   assert.match(await guestRow.innerText(), /Guest User\s+2\s+no ratings yet/);
   await shot(host, "04-host-guest-list");
 
+  // --- an edit that raced another edit is refused, and the page says why -----------------------------------
+  step("host: an edit on a stale copy is explained");
+  await host.goto(`${base}${eventPath}/edit`);
+  await host.getByLabel("Description").waitFor({ timeout: TIMEOUT });
+  const other = await hostCtx.newPage(); // the host in a second tab
+  await other.goto(`${base}${eventPath}/edit`);
+  await other.getByLabel("Description").fill("Bring snacks and a blanket.");
+  await other.getByRole("button", { name: "Save changes" }).click();
+  await other.getByRole("heading", { name: "You host this event" }).waitFor({ timeout: TIMEOUT });
+  await other.close();
+  await host.getByLabel("Description").fill("Bring snacks and a pillow.");
+  await host.getByRole("button", { name: "Save changes" }).click();
+  await host.getByRole("alert").filter({ hasText: "Someone else changed this event" }).waitFor({ timeout: TIMEOUT });
+  await shot(host, "04b-host-edit-conflict");
+  await host.getByRole("button", { name: "Reload the event" }).click();
+  await host.waitForFunction(() => document.querySelector("textarea")?.value === "Bring snacks and a blanket.");
+  await host.getByLabel("Description").fill("Bring snacks and a pillow.");
+  await host.getByRole("button", { name: "Save changes" }).click();
+  await host.getByRole("heading", { name: "You host this event" }).waitFor({ timeout: TIMEOUT });
+  await host.getByText("Bring snacks and a pillow.").waitFor({ timeout: TIMEOUT });
+
   // --- a third user fills the last seat; then a fourth sees "sold out" -------------------------------------
   step("third users: the last seat, then sold out");
   const thirdCtx = await browser.newContext();

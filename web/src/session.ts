@@ -1,4 +1,4 @@
-/** Who is signed in (a bearer token kept for this tab) and the one cowatch client the page uses. */
+/** Who is signed in (a bearer token kept in this browser until sign-out) and the one cowatch client the page uses. */
 import { createCowatchClient, type CowatchClient } from "@cowatch/client";
 
 const KEY = "cowatch.token";
@@ -12,7 +12,7 @@ export interface User {
   readonly name: string;
 }
 
-let token: string | null = sessionStorage.getItem(KEY);
+let token: string | null = localStorage.getItem(KEY);
 const listeners = new Set<() => void>();
 
 /** The signed-in user, read from the token's claims (display only: the server checks the token). */
@@ -30,8 +30,8 @@ export function currentUser(): User | null {
 
 export function signIn(newToken: string): void {
   token = newToken.trim() || null;
-  if (token) sessionStorage.setItem(KEY, token);
-  else sessionStorage.removeItem(KEY);
+  if (token) localStorage.setItem(KEY, token);
+  else localStorage.removeItem(KEY);
   for (const fn of listeners) fn();
 }
 
