@@ -24,6 +24,16 @@ async function ask(request) {
 }
 
 const step = (text) => console.log(`STEP ${text}`);
+
+/** Every form control on the page has an accessible name (a label, or aria-label). */
+async function assertLabelled(page) {
+  const unlabelled = await page.evaluate(() =>
+    [...document.querySelectorAll("input, select, textarea, button")]
+      .filter((el) => !el.hidden && !(el.labels?.length || el.getAttribute("aria-label") || el.textContent?.trim()))
+      .map((el) => el.outerHTML.slice(0, 120)),
+  );
+  assert.deepEqual(unlabelled, [], `controls without a label on ${page.url()}`);
+}
 const shot = (page, name) => page.screenshot({ path: join(artifacts, `${name}.png`), fullPage: true });
 const TIMEOUT = 15_000;
 
@@ -86,6 +96,7 @@ try {
     await host.getByLabel("Seats").fill(String(capacity));
     await host.getByLabel("Visibility").selectOption({ label: visibility });
   };
+  await assertLabelled(host);
   await fillEvent("Solaris night", 0, "Public: listed in Discover");
   await host.getByRole("button", { name: "Create event" }).click();
   // A field error appears next to its field, and the field is marked invalid.
@@ -115,6 +126,13 @@ try {
   assert.match(await guest.getByTestId("place").innerText(), /Torstr\. 1, 10119 Berlin/);
   assert.match(await guest.getByTestId("seats").innerText(), /1 of 3 left/);
   await shot(guest, "03-guest-booked-phone");
+
+  step("guest: my bookings lists it");
+  await guest.getByRole("link", { name: "My bookings" }).click();
+  const mine = guest.locator("li.card").filter({ hasText: "Solaris night" });
+  await mine.waitFor({ timeout: TIMEOUT });
+  assert.match(await mine.innerText(), /2 seats · confirmed/);
+  await assertLabelled(guest);
 
   // --- discover: the filters find it, with its seats -------------------------------------------------------
   step("discover finds the event by city");
@@ -186,7 +204,7 @@ try {
 
   // --- both review -------------------------------------------------------------------------------------------
   step("guest and host review");
-  await guest.reload();
+  await guest.goto(shareLink);
   const rate = async (page, formName, stars, text) => {
     const form = page.getByRole("form", { name: formName });
     await form.getByLabel("Rating").selectOption(String(stars));
@@ -226,6 +244,19 @@ try {
   await guest.getByRole("heading", { name: "Secret screening" }).waitFor({ timeout: TIMEOUT });
   await guest.getByRole("button", { name: "Book" }).waitFor({ timeout: TIMEOUT });
   await shot(guest, "09-private-with-invite");
+  // Rotating the invite link: the old link stops working, the new one works.
+  await host.getByRole("button", { name: "Rotate invite link" }).click();
+  await host.waitForFunction(
+    (old) => document.querySelector('[data-testid="share-link"]')?.value.startsWith("http") &&
+      document.querySelector('[data-testid="share-link"]').value !== old,
+    privateLink,
+  );
+  const rotatedLink = await host.getByTestId("share-link").inputValue();
+  await guest.goto(privateLink);
+  await guest.getByRole("heading", { name: "Event not found" }).waitFor({ timeout: TIMEOUT });
+  await guest.goto(rotatedLink);
+  await guest.getByRole("heading", { name: "Secret screening" }).waitFor({ timeout: TIMEOUT });
+  await assertLabelled(host);
 
   // --- private events are never listed; the held one is no longer upcoming: the empty state ------------------
   step("discover: nothing listed for the city now");
