@@ -257,6 +257,13 @@ try {
   await guest.goto(rotatedLink);
   await guest.getByRole("heading", { name: "Secret screening" }).waitFor({ timeout: TIMEOUT });
   await assertLabelled(host);
+  // The host cancels it (after a confirmation step); the guest sees it cancelled and can't book any more.
+  await host.getByRole("button", { name: "Cancel event…" }).click();
+  await host.getByRole("button", { name: "Yes, cancel the event" }).click();
+  await host.locator(".badge.state-cancelled").waitFor({ timeout: TIMEOUT });
+  await guest.reload();
+  await guest.locator(".badge.state-cancelled").waitFor({ timeout: TIMEOUT });
+  assert.equal(await guest.getByRole("button", { name: "Book" }).count(), 0);
 
   // --- private events are never listed; the held one is no longer upcoming: the empty state ------------------
   step("discover: nothing listed for the city now");

@@ -69,7 +69,15 @@ async function render(root: HTMLElement, e: Event, invite: string): Promise<void
       h("dt", {}, "Where"),
       h("dd", { "data-testid": "place" }, e.addressHidden ? `${e.place?.city ?? ""} (the exact address is shown once you have booked)` : `${e.place?.name ?? ""}, ${e.place?.address ?? ""}, ${e.place?.city ?? ""}`),
       h("dt", {}, "Seats"),
-      h("dd", { "data-testid": "seats" }, soldOut ? h("strong", { class: "badge sold-out" }, "Sold out") : `${e.seatsAvailable} of ${e.capacity} left`),
+      h(
+        "dd",
+        { "data-testid": "seats" },
+        e.state !== Event_State.SCHEDULED
+          ? `${e.seatsTaken} of ${e.capacity} booked`
+          : soldOut
+            ? h("strong", { class: "badge sold-out" }, "Sold out")
+            : `${e.seatsAvailable} of ${e.capacity} left`,
+      ),
       h("dt", {}, "Visibility"),
       h("dd", {}, e.visibility === Event_Visibility.PRIVATE ? "Private (invite only)" : "Public"),
     ),
