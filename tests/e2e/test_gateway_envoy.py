@@ -210,20 +210,20 @@ def test_grpc_web_error_carries_status_details(gateway: Gateway) -> None:
 
 def test_grpc_web_cors_for_an_allowed_origin_only(gateway: Gateway) -> None:
     preflight = {
-        "origin": "http://localhost:3000",
+        "origin": "http://localhost:5173",
         "access-control-request-method": "POST",
         "access-control-request-headers": "content-type,x-grpc-web,authorization,x-user-agent",
     }
     status, headers, _ = http("OPTIONS", f"{gateway.url}{EVENTS_PATH}/CreateEvent", headers=preflight)
     assert status == 200
-    assert headers["access-control-allow-origin"] == "http://localhost:3000"
+    assert headers["access-control-allow-origin"] == "http://localhost:5173"
     assert "x-grpc-web" in headers["access-control-allow-headers"]
 
     status, headers, _ = http(
         "OPTIONS", f"{gateway.url}/v1/events", headers={**preflight, "access-control-request-headers": "content-type"}
     )
     assert status == 200  # the JSON routes too
-    assert headers["access-control-allow-origin"] == "http://localhost:3000"
+    assert headers["access-control-allow-origin"] == "http://localhost:5173"
 
     evil = {**preflight, "origin": "https://evil.example"}
     _, headers, _ = http("OPTIONS", f"{gateway.url}{EVENTS_PATH}/CreateEvent", headers=evil)
@@ -231,9 +231,9 @@ def test_grpc_web_cors_for_an_allowed_origin_only(gateway: Gateway) -> None:
 
     # the actual call exposes the gRPC status headers to the browser
     request = service_pb2.ListEventsRequest(city=unique_city()).SerializeToString()
-    _, headers, _, trailers = grpc_web_call(gateway, "ListEvents", request, origin="http://localhost:3000")
+    _, headers, _, trailers = grpc_web_call(gateway, "ListEvents", request, origin="http://localhost:5173")
     assert trailers["grpc-status"] == "0"
-    assert headers["access-control-allow-origin"] == "http://localhost:3000"
+    assert headers["access-control-allow-origin"] == "http://localhost:5173"
     assert "grpc-status" in headers["access-control-expose-headers"]
 
 

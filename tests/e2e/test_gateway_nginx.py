@@ -235,6 +235,27 @@ def test_booking_walkthrough_over_json_through_nginx(edge: Edge) -> None:
 # ------------------------------------------------------------------------------------------------ NGINX's own work
 
 
+def test_nginx_serves_the_web_page_for_share_links_with_caching_headers(edge: Edge) -> None:
+    # A share link ({PUBLIC_BASE_URL}/events/{id}, with ?invite=... for a private event) gets the page.
+    status, headers, body = http("GET", f"{edge.nginx.url}/events/{uuid.uuid4()}?invite=abc")
+    assert status == 200
+    assert headers["content-type"].startswith("text/html")
+    assert headers["cache-control"] == "no-cache"  # a deploy shows at once
+    assert b'id="main"' in body
+    [script] = [
+        p for p in (Path(__file__).resolve().parents[2] / "web" / "dist" / "assets").iterdir() if p.suffix == ".js"
+    ]
+    status, headers, body = http("GET", f"{edge.nginx.url}/assets/{script.name}", headers={"accept-encoding": "gzip"})
+    assert status == 200
+    assert "immutable" in headers["cache-control"] and "max-age=31536000" in headers["cache-control"]
+    assert headers.get("content-encoding") == "gzip"
+    assert headers["content-type"] == "application/javascript"  # module scripts need a JavaScript type
+    assert http("GET", f"{edge.nginx.url}/assets/missing-0000.js")[0] == 404  # never index.html for an asset
+    # The API next to it is untouched: JSON still reaches Envoy.
+    status, headers, _ = http("GET", f"{edge.nginx.url}/v1/events?pageSize=1")
+    assert status == 200 and headers["content-type"] == "application/json"
+
+
 def test_healthz_through_nginx_reports_the_services(edge: Edge) -> None:
     status, _, _ = http("GET", f"{edge.nginx.url}/healthz")
     assert status == 200
