@@ -30,7 +30,6 @@ from services.common.names import parse_uuid_name
 DEFAULT_MAX_SEATS = 4
 # The schema's CHECK on booking.bookings.seats; a configured maximum above it could never be stored.
 SEATS_CEILING = 100
-INVITE_TOKEN_MAX = 64
 
 
 class State(StrEnum):

@@ -10,7 +10,7 @@ from services.booking.service import CancelBooking, CreateBooking, ListBookings
 from services.common.errors import InvalidArgument, Violations
 from services.common.identity import User
 from services.common.protos import request_key, to_timestamp
-from services.event.domain import parse_event_name
+from services.event.domain import parse_event_name, parse_invite_token
 
 _STATE_TO_PROTO = {
     domain.State.CONFIRMED: resources_pb2.Booking.CONFIRMED,
@@ -41,8 +41,10 @@ def to_create_command(request: service_pb2.CreateBookingRequest, user: User, max
         seats = domain.resolve_seats(request.booking.seats, max_seats)
     except InvalidArgument as exc:
         v.add(*exc.field_violations[0])
-    if len(request.invite_token) > domain.INVITE_TOKEN_MAX:
-        v.add("invite_token", f"must be at most {domain.INVITE_TOKEN_MAX} characters")
+    try:
+        parse_invite_token(request.invite_token)
+    except InvalidArgument as exc:
+        v.add(*exc.field_violations[0])
     try:
         key = request_key(user, "CreateBooking", _canonical_create(request, seats), request.request_id)
     except InvalidArgument as exc:

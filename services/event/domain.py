@@ -8,6 +8,7 @@ persists the result.
 from __future__ import annotations
 
 import functools
+import re
 import secrets
 import zoneinfo
 from dataclasses import dataclass, field, replace
@@ -174,8 +175,21 @@ def parse_user_name(value: str, field_name: str) -> str:
     return raw
 
 
+INVITE_TOKEN_MAX = 64
+_INVITE_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def new_invite_token() -> str:
     return secrets.token_urlsafe(24)
+
+
+def parse_invite_token(value: str, field_name: str = "invite_token") -> str:
+    """An invite token as a client sends it back: empty (none) or URL-safe base64 of at most 64 characters."""
+    if value and (len(value) > INVITE_TOKEN_MAX or not _INVITE_TOKEN.fullmatch(value)):
+        raise InvalidArgument.field(
+            field_name, f"must be the invite token of a share link (URL-safe, at most {INVITE_TOKEN_MAX} characters)"
+        )
+    return value
 
 
 # --------------------------------------------------------------------------- validation
@@ -245,7 +259,7 @@ def normalized(details: EventDetails) -> EventDetails:
 
 def access_for(event: Event, user: User | None, *, is_guest: bool, invite_token: str) -> Access:
     is_host = user is not None and user.id == event.host_id
-    has_invite = bool(invite_token) and secrets.compare_digest(invite_token, event.invite_token)
+    has_invite = bool(invite_token) and secrets.compare_digest(invite_token.encode(), event.invite_token.encode())
     return Access(is_host=is_host, is_guest=is_guest and not is_host, has_invite=has_invite)
 
 

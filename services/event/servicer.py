@@ -38,7 +38,9 @@ class EventServicer(service_pb2_grpc.EventServiceServicer):
 
     async def GetEvent(self, request: service_pb2.GetEventRequest, context: Ctx) -> resources_pb2.Event:
         event_id = domain.parse_event_name(request.name)
-        return self._proto(await self._events.get(current_user(), event_id, request.invite_token))
+        return self._proto(
+            await self._events.get(current_user(), event_id, domain.parse_invite_token(request.invite_token))
+        )
 
     async def ListEvents(self, request: service_pb2.ListEventsRequest, context: Ctx) -> service_pb2.ListEventsResponse:
         page = await self._events.list(mappers.to_list_query(request, current_user()))
