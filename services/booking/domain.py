@@ -22,7 +22,6 @@ from services.common.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
-    ResourceExhausted,
 )
 from services.common.identity import User
 from services.common.names import parse_uuid_name
@@ -183,8 +182,9 @@ def already_booked_error(event: BookableEvent) -> AlreadyExists:
     return AlreadyExists("ALREADY_BOOKED", f"you already hold a booking for {event.name}")
 
 
-def sold_out(seats_available: int) -> ResourceExhausted:
-    return ResourceExhausted(
+def sold_out(seats_available: int) -> FailedPrecondition:
+    """A business refusal, not overload: FAILED_PRECONDITION (HTTP 400), which no client or proxy retries."""
+    return FailedPrecondition(
         "EVENT_SOLD_OUT",
         f"not enough free seats ({seats_available} left)" if seats_available else "the event is sold out",
         metadata={"seats_available": str(max(seats_available, 0))},
