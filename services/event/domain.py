@@ -24,7 +24,7 @@ from services.common.errors import (
     PermissionDenied,
     Violations,
 )
-from services.common.identity import User
+from services.common.identity import User, valid_user_id
 from services.common.names import parse_uuid_name
 
 MAX_CAPACITY = 1000
@@ -170,7 +170,7 @@ def user_name(user_id: str) -> str:
 
 def parse_user_name(value: str, field_name: str) -> str:
     prefix, _, raw = value.partition("/")
-    if prefix != "users" or not raw or "/" in raw or len(raw) > 128 or not raw.isprintable():
+    if prefix != "users" or not valid_user_id(raw):
         raise InvalidArgument.field(field_name, "must be a user name of the form users/{user}")
     return raw
 

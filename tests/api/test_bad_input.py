@@ -117,3 +117,15 @@ async def test_ten_thousand_bad_users_give_a_capped_error(events: event_grpc.Eve
     assert 0 < len(err.fields) <= 20
     assert int(err.metadata["omitted_violations"]) >= 10_000 - 20
     assert size < 8192 and len(err.message) <= 1000
+
+
+@pytest.mark.parametrize("sub", ["x" * 200, "team/alice"])
+async def test_a_subject_the_database_cannot_hold_is_unauthenticated_not_internal(
+    events: event_grpc.EventServiceAsyncStub, clock: ManualClock, capfd: pytest.CaptureFixture[str], sub: str
+):
+    caller = new_caller(user_id=sub)
+    err = await expect_error(events.CreateEvent(create_request(clock.now()), metadata=caller.metadata))
+    assert (err.code, err.reason) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_INVALID")
+    assert "'sub'" in err.message
+    out, errout = capfd.readouterr()
+    assert "Failing row contains" not in out + errout and sub not in out + errout
