@@ -47,12 +47,22 @@ def events(event_channel: grpc.aio.Channel) -> event_grpc.EventServiceAsyncStub:
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def bookings(database_url: str, clock: ManualClock) -> AsyncIterator[booking_grpc.BookingServiceAsyncStub]:
+async def booking_channel(database_url: str, clock: ManualClock) -> AsyncIterator[grpc.aio.Channel]:
     async with servers.app_server(BookingApp, BookingSettings, database_url, clock=clock, **POOL) as (_, channel):
-        yield booking_grpc.BookingServiceStub(channel)
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def bookings(booking_channel: grpc.aio.Channel) -> booking_grpc.BookingServiceAsyncStub:
+    return booking_grpc.BookingServiceStub(booking_channel)
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def reviews(database_url: str, clock: ManualClock) -> AsyncIterator[review_grpc.ReviewServiceAsyncStub]:
+async def review_channel(database_url: str, clock: ManualClock) -> AsyncIterator[grpc.aio.Channel]:
     async with servers.app_server(ReviewApp, ReviewSettings, database_url, clock=clock, **POOL) as (_, channel):
-        yield review_grpc.ReviewServiceStub(channel)
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def reviews(review_channel: grpc.aio.Channel) -> review_grpc.ReviewServiceAsyncStub:
+    return review_grpc.ReviewServiceStub(review_channel)
