@@ -94,7 +94,9 @@ def _calls(pool: ValuePool) -> st.SearchStrategy[list[tuple[Rpc, str, Any]]]:
     return st.lists(one, min_size=BATCH, max_size=BATCH)
 
 
-def _fuzz_settings(default_examples: int) -> Callable[[Any], Any]:
+def fuzz_settings(default_examples: int) -> Callable[[Any], Any]:
+    """Hypothesis settings of the fuzz tests: a fixed sequence in CI, COWATCH_FUZZ_EXAMPLES/SEED to go further."""
+
     def apply(test: Any) -> Any:
         test = settings(
             max_examples=EXAMPLES or default_examples,
@@ -111,7 +113,7 @@ def _fuzz_settings(default_examples: int) -> Callable[[Any], Any]:
     return apply
 
 
-@_fuzz_settings(200)
+@fuzz_settings(200)
 @given(data=st.data())
 async def test_no_request_from_any_role_is_answered_internal(target: Target, data: st.DataObject) -> None:
     batch = data.draw(target.batches)

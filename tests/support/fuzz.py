@@ -264,7 +264,7 @@ _MANGLES: Sequence[Callable[[dict[str, Any]], None]] = (
     lambda d: d.__setitem__(next(iter(d), "x"), {"nested": [1, None]}),
     lambda d: d.__setitem__(next(iter(d), "pageSize"), 1e308),
     lambda d: d.__setitem__(next(iter(d), "pageSize"), "12abc"),
-    lambda d: d.__setitem__(next(iter(d), "title"), "\u0000\ud800"),
+    lambda d: d.__setitem__(next(iter(d), "title"), "\u0000\U0001f600"),
     lambda d: d.__setitem__(next(iter(d), "seats"), -(2**70)),
 )
 
