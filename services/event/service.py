@@ -20,7 +20,7 @@ from services.common import context, db, idempotency
 from services.common.cache import Cache, NullCache
 from services.common.clock import Clock
 from services.common.dbtypes import Conn
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import InvalidArgument, NotFound, ResourceExhausted
 from services.common.idempotency import RequestKey
 from services.common.identity import User
 from services.common.paging import PageKey, clamp_page_size, decode_page_token, encode_page_token, filter_fingerprint
@@ -42,6 +42,7 @@ from services.review.cache import invalidate_host_profile
 
 MAX_INVITEES = 50
 NOTE_MAX = 1000
+DEFAULT_INVITATIONS_PER_DAY = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +149,7 @@ class EventService:
         *,
         cache_ttl: float = 60.0,
         list_ttl: float = 15.0,
+        invitations_per_day: int = DEFAULT_INVITATIONS_PER_DAY,
     ) -> None:
         self._pool = pool
         self._clock = clock
@@ -155,6 +157,7 @@ class EventService:
         self._cache: Cache = cache or NullCache()
         self._ttl = cache_ttl
         self._list_ttl = list_ttl
+        self._invitations_per_day = invitations_per_day
 
     # ----------------------------------------------------------------- links
 
@@ -417,6 +420,7 @@ class EventService:
             domain.ensure_open(event, now)
             if cmd.user.id in cmd.user_ids:
                 raise InvalidArgument.field("users", "must not include the host")
+            await self._check_invitees(conn, cmd, now)
             batch = str(cmd.request.request_id) if cmd.request else str(uuid.uuid4())
             await outbox.enqueue(
                 conn,
@@ -425,6 +429,21 @@ class EventService:
             )
             await idempotency.record(conn, cmd.request, event.name)
             return Invitations(list(cmd.user_ids), link)
+
+    async def _check_invitees(self, conn: Conn, cmd: SendInvitations, now: datetime) -> None:
+        """Invitations go only to users cowatch knows, and at most ``invitations_per_day`` per host (UTC day,
+        counted in Postgres in this transaction, so across replicas): no mailing of made-up addresses."""
+        known = await users.known(conn, list(cmd.user_ids))
+        unknown = [(f"users[{i}]", "is not a cowatch user") for i, u in enumerate(cmd.user_ids) if u not in known]
+        if unknown:
+            raise InvalidArgument("UNKNOWN_USER", "invitations go only to users of cowatch", field_violations=unknown)
+        limit = self._invitations_per_day
+        if not await events.charge_invitations(conn, cmd.user.id, now.date(), len(cmd.user_ids), limit):
+            raise ResourceExhausted(
+                "INVITATION_QUOTA_EXCEEDED",
+                f"a host may send at most {limit} invitations per day (UTC); retry tomorrow",
+                metadata={"limit": str(limit), "window": "1d"},
+            )
 
     async def rotate_invite_token(self, user: User, event_id: UUID) -> EventView:
         now = self._clock.now()

@@ -208,11 +208,15 @@ class EventServiceServicer:
 
     def SendInvitations(self, request, context):
         """Sends the event's share link (with the invite token for a private event)
-        to the given users through the notification service. Host only.
+        to the given users through the notification service. Host only. Only
+        users cowatch knows (who have used it) can be invited, and a host sends
+        at most a configured number of invitations per UTC day.
 
         Errors: NOT_FOUND `EVENT_NOT_FOUND`, PERMISSION_DENIED `NOT_EVENT_HOST`,
         FAILED_PRECONDITION `EVENT_NOT_OPEN` (not scheduled or already started),
-        INVALID_ARGUMENT `REQUEST_ID_REUSED`.
+        INVALID_ARGUMENT `UNKNOWN_USER` (field violations name the users),
+        RESOURCE_EXHAUSTED `INVITATION_QUOTA_EXCEEDED` (metadata `limit`; retry
+        the next day), INVALID_ARGUMENT `REQUEST_ID_REUSED`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
