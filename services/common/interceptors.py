@@ -47,7 +47,7 @@ from google.protobuf.message import DecodeError, Message
 from services.common import context as request_context
 from services.common import deadline
 from services.common.auth import TokenVerifier
-from services.common.errors import InvalidArgument, ResourceExhausted, Unauthenticated
+from services.common.errors import InvalidArgument, ResourceExhausted, Unauthenticated, Unavailable
 from services.common.grpc_errors import as_domain_error, to_rpc_status
 from services.common.identity import User
 from services.common.logging import get_logger
@@ -175,6 +175,10 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         self._max_in_flight = max_in_flight
         self.in_flight = 0
         """RPCs being handled now (health and reflection not counted)."""
+        self.refusing = False
+        """Set on shutdown: every new RPC (health and reflection aside) is refused with UNAVAILABLE."""
+        self.last_arrival = 0.0
+        """``time.monotonic()`` when the last RPC (health and reflection aside) arrived."""
         self._anonymous = frozenset(normalize_method(m) for m in anonymous_methods)
         self._observer: RpcObserver = observer or NoopObserver()
         self._cache: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
@@ -297,6 +301,9 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         context.set_trailing_metadata(((REQUEST_ID_METADATA_KEY, rpc.request_id),))
         if rpc.policy.infrastructure:
             return
+        self.last_arrival = time.monotonic()
+        if self.refusing:
+            raise Unavailable("SHUTTING_DOWN", "the server is shutting down: retry, another replica will answer")
         if self._max_in_flight is not None and self.in_flight >= self._max_in_flight:
             raise ResourceExhausted(
                 "SERVER_OVERLOADED",
