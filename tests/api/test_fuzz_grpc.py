@@ -113,7 +113,7 @@ def fuzz_settings(default_examples: int) -> Callable[[Any], Any]:
     return apply
 
 
-@fuzz_settings(200)
+@fuzz_settings(250)
 @given(data=st.data())
 async def test_no_request_from_any_role_is_answered_internal(target: Target, data: st.DataObject) -> None:
     batch = data.draw(target.batches)
@@ -124,7 +124,7 @@ async def test_no_request_from_any_role_is_answered_internal(target: Target, dat
 
 async def test_servers_are_healthy_after_the_fuzzing(target: Target) -> None:
     print(f"fuzz/grpc: {target.calls} calls, codes {dict(sorted(target.codes.items()))}")
-    assert target.calls >= BATCH * min(EXAMPLES or 200, 100)
+    assert target.calls >= BATCH * min(EXAMPLES or 250, 100)
     for channel in target.channels.values():
         stub: Any = health_pb2_grpc.HealthStub(channel)  # type: ignore[arg-type, unused-ignore]
         reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
