@@ -20,3 +20,11 @@ ON CONFLICT (id) DO UPDATE
 async def remember(conn: Conn, user: User) -> None:
     """Insert or refresh the caller's snapshot (a no-op write when nothing changed)."""
     await conn.execute(UPSERT_USER, user.id, user.display_name[:200] or user.id)
+
+
+KNOWN_USERS = "SELECT id FROM account.users WHERE id = ANY($1::text[])"
+
+
+async def known(conn: Conn, user_ids: list[str]) -> set[str]:
+    """Which of ``user_ids`` cowatch has seen (they once called it with a token)."""
+    return {r["id"] for r in await conn.fetch(KNOWN_USERS, user_ids)}

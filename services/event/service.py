@@ -21,7 +21,7 @@ from services.common.cache import Cache, NullCache
 from services.common.clock import Clock
 from services.common.dbtypes import Conn, Pool
 from services.common.domain_events import EventChanged, EventCompleted, EventCreated, HostRenamed
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, ResourceExhausted
 from services.common.idempotency import RequestKey
 from services.common.identity import User
 from services.common.paging import Keyset, Page, keyset
@@ -36,6 +36,7 @@ from services.event.domain_events import EventCancelled, EventRescheduled, Event
 
 MAX_INVITEES = 50
 NOTE_MAX = 1000
+DEFAULT_INVITATIONS_PER_DAY = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +167,7 @@ class EventService:
         cache_ttl: float = 60.0,
         list_ttl: float = 15.0,
         subscribers: Handlers | None = None,
+        invitations_per_day: int = DEFAULT_INVITATIONS_PER_DAY,
     ) -> None:
         self._pool = pool
         self._clock = clock
@@ -176,6 +178,7 @@ class EventService:
         self._dispatcher = notifications.handlers(public_base_url).merged(
             event_cache.handlers(self._cache, pool), *([subscribers] if subscribers else [])
         )
+        self._invitations_per_day = invitations_per_day
 
     def share_link(self, event: Event, *, with_invite: bool) -> str:
         return notifications.share_link(self._base_url, event, with_invite=with_invite)
@@ -388,10 +391,26 @@ class EventService:
             domain.ensure_open(event, now)
             if cmd.user.id in cmd.user_ids:
                 raise InvalidArgument.field("users", "must not include the host")
+            await self._check_invitees(tx.conn, cmd, now)
             batch = str(cmd.request.request_id) if cmd.request else str(uuid.uuid4())
             tx.emit(InvitationsSent(event, cmd.user_ids, cmd.note.strip(), batch))
             tx.record(event.name)
         return Invitations(list(cmd.user_ids), link)
+
+    async def _check_invitees(self, conn: Conn, cmd: SendInvitations, now: datetime) -> None:
+        """Invitations go only to users cowatch knows, and at most ``invitations_per_day`` per host (UTC day,
+        counted in Postgres in this transaction, so across replicas): no mailing of made-up addresses."""
+        known = await users.known(conn, list(cmd.user_ids))
+        unknown = [(f"users[{i}]", "is not a cowatch user") for i, u in enumerate(cmd.user_ids) if u not in known]
+        if unknown:
+            raise InvalidArgument("UNKNOWN_USER", "invitations go only to users of cowatch", field_violations=unknown)
+        limit = self._invitations_per_day
+        if not await events.charge_invitations(conn, cmd.user.id, now.date(), len(cmd.user_ids), limit):
+            raise ResourceExhausted(
+                "INVITATION_QUOTA_EXCEEDED",
+                f"a host may send at most {limit} invitations per day (UTC); retry tomorrow",
+                metadata={"limit": str(limit), "window": "1d"},
+            )
 
     async def rotate_invite_token(self, cmd: RotateInviteToken) -> EventView:
         now = self._clock.now()

@@ -446,3 +446,53 @@ async def test_killing_one_of_two_event_replicas_mid_traffic_keeps_idempotent_ca
         assert time.monotonic() < deadline, "Envoy still considers the killed replica healthy"
         await asyncio.sleep(0.1)
     assert f"127.0.0.1:{survivor.port}" in gateway.envoy.healthy_hosts()["event"]
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+def _violations(error: dict[str, Any]) -> list[dict[str, str]]:
+    return [v for d in error["details"] if d["@type"].endswith("google.rpc.BadRequest") for v in d["fieldViolations"]]
+
+
+def _private_event_json(gateway: Gateway, host: Caller, **kwargs: Any) -> dict[str, Any]:
+    payload = event_json(unique_city(), private=True, **kwargs)
+    status, _, body = post_json(f"{gateway.url}/v1/events", payload, host)
+    assert status == 200, body[:300]
+    created: dict[str, Any] = json.loads(body)
+    return created
+
+
+def test_json_mangled_invite_token_in_a_share_link_is_400_not_500(gateway: Gateway) -> None:
+    event = _private_event_json(gateway, new_caller())
+    status, headers, body = http("GET", f"{gateway.url}/v1/{event['name']}?inviteToken=%C3%A4")
+    assert status == 400, body[:300]
+    assert headers["content-type"] == "application/json"
+    assert "invite_token" in {v["field"] for v in _violations(json.loads(body))}
+
+
+def test_json_ten_thousand_malformed_users_is_a_small_400(gateway: Gateway) -> None:
+    host = new_caller()
+    event = _private_event_json(gateway, host)
+    payload = {"users": [f"nobody-{i}" for i in range(10_000)]}
+    status, _, body = post_json(f"{gateway.url}/v1/{event['name']}:sendInvitations", payload, host)
+    assert status == 400, body[:300]
+    error = json.loads(body)
+    assert error["code"] == 3
+    assert 0 < len(_violations(error)) <= 20
+    assert int(error_info(error)["metadata"]["omitted_violations"]) >= 10_000 - 20
+    assert len(body) < 8192
+
+
+def test_json_sold_out_is_400_failed_precondition_not_429(gateway: Gateway) -> None:
+    host, first, second = new_caller(), new_caller(), new_caller()
+    status, _, body = post_json(f"{gateway.url}/v1/events", event_json(unique_city(), capacity=1), host)
+    assert status == 200, body[:300]
+    name = json.loads(body)["name"]
+    status, _, body = post_json(f"{gateway.url}/v1/bookings", {"event": name}, first)
+    assert status == 200, body[:300]
+    status, _, body = post_json(f"{gateway.url}/v1/bookings", {"event": name}, second)
+    assert status == 400, body[:300]
+    error = json.loads(body)
+    assert error["code"] == 9  # FAILED_PRECONDITION: no client or proxy retries it
+    assert error_info(error)["reason"] == "EVENT_SOLD_OUT"

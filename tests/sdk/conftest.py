@@ -34,9 +34,7 @@ async def gateway(database_url: str) -> AsyncIterator[GrpcProxy]:
     async with contextlib.AsyncExitStack() as stack:
         routes = {}
         for service, app, settings in SERVICES:
-            running, _ = await stack.enter_async_context(
-                servers.app_server(app, settings, database_url, clock=clock)  # type: ignore[arg-type]
-            )
+            running, _ = await stack.enter_async_context(servers.app_server(app, settings, database_url, clock=clock))
             routes[service] = f"127.0.0.1:{running.port}"
         proxy = await GrpcProxy(routes).start()
         stack.push_async_callback(proxy.stop)

@@ -41,6 +41,8 @@ DEFAULTS: Final[Mapping[str, str]] = {
     "COWATCH_NGINX_BURST": "100",
     "COWATCH_NGINX_MAX_BODY": "1m",
     "COWATCH_NGINX_WEB_ROOT": "/usr/share/nginx/cowatch",
+    "COWATCH_NGINX_MAX_CONNS": "100",
+    "COWATCH_NGINX_CLIENT_TIMEOUT": "10s",
 }
 
 

@@ -36,6 +36,16 @@ class EventServiceStub:
     UNAUTHENTICATED (`TOKEN_MISSING`, `TOKEN_INVALID`, `TOKEN_EXPIRED`),
     UNAVAILABLE (`DATABASE_UNAVAILABLE`) and INVALID_ARGUMENT
     (`INVALID_ARGUMENT`, with the offending fields).
+
+    Retrying: UNAVAILABLE is safe to retry at once (with backoff), and so is
+    ABORTED `CONCURRENT_MODIFICATION`; DEADLINE_EXCEEDED only for reads or for
+    writes that carry a `request_id`. Resend writes with the same `request_id`:
+    the retry then returns the first outcome and never acts twice.
+    RESOURCE_EXHAUSTED means quota or overload only (`SERVER_OVERLOADED`,
+    quota reasons): retry later, after the `google.rpc.RetryInfo` delay when
+    present, else with exponential backoff. Every other code is a final answer
+    for that request, business refusals included (FAILED_PRECONDITION, e.g.
+    `EVENT_SOLD_OUT`; ALREADY_EXISTS; PERMISSION_DENIED; NOT_FOUND): do not retry.
     """
 
     @_typing.overload
@@ -101,11 +111,15 @@ class EventServiceStub:
     """
     SendInvitations: _grpc.UnaryUnaryMultiCallable[_service_pb2.SendInvitationsRequest, _service_pb2.SendInvitationsResponse]
     """Sends the event's share link (with the invite token for a private event)
-    to the given users through the notification service. Host only.
+    to the given users through the notification service. Host only. Only
+    users cowatch knows (who have used it) can be invited, and a host sends
+    at most a configured number of invitations per UTC day.
 
     Errors: NOT_FOUND `EVENT_NOT_FOUND`, PERMISSION_DENIED `NOT_EVENT_HOST`,
     FAILED_PRECONDITION `EVENT_NOT_OPEN` (not scheduled or already started),
-    INVALID_ARGUMENT `REQUEST_ID_REUSED`.
+    INVALID_ARGUMENT `UNKNOWN_USER` (field violations name the users),
+    RESOURCE_EXHAUSTED `INVITATION_QUOTA_EXCEEDED` (metadata `limit`; retry
+    the next day), INVALID_ARGUMENT `REQUEST_ID_REUSED`.
     """
     RotateInviteToken: _grpc.UnaryUnaryMultiCallable[_service_pb2.RotateInviteTokenRequest, _resources_pb2.Event]
     """Replaces the invite token of a private event; links carrying the old
@@ -127,6 +141,16 @@ class EventServiceAsyncStub(EventServiceStub):
     UNAUTHENTICATED (`TOKEN_MISSING`, `TOKEN_INVALID`, `TOKEN_EXPIRED`),
     UNAVAILABLE (`DATABASE_UNAVAILABLE`) and INVALID_ARGUMENT
     (`INVALID_ARGUMENT`, with the offending fields).
+
+    Retrying: UNAVAILABLE is safe to retry at once (with backoff), and so is
+    ABORTED `CONCURRENT_MODIFICATION`; DEADLINE_EXCEEDED only for reads or for
+    writes that carry a `request_id`. Resend writes with the same `request_id`:
+    the retry then returns the first outcome and never acts twice.
+    RESOURCE_EXHAUSTED means quota or overload only (`SERVER_OVERLOADED`,
+    quota reasons): retry later, after the `google.rpc.RetryInfo` delay when
+    present, else with exponential backoff. Every other code is a final answer
+    for that request, business refusals included (FAILED_PRECONDITION, e.g.
+    `EVENT_SOLD_OUT`; ALREADY_EXISTS; PERMISSION_DENIED; NOT_FOUND): do not retry.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -189,11 +213,15 @@ class EventServiceAsyncStub(EventServiceStub):
     """
     SendInvitations: _aio.UnaryUnaryMultiCallable[_service_pb2.SendInvitationsRequest, _service_pb2.SendInvitationsResponse]  # type: ignore[assignment]
     """Sends the event's share link (with the invite token for a private event)
-    to the given users through the notification service. Host only.
+    to the given users through the notification service. Host only. Only
+    users cowatch knows (who have used it) can be invited, and a host sends
+    at most a configured number of invitations per UTC day.
 
     Errors: NOT_FOUND `EVENT_NOT_FOUND`, PERMISSION_DENIED `NOT_EVENT_HOST`,
     FAILED_PRECONDITION `EVENT_NOT_OPEN` (not scheduled or already started),
-    INVALID_ARGUMENT `REQUEST_ID_REUSED`.
+    INVALID_ARGUMENT `UNKNOWN_USER` (field violations name the users),
+    RESOURCE_EXHAUSTED `INVITATION_QUOTA_EXCEEDED` (metadata `limit`; retry
+    the next day), INVALID_ARGUMENT `REQUEST_ID_REUSED`.
     """
     RotateInviteToken: _aio.UnaryUnaryMultiCallable[_service_pb2.RotateInviteTokenRequest, _resources_pb2.Event]  # type: ignore[assignment]
     """Replaces the invite token of a private event; links carrying the old
@@ -214,6 +242,16 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
     UNAUTHENTICATED (`TOKEN_MISSING`, `TOKEN_INVALID`, `TOKEN_EXPIRED`),
     UNAVAILABLE (`DATABASE_UNAVAILABLE`) and INVALID_ARGUMENT
     (`INVALID_ARGUMENT`, with the offending fields).
+
+    Retrying: UNAVAILABLE is safe to retry at once (with backoff), and so is
+    ABORTED `CONCURRENT_MODIFICATION`; DEADLINE_EXCEEDED only for reads or for
+    writes that carry a `request_id`. Resend writes with the same `request_id`:
+    the retry then returns the first outcome and never acts twice.
+    RESOURCE_EXHAUSTED means quota or overload only (`SERVER_OVERLOADED`,
+    quota reasons): retry later, after the `google.rpc.RetryInfo` delay when
+    present, else with exponential backoff. Every other code is a final answer
+    for that request, business refusals included (FAILED_PRECONDITION, e.g.
+    `EVENT_SOLD_OUT`; ALREADY_EXISTS; PERMISSION_DENIED; NOT_FOUND): do not retry.
     """
 
     @_abc_1.abstractmethod
@@ -322,11 +360,15 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_service_pb2.SendInvitationsResponse, _abc.Awaitable[_service_pb2.SendInvitationsResponse]]:
         """Sends the event's share link (with the invite token for a private event)
-        to the given users through the notification service. Host only.
+        to the given users through the notification service. Host only. Only
+        users cowatch knows (who have used it) can be invited, and a host sends
+        at most a configured number of invitations per UTC day.
 
         Errors: NOT_FOUND `EVENT_NOT_FOUND`, PERMISSION_DENIED `NOT_EVENT_HOST`,
         FAILED_PRECONDITION `EVENT_NOT_OPEN` (not scheduled or already started),
-        INVALID_ARGUMENT `REQUEST_ID_REUSED`.
+        INVALID_ARGUMENT `UNKNOWN_USER` (field violations name the users),
+        RESOURCE_EXHAUSTED `INVITATION_QUOTA_EXCEEDED` (metadata `limit`; retry
+        the next day), INVALID_ARGUMENT `REQUEST_ID_REUSED`.
         """
 
     @_abc_1.abstractmethod

@@ -219,6 +219,16 @@ export const TimeFilterSchema: GenEnum<TimeFilter> = /*@__PURE__*/
  * (`DATABASE_UNAVAILABLE`) and INVALID_ARGUMENT (`INVALID_ARGUMENT` with
  * `google.rpc.BadRequest` field violations).
  *
+ * Retrying: UNAVAILABLE is safe to retry at once (with backoff), and so is
+ * ABORTED `CONCURRENT_MODIFICATION`; DEADLINE_EXCEEDED only for reads or for
+ * writes that carry a `request_id`. Resend writes with the same `request_id`:
+ * the retry then returns the first outcome and never acts twice.
+ * RESOURCE_EXHAUSTED means quota or overload only (`SERVER_OVERLOADED`,
+ * quota reasons): retry later, after the `google.rpc.RetryInfo` delay when
+ * present, else with exponential backoff. Every other code is a final answer
+ * for that request, business refusals included (FAILED_PRECONDITION, e.g.
+ * `EVENT_SOLD_OUT`; ALREADY_EXISTS; PERMISSION_DENIED; NOT_FOUND): do not retry.
+ *
  * @generated from service cowatch.booking.v1.BookingService
  */
 export const BookingService: GenService<{
@@ -232,7 +242,7 @@ export const BookingService: GenService<{
    * completed or already started), FAILED_PRECONDITION `HOST_CANNOT_BOOK`,
    * ALREADY_EXISTS `ALREADY_BOOKED` (one active booking per guest per
    * event), FAILED_PRECONDITION `BOOKING_OVERLAP` (overlaps another
-   * confirmed booking of the caller), RESOURCE_EXHAUSTED `EVENT_SOLD_OUT`
+   * confirmed booking of the caller), FAILED_PRECONDITION `EVENT_SOLD_OUT`
    * (not enough free seats; metadata `seats_available`), INVALID_ARGUMENT
    * `REQUEST_ID_REUSED`.
    *
