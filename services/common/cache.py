@@ -2,16 +2,32 @@
 
     event = await cache.get_or_load(f"event:v1:{event_id}", load_event, EVENT_CODEC, ttl=60)
     ...
-    # after the write's transaction committed:
+    # in the write's transaction, before COMMIT:
+    await cache.hold(f"event:v1:{event_id}", "events:list:v1")
+    # after COMMIT (or release(...) after a rollback):
     await cache.invalidate(f"event:v1:{event_id}", "events:list:v1")
+
+Writes do not call these themselves: the unit of work's dispatcher does (:func:`invalidation`).
 
 **Keys and scopes.** An entry has a key and an invalidation *scope* (by default the key itself). Each scope has a
 generation counter in Redis; an entry is stored together with the generation that was current when its load
 *began*, and it is a hit only while that is still the scope's generation. ``invalidate(scope)`` increments the
 counter (after the write committed), so a load racing with a write can never store a value that outlives the
-write, and many keys can share one scope (every first page of ``ListEvents`` shares ``events:list``). Value and
-generation are read with one ``MGET`` (one round trip per hit); both live under the same ``{scope}`` hash tag, so
-this also works on Redis Cluster. Every key is under ``COWATCH_REDIS_KEY_PREFIX``; key names carry a schema
+write, and many keys can share one scope (every first page of ``ListEvents`` shares ``events:list``). Value,
+generation and holds (below) are read in one round trip (a short Lua script); all live under the same ``{scope}``
+hash tag, so this also works on Redis Cluster.
+
+**Two-phase invalidation.** A write invalidates twice: ``hold(scope)`` in its transaction, before COMMIT, bumps
+the generation and adds a *hold* (a token in a sorted set, expiring after ``HOLD_SECONDS``); ``invalidate(scope)``
+after COMMIT bumps the generation again and removes the token (``release(scope)`` removes it after a rollback).
+While a scope has a live hold, reads load from Postgres and store nothing. So a process that dies between COMMIT
+and its after-commit invalidation leaves no stale entry behind: the entries from before the write were made stale
+by the hold, and none was stored while the hold lived (the scope is merely uncached until it expires). Each hold
+expires on its own, so a crashed writer's hold never outlives ``HOLD_SECONDS`` even while other writers keep the
+scope busy. The price: one more Redis round trip per write, inside its transaction (bounded and breaker-guarded
+like any other call; the booking's seat ``UPDATE`` comes after it, so it does not lengthen the event row's lock).
+
+**Keys.** Every key is under ``COWATCH_REDIS_KEY_PREFIX``; key names carry a schema
 version (``event:v1:…``): a change of the stored shape bumps it. Values are JSON (never pickle), and each one
 repeats its own Redis key, which is checked on read.
 
@@ -35,7 +51,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Awaitable, Callable, Iterable
+import secrets
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Generic, Protocol, TypeVar
 
@@ -45,16 +62,22 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from services.common.breaker import BreakerState, CircuitBreaker
+from services.common.dbtypes import Conn
 from services.common.logging import get_logger
 from services.common.metrics import ServerMetrics
 from services.common.settings import CommonSettings
+from services.common.uow import DomainEvent, Handlers
 
-__all__ = ["Cache", "Codec", "NullCache", "RedisCache", "cache_from_settings"]
+__all__ = ["Cache", "Codec", "NullCache", "RedisCache", "cache_from_settings", "invalidation"]
 
 T = TypeVar("T")
+E = TypeVar("E", bound=DomainEvent)
 
 GENERATION_TTL_SECONDS: Final = 3600
 """How long a scope's generation counter outlives its last invalidation (must exceed any load's duration)."""
+HOLD_SECONDS: Final = 30.0
+"""How long a write's hold outlives the writer if it dies before COMMIT's invalidation: longer than any write's
+transaction takes from its dispatch to COMMIT (statements are bounded by the database command timeout)."""
 MAX_PENDING_INVALIDATIONS: Final = 100_000
 TTL_JITTER: Final = 0.1
 _SEP: Final = b"|"
@@ -62,6 +85,22 @@ _SEP: Final = b"|"
 _REDIS_ERRORS: Final = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
 
 _log = get_logger("cowatch.cache")
+
+_NOW_MS: Final = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000) "
+_READ: Final = (
+    _NOW_MS
+    + "return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]), redis.call('ZCOUNT', KEYS[3], now, '+inf')}"
+)
+"""KEYS: value, generation, holds → the value, the generation, the number of live holds."""
+_HOLD: Final = (
+    _NOW_MS
+    + "redis.call('INCR', KEYS[1]) redis.call('EXPIRE', KEYS[1], ARGV[3]) redis.call('UNLINK', KEYS[3]) "
+    + "redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) "
+    + "redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1]) "
+    + "redis.call('PEXPIRE', KEYS[2], ARGV[2]) return 1"
+)
+"""KEYS: generation, holds, the scope's own value; ARGV: token, hold ms, generation TTL → bump, add the hold (the
+set lives as long as its newest hold; expired ones are dropped on the way)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +122,18 @@ class Cache(Protocol):
         exception propagates and nothing is stored."""
         ...
 
+    async def hold(self, *scopes: str) -> None:
+        """A write about to COMMIT changes ``scopes``: make their entries stale and store no load of them until
+        :meth:`invalidate` or :meth:`release` (or ``HOLD_SECONDS``, if this process dies first). Never raises."""
+        ...
+
     async def invalidate(self, *scopes: str) -> None:
-        """Make every entry of ``scopes`` stale. Call after the write's transaction committed. Never raises."""
+        """Make every entry of ``scopes`` stale, ending this process's hold on them. Call after the write's
+        transaction committed. Never raises."""
+        ...
+
+    async def release(self, *scopes: str) -> None:
+        """The write that held ``scopes`` rolled back: end the hold. Never raises."""
         ...
 
     async def aclose(self) -> None: ...
@@ -98,7 +147,13 @@ class NullCache:
     ) -> T:
         return await loader()
 
+    async def hold(self, *scopes: str) -> None:
+        return None
+
     async def invalidate(self, *scopes: str) -> None:
+        return None
+
+    async def release(self, *scopes: str) -> None:
         return None
 
     async def aclose(self) -> None:
@@ -115,6 +170,8 @@ class _Flight:
 
     generation: bytes | None
     epoch: int
+    store: bool
+    """False when the scope was held as the load began: its value is returned, never stored."""
     task: asyncio.Task[Any] = field(init=False)
     waiters: int = 0
     storing: bool = False
@@ -151,6 +208,9 @@ class RedisCache:
         self._flights: dict[str, _Flight] = {}
         self._epoch = 0  # bumped on every local invalidation: keys single-flight while Redis is bypassed
         self._pending: set[str] = set()
+        self._holds: dict[str, list[bytes]] = {}  # this process's live hold tokens, per scope
+        self._read_script = client.register_script(_READ)
+        self._hold_script = client.register_script(_HOLD)
         self._background: set[asyncio.Task[None]] = set()
 
     # --- keys ------------------------------------------------------------------------------------------------
@@ -161,6 +221,9 @@ class RedisCache:
     def _generation_key(self, scope: str) -> str:
         return f"{self._prefix}{{{scope}}}:gen"
 
+    def _hold_key(self, scope: str) -> str:
+        return f"{self._prefix}{{{scope}}}:hold"
+
     # --- reads -----------------------------------------------------------------------------------------------
 
     async def get_or_load(
@@ -169,22 +232,25 @@ class RedisCache:
         scope = scope or key
         value_key = self._value_key(key, scope)
         generation: bytes | None = None
+        held = False
         if self.breaker.allow():
             try:
                 async with asyncio.timeout(self._timeout):
-                    raw, current = await self._redis.mget(value_key, self._generation_key(scope))
+                    keys = [value_key, self._generation_key(scope), self._hold_key(scope)]
+                    raw, current, holds = await self._read_script(keys=keys)
             except _REDIS_ERRORS as exc:
                 self._redis_failed("get", exc)
             else:
                 self.breaker.success()
                 generation = current if isinstance(current, bytes) else b"0"  # never decoded: bytes
-                if isinstance(raw, bytes):
+                held = bool(holds)
+                if isinstance(raw, bytes) and not held:
                     found = self._decode(raw, value_key, generation, codec)
                     if found is not None:
                         self._metrics.cache_result(codec.name, "hit")
                         return found[0]
         self._metrics.cache_result(codec.name, "miss" if generation is not None else "bypass")
-        return await self._load(value_key, generation, loader, codec, ttl)
+        return await self._load(value_key, generation, loader, codec, ttl, store=not held)
 
     def _decode(self, raw: bytes, value_key: str, generation: bytes, codec: Codec[T]) -> tuple[T] | None:
         stored_generation, _, rest = raw.partition(_SEP)
@@ -204,10 +270,12 @@ class RedisCache:
         loader: Callable[[], Awaitable[T]],
         codec: Codec[T],
         ttl: float,
+        *,
+        store: bool,
     ) -> T:
         flight = self._flights.get(value_key)
         if flight is None or not flight.joinable(generation, self._epoch):
-            flight = self._flights[value_key] = _Flight(generation, self._epoch)
+            flight = self._flights[value_key] = _Flight(generation, self._epoch, store)
             flight.task = asyncio.get_running_loop().create_task(self._run_load(value_key, flight, loader, codec, ttl))
             flight.task.add_done_callback(lambda _t: self._load_done(value_key, flight))
             self._metrics.cache_load(codec.name, coalesced=False)
@@ -236,7 +304,7 @@ class RedisCache:
         self, value_key: str, flight: _Flight, loader: Callable[[], Awaitable[T]], codec: Codec[T], ttl: float
     ) -> T:
         value = await loader()
-        if flight.generation is not None and self.breaker.closed:
+        if flight.generation is not None and flight.store and self.breaker.closed:
             payload = json.dumps(codec.encode(value), separators=(",", ":"), ensure_ascii=False).encode()
             blob = _SEP.join((flight.generation, value_key.encode(), payload))
             # Until the value is in Redis, readers that miss join this finished flight instead of loading again.
@@ -256,31 +324,75 @@ class RedisCache:
 
     # --- invalidation ----------------------------------------------------------------------------------------
 
+    async def hold(self, *scopes: str) -> None:
+        await self._invalidate(scopes, "hold")
+
     async def invalidate(self, *scopes: str) -> None:
-        self._epoch += 1
+        await self._invalidate(scopes, "invalidate")
+
+    async def release(self, *scopes: str) -> None:
+        await self._invalidate(scopes, "release")
+
+    async def _invalidate(self, scopes: Iterable[str], operation: str) -> None:
+        scopes = tuple(dict.fromkeys(scopes))
+        if operation != "release":
+            self._epoch += 1
+        ended = [] if operation == "hold" else self._end_holds(scopes)
         if not scopes:
             return
         if not self.breaker.allow():
-            self._remember(scopes)
-            return
+            if operation != "release":
+                self._remember(scopes)
+            return  # a hold not taken or not ended: Redis expires it
         try:
             async with asyncio.timeout(self._timeout):
-                await self._bump(scopes)
+                if operation == "hold":
+                    tokens = await self._hold(scopes)
+                else:
+                    await self._bump(scopes if operation == "invalidate" else (), ended)
         except _REDIS_ERRORS as exc:
-            self._redis_failed("invalidate", exc)
-            self._remember(scopes)
-            # Redis may still hold what this write made stale: stop reading it until the probe replayed this.
-            self.breaker.trip()
+            self._redis_failed(operation, exc)
+            if operation != "release":
+                self._remember(scopes)
+                # Redis may still hold what this write made stale: stop reading it until the probe replayed this.
+                self.breaker.trip()
         else:
             self.breaker.success()
+            if operation == "hold":
+                for scope, token in zip(scopes, tokens, strict=True):
+                    self._holds.setdefault(scope, []).append(token)
 
-    async def _bump(self, scopes: Iterable[str]) -> None:
+    def _end_holds(self, scopes: Iterable[str]) -> list[tuple[str, bytes]]:
+        """Take one of this process's hold tokens off each scope that has one (the oldest: holds end in order)."""
+        ended = []
+        for scope in scopes:
+            tokens = self._holds.get(scope)
+            if tokens:
+                ended.append((scope, tokens.pop(0)))
+                if not tokens:
+                    del self._holds[scope]
+        return ended
+
+    async def _hold(self, scopes: Sequence[str]) -> list[bytes]:
+        tokens = [secrets.token_bytes(12) for _ in scopes]
+        pipe = self._redis.pipeline(transaction=False)
+        for scope, token in zip(scopes, tokens, strict=True):
+            keys = [self._generation_key(scope), self._hold_key(scope), self._value_key(scope, scope)]
+            await self._hold_script(
+                keys=keys, args=[token, int(HOLD_SECONDS * 1000), GENERATION_TTL_SECONDS], client=pipe
+            )
+        await pipe.execute()
+        return tokens
+
+    async def _bump(self, scopes: Iterable[str], ended: Iterable[tuple[str, bytes]] = ()) -> None:
         pipe = self._redis.pipeline(transaction=False)
         for scope in scopes:
             generation_key = self._generation_key(scope)
             pipe.incr(generation_key)
             pipe.expire(generation_key, GENERATION_TTL_SECONDS)
             pipe.unlink(self._value_key(scope, scope))
+        for scope, token in ended:
+            pipe.zrem(self._hold_key(scope), token)
         await pipe.execute()
 
     def _remember(self, scopes: Iterable[str]) -> None:
@@ -337,6 +449,29 @@ class RedisCache:
         for task in list(self._background):
             task.cancel()
         await self._redis.aclose()
+
+
+def invalidation(
+    cache: Cache, event_type: type[E], scopes_of: Callable[[Conn, E], Awaitable[Iterable[str]]]
+) -> Handlers:
+    """The dispatcher's handlers that make ``scopes_of(conn, event)`` stale for every ``event_type``: computed
+    and held in the transaction (``scopes_of`` may query through ``conn``), invalidated after COMMIT, released
+    after a rollback."""
+    held: dict[int, tuple[str, ...]] = {}  # by the event object's identity: it lives until its transaction ends
+
+    async def before_commit(conn: Conn, event: E, trace_id: str) -> None:
+        scopes = held[id(event)] = tuple(await scopes_of(conn, event))
+        await cache.hold(*scopes)
+
+    async def after_commit(event: E) -> None:
+        await cache.invalidate(*held.pop(id(event), ()))
+
+    async def after_rollback(event: E) -> None:
+        await cache.release(*held.pop(id(event), ()))
+
+    return Handlers().on(
+        event_type, in_transaction=before_commit, after_commit=after_commit, after_rollback=after_rollback
+    )
 
 
 def cache_from_settings(settings: CommonSettings, metrics: ServerMetrics | None = None) -> Cache:

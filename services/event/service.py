@@ -20,7 +20,7 @@ from services.common import db, errors, names
 from services.common.cache import Cache, NullCache
 from services.common.clock import Clock
 from services.common.dbtypes import Conn, Pool
-from services.common.domain_events import EventChanged, EventCompleted, EventCreated, HostRenamed
+from services.common.domain_events import EventChanged, EventCompleted, EventCreated
 from services.common.errors import InvalidArgument
 from services.common.idempotency import RequestKey
 from services.common.identity import User
@@ -174,7 +174,7 @@ class EventService:
         self._ttl = cache_ttl
         self._list_ttl = list_ttl
         self._dispatcher = notifications.handlers(public_base_url).merged(
-            event_cache.handlers(self._cache, pool), *([subscribers] if subscribers else [])
+            event_cache.handlers(self._cache), *([subscribers] if subscribers else [])
         )
 
     def share_link(self, event: Event, *, with_invite: bool) -> str:
@@ -215,7 +215,7 @@ class EventService:
         async with self._uow(cmd.request, cmd.trace_id) as tx:
             if tx.replay is not None:
                 return await self._host_view(tx.conn, domain.parse_event_name(tx.replay))
-            await users.remember(tx.conn, cmd.user)
+            await users.remember(tx, cmd.user)
             event_id = uuid.uuid4()
             await events.insert(tx.conn, event_id, cmd.user.id, details, domain.new_invite_token(), now)
             listed = details.visibility is domain.Visibility.PUBLIC
@@ -322,15 +322,13 @@ class EventService:
             changes = domain.changes_between(event.details, new)
             if not changes:
                 return EventView(event, access)
-            await users.remember(tx.conn, cmd.user)
+            await users.remember(tx, cmd.user)
             await events.update_details(tx.conn, event.id, new, now)
             updated = await self._load(tx.conn, event.id)
             guests = await bookings.confirmed_guest_ids(tx.conn, event.id)
             if new.start_time != event.details.start_time:
                 tx.emit(EventRescheduled(event.id, new.start_time, now))
             tx.emit(EventUpdated(event.id, True, updated, changes, guests))
-            if updated.host_display_name != event.host_display_name:  # shown on every event of the host
-                tx.emit(HostRenamed(updated.host_id))
         return EventView(updated, access)
 
     async def cancel(self, cmd: CancelEvent) -> EventView:
