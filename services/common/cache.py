@@ -13,23 +13,23 @@ Writes do not call these themselves: the unit of work's dispatcher does (:func:`
 generation counter in Redis; an entry is stored together with the generation that was current when its load
 *began*, and it is a hit only while that is still the scope's generation. ``invalidate(scope)`` increments the
 counter (after the write committed), so a load racing with a write can never store a value that outlives the
-write, and many keys can share one scope (every first page of ``ListEvents`` shares ``events:list``). Value,
-generation and holds (below) are read in one round trip (a short Lua script); all live under the same ``{scope}``
-hash tag, so this also works on Redis Cluster.
+write, and many keys can share one scope (every first page of ``ListEvents`` shares ``events:list``). Value and
+generation are read with one ``MGET`` (one round trip per hit); all of a scope's keys live under the same
+``{scope}`` hash tag, so this also works on Redis Cluster. Every key is under ``COWATCH_REDIS_KEY_PREFIX``; key
+names carry a schema version (``event:v1:…``): a change of the stored shape bumps it. Values are JSON (never
+pickle), and each one repeats its own Redis key, which is checked on read.
 
 **Two-phase invalidation.** A write invalidates twice: ``hold(scope)`` in its transaction, before COMMIT, bumps
 the generation and adds a *hold* (a token in a sorted set, expiring after ``HOLD_SECONDS``); ``invalidate(scope)``
 after COMMIT bumps the generation again and removes the token (``release(scope)`` removes it after a rollback).
-While a scope has a live hold, reads load from Postgres and store nothing. So a process that dies between COMMIT
-and its after-commit invalidation leaves no stale entry behind: the entries from before the write were made stale
-by the hold, and none was stored while the hold lived (the scope is merely uncached until it expires). Each hold
-expires on its own, so a crashed writer's hold never outlives ``HOLD_SECONDS`` even while other writers keep the
-scope busy. The price: one more Redis round trip per write, inside its transaction (bounded and breaker-guarded
-like any other call; the booking's seat ``UPDATE`` comes after it, so it does not lengthen the event row's lock).
-
-**Keys.** Every key is under ``COWATCH_REDIS_KEY_PREFIX``; key names carry a schema
-version (``event:v1:…``): a change of the stored shape bumps it. Values are JSON (never pickle), and each one
-repeats its own Redis key, which is checked on read.
+While a scope has a live hold, reads load from Postgres and store nothing: a store is a short Lua script, "only if
+the generation is still the load's and no hold lives", run in the background, off the request path. So a process
+that dies between COMMIT and its after-commit invalidation leaves no stale entry behind: the entries from before
+the write were made stale by the hold, and none was stored while the hold lived (the scope is merely uncached
+until it expires). Each hold expires on its own, so a crashed writer's hold never outlives ``HOLD_SECONDS`` even
+while other writers keep the scope busy. The price: one more Redis round trip per write, inside its transaction
+(bounded and breaker-guarded like any other call; the booking's seat ``UPDATE`` comes after it, so it does not
+lengthen the event row's lock).
 
 **Stampede protection.** Within a process, concurrent misses of the same key (and generation) share one load
 (single-flight: one task, every caller awaits it; if all of them give up, the load is cancelled, and with it the
@@ -52,12 +52,14 @@ import asyncio
 import json
 import random
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Generic, Protocol, TypeVar
 
 import redis.asyncio
 import redis.exceptions
+from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -86,21 +88,15 @@ _REDIS_ERRORS: Final = (redis.exceptions.RedisError, OSError, asyncio.TimeoutErr
 
 _log = get_logger("cowatch.cache")
 
-_NOW_MS: Final = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000) "
-_READ: Final = (
-    _NOW_MS
-    + "return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]), redis.call('ZCOUNT', KEYS[3], now, '+inf')}"
-)
-"""KEYS: value, generation, holds → the value, the generation, the number of live holds."""
-_HOLD: Final = (
-    _NOW_MS
-    + "redis.call('INCR', KEYS[1]) redis.call('EXPIRE', KEYS[1], ARGV[3]) redis.call('UNLINK', KEYS[3]) "
-    + "redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) "
-    + "redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1]) "
-    + "redis.call('PEXPIRE', KEYS[2], ARGV[2]) return 1"
-)
-"""KEYS: generation, holds, the scope's own value; ARGV: token, hold ms, generation TTL → bump, add the hold (the
-set lives as long as its newest hold; expired ones are dropped on the way)."""
+_STORE: Final = """
+if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[3] or redis.call('ZCOUNT', KEYS[3], ARGV[4], '+inf') > 0 then
+    return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+"""KEYS: value, generation, holds; ARGV: blob, TTL in ms, the load's generation, now in ms. Atomic, so a store
+never lands under a generation a hold has begun to replace."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,8 +166,6 @@ class _Flight:
 
     generation: bytes | None
     epoch: int
-    store: bool
-    """False when the scope was held as the load began: its value is returned, never stored."""
     task: asyncio.Task[Any] = field(init=False)
     waiters: int = 0
     storing: bool = False
@@ -191,9 +185,11 @@ class RedisCache:
         timeout: float = 0.2,
         breaker_threshold: int = 5,
         breaker_reset_seconds: float = 2.0,
+        hold_seconds: float = HOLD_SECONDS,
         metrics: ServerMetrics | None = None,
     ) -> None:
         self._redis = client
+        self._hold_seconds = hold_seconds
         self._prefix = prefix
         self._timeout = timeout
         self._metrics = metrics or ServerMetrics()
@@ -209,8 +205,7 @@ class RedisCache:
         self._epoch = 0  # bumped on every local invalidation: keys single-flight while Redis is bypassed
         self._pending: set[str] = set()
         self._holds: dict[str, list[bytes]] = {}  # this process's live hold tokens, per scope
-        self._read_script = client.register_script(_READ)
-        self._hold_script = client.register_script(_HOLD)
+        self._store_script = client.register_script(_STORE)
         self._background: set[asyncio.Task[None]] = set()
 
     # --- keys ------------------------------------------------------------------------------------------------
@@ -232,25 +227,22 @@ class RedisCache:
         scope = scope or key
         value_key = self._value_key(key, scope)
         generation: bytes | None = None
-        held = False
         if self.breaker.allow():
             try:
                 async with asyncio.timeout(self._timeout):
-                    keys = [value_key, self._generation_key(scope), self._hold_key(scope)]
-                    raw, current, holds = await self._read_script(keys=keys)
+                    raw, current = await self._redis.mget(value_key, self._generation_key(scope))
             except _REDIS_ERRORS as exc:
                 self._redis_failed("get", exc)
             else:
                 self.breaker.success()
                 generation = current if isinstance(current, bytes) else b"0"  # never decoded: bytes
-                held = bool(holds)
-                if isinstance(raw, bytes) and not held:
+                if isinstance(raw, bytes):
                     found = self._decode(raw, value_key, generation, codec)
                     if found is not None:
                         self._metrics.cache_result(codec.name, "hit")
                         return found[0]
         self._metrics.cache_result(codec.name, "miss" if generation is not None else "bypass")
-        return await self._load(value_key, generation, loader, codec, ttl, store=not held)
+        return await self._load(scope, value_key, generation, loader, codec, ttl)
 
     def _decode(self, raw: bytes, value_key: str, generation: bytes, codec: Codec[T]) -> tuple[T] | None:
         stored_generation, _, rest = raw.partition(_SEP)
@@ -265,18 +257,19 @@ class RedisCache:
 
     async def _load(
         self,
+        scope: str,
         value_key: str,
         generation: bytes | None,
         loader: Callable[[], Awaitable[T]],
         codec: Codec[T],
         ttl: float,
-        *,
-        store: bool,
     ) -> T:
         flight = self._flights.get(value_key)
         if flight is None or not flight.joinable(generation, self._epoch):
-            flight = self._flights[value_key] = _Flight(generation, self._epoch, store)
-            flight.task = asyncio.get_running_loop().create_task(self._run_load(value_key, flight, loader, codec, ttl))
+            flight = self._flights[value_key] = _Flight(generation, self._epoch)
+            flight.task = asyncio.get_running_loop().create_task(
+                self._run_load(scope, value_key, flight, loader, codec, ttl)
+            )
             flight.task.add_done_callback(lambda _t: self._load_done(value_key, flight))
             self._metrics.cache_load(codec.name, coalesced=False)
         else:
@@ -301,22 +294,31 @@ class RedisCache:
             del self._flights[flight_key]
 
     async def _run_load(
-        self, value_key: str, flight: _Flight, loader: Callable[[], Awaitable[T]], codec: Codec[T], ttl: float
+        self,
+        scope: str,
+        value_key: str,
+        flight: _Flight,
+        loader: Callable[[], Awaitable[T]],
+        codec: Codec[T],
+        ttl: float,
     ) -> T:
         value = await loader()
-        if flight.generation is not None and flight.store and self.breaker.closed:
+        if flight.generation is not None and self.breaker.closed:
             payload = json.dumps(codec.encode(value), separators=(",", ":"), ensure_ascii=False).encode()
             blob = _SEP.join((flight.generation, value_key.encode(), payload))
             # Until the value is in Redis, readers that miss join this finished flight instead of loading again.
             flight.storing = True
-            self._spawn(self._store(value_key, blob, ttl), lambda: self._end_flight(value_key, flight))
+            store = self._store(scope, value_key, flight.generation, blob, ttl)
+            self._spawn(store, lambda: self._end_flight(value_key, flight))
         return value
 
-    async def _store(self, value_key: str, blob: bytes, ttl: float) -> None:
+    async def _store(self, scope: str, value_key: str, generation: bytes, blob: bytes, ttl: float) -> None:
+        """Store the value unless its generation is no longer the scope's or a write holds the scope."""
         ttl_ms = max(1, int(ttl * 1000 * random.uniform(1 - TTL_JITTER, 1 + TTL_JITTER)))
+        keys = [value_key, self._generation_key(scope), self._hold_key(scope)]
         try:
             async with asyncio.timeout(self._timeout):
-                await self._redis.set(value_key, blob, px=ttl_ms)
+                await self._store_script(keys=keys, args=[blob, ttl_ms, generation, _now_ms()])
         except _REDIS_ERRORS as exc:
             self._redis_failed("set", exc)
         else:
@@ -375,17 +377,21 @@ class RedisCache:
 
     async def _hold(self, scopes: Sequence[str]) -> list[bytes]:
         tokens = [secrets.token_bytes(12) for _ in scopes]
+        now, hold_ms = _now_ms(), max(1, int(self._hold_seconds * 1000))
         pipe = self._redis.pipeline(transaction=False)
         for scope, token in zip(scopes, tokens, strict=True):
-            keys = [self._generation_key(scope), self._hold_key(scope), self._value_key(scope, scope)]
-            await self._hold_script(
-                keys=keys, args=[token, int(HOLD_SECONDS * 1000), GENERATION_TTL_SECONDS], client=pipe
-            )
-        await pipe.execute()
+            hold_key = self._hold_key(scope)
+            # The hold first: a reader that sees the new generation also sees the hold (one connection, in order).
+            pipe.zremrangebyscore(hold_key, "-inf", now)  # expired holds: writers that died
+            pipe.zadd(hold_key, {token: now + hold_ms})
+            pipe.pexpire(hold_key, hold_ms)  # the set lives as long as its newest hold
+        await self._bump(scopes, pipe=pipe)
         return tokens
 
-    async def _bump(self, scopes: Iterable[str], ended: Iterable[tuple[str, bytes]] = ()) -> None:
-        pipe = self._redis.pipeline(transaction=False)
+    async def _bump(
+        self, scopes: Iterable[str], ended: Iterable[tuple[str, bytes]] = (), *, pipe: Pipeline | None = None
+    ) -> None:
+        pipe = pipe or self._redis.pipeline(transaction=False)
         for scope in scopes:
             generation_key = self._generation_key(scope)
             pipe.incr(generation_key)
@@ -449,6 +455,12 @@ class RedisCache:
         for task in list(self._background):
             task.cancel()
         await self._redis.aclose()
+
+
+def _now_ms() -> int:
+    """Hold expiry times are wall-clock milliseconds of the writing process (replicas' clocks agree to far better
+    than ``HOLD_SECONDS``)."""
+    return int(time.time() * 1000)
 
 
 def invalidation(

@@ -301,7 +301,7 @@ async def test_a_booking_process_dying_between_commit_and_invalidation_leaves_no
         redis_url=redis_url,
         redis_key_prefix=f"{redis_key_prefix}event-cache:",
     ) as (booking_server, channel):
-        dispatcher = booking_server.app.service._dispatcher
+        dispatcher = booking_server.app.service._dispatcher  # type: ignore[attr-defined]
 
         async def dies_after_commit(events: object) -> None:
             return None
