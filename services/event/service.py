@@ -322,13 +322,19 @@ class EventService:
             changes = domain.changes_between(event.details, new)
             if not changes:
                 return EventView(event, access)
+            moved = (new.start_time, new.duration) != (event.details.start_time, event.details.duration)
+            if moved:  # serialized with the guests' own bookings: see lock_guests_for_move
+                await bookings.lock_guests_for_move(tx.conn, event.id)
             await users.remember(tx, cmd.user)
             await events.update_details(tx.conn, event.id, new, now)
             updated = await self._load(tx.conn, event.id)
             guests = await bookings.confirmed_guest_ids(tx.conn, event.id)
+            # The host's move stands even where it makes a guest's bookings overlap: each such guest is told
+            # which booking it now collides with, and both bookings stay confirmed until the guest cancels one.
+            overlaps = await bookings.overlaps(tx.conn, event.id) if moved else []
             if new.start_time != event.details.start_time:
                 tx.emit(EventRescheduled(event.id, new.start_time, now))
-            tx.emit(EventUpdated(event.id, True, updated, changes, guests))
+            tx.emit(EventUpdated(event.id, True, updated, changes, guests, overlaps))
         return EventView(updated, access)
 
     async def cancel(self, cmd: CancelEvent) -> EventView:
