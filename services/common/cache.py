@@ -205,6 +205,7 @@ class RedisCache:
         self._epoch = 0  # bumped on every local invalidation: keys single-flight while Redis is bypassed
         self._pending: set[str] = set()
         self._holds: dict[str, list[bytes]] = {}  # this process's live hold tokens, per scope
+        self._stale_holds: set[tuple[str, bytes]] = set()  # holds to remove once Redis answers again
         self._store_script = client.register_script(_STORE)
         self._background: set[asyncio.Task[None]] = set()
 
@@ -339,21 +340,26 @@ class RedisCache:
         scopes = tuple(dict.fromkeys(scopes))
         if operation != "release":
             self._epoch += 1
-        ended = [] if operation == "hold" else self._end_holds(scopes)
         if not scopes:
             return
+        tokens = [secrets.token_bytes(12) for _ in scopes] if operation == "hold" else []
+        holds = list(zip(scopes, tokens, strict=True)) if operation == "hold" else self._end_holds(scopes)
         if not self.breaker.allow():
             if operation != "release":
                 self._remember(scopes)
-            return  # a hold not taken or not ended: Redis expires it
+            self._forget_holds(holds if operation != "hold" else [])  # a hold not taken costs nothing
+            return
         try:
             async with asyncio.timeout(self._timeout):
                 if operation == "hold":
-                    tokens = await self._hold(scopes)
+                    await self._hold(holds)
                 else:
-                    await self._bump(scopes if operation == "invalidate" else (), ended)
+                    await self._bump(scopes if operation == "invalidate" else (), holds)
         except _REDIS_ERRORS as exc:
             self._redis_failed(operation, exc)
+            # A hold that may have been taken, or one not ended: the probe removes it (else it would keep the
+            # scope uncached until it expires).
+            self._forget_holds(holds)
             if operation != "release":
                 self._remember(scopes)
                 # Redis may still hold what this write made stale: stop reading it until the probe replayed this.
@@ -361,8 +367,12 @@ class RedisCache:
         else:
             self.breaker.success()
             if operation == "hold":
-                for scope, token in zip(scopes, tokens, strict=True):
+                for scope, token in holds:
                     self._holds.setdefault(scope, []).append(token)
+
+    def _forget_holds(self, holds: Iterable[tuple[str, bytes]]) -> None:
+        if len(self._stale_holds) < MAX_PENDING_INVALIDATIONS:  # else they simply expire
+            self._stale_holds.update(holds)
 
     def _end_holds(self, scopes: Iterable[str]) -> list[tuple[str, bytes]]:
         """Take one of this process's hold tokens off each scope that has one (the oldest: holds end in order)."""
@@ -375,18 +385,16 @@ class RedisCache:
                     del self._holds[scope]
         return ended
 
-    async def _hold(self, scopes: Sequence[str]) -> list[bytes]:
-        tokens = [secrets.token_bytes(12) for _ in scopes]
+    async def _hold(self, holds: Sequence[tuple[str, bytes]]) -> None:
         now, hold_ms = _now_ms(), max(1, int(self._hold_seconds * 1000))
         pipe = self._redis.pipeline(transaction=False)
-        for scope, token in zip(scopes, tokens, strict=True):
+        for scope, token in holds:
             hold_key = self._hold_key(scope)
             # The hold first: a reader that sees the new generation also sees the hold (one connection, in order).
             pipe.zremrangebyscore(hold_key, "-inf", now)  # expired holds: writers that died
             pipe.zadd(hold_key, {token: now + hold_ms})
             pipe.pexpire(hold_key, hold_ms)  # the set lives as long as its newest hold
-        await self._bump(scopes, pipe=pipe)
-        return tokens
+        await self._bump([scope for scope, _ in holds], pipe=pipe)
 
     async def _bump(
         self, scopes: Iterable[str], ended: Iterable[tuple[str, bytes]] = (), *, pipe: Pipeline | None = None
@@ -418,16 +426,19 @@ class RedisCache:
         self._metrics.breaker_changed(name, state)
 
     async def _probe(self) -> None:
-        """Redis answers again: replay the invalidations it missed, then the breaker closes."""
+        """Redis answers again: replay the invalidations it missed (and remove the holds that could not be ended),
+        then the breaker closes."""
         async with asyncio.timeout(self._timeout):
             await self._redis.ping()
-        while self._pending:
+        while self._pending or self._stale_holds:
             batch = [self._pending.pop() for _ in range(min(1000, len(self._pending)))]
+            holds = [self._stale_holds.pop() for _ in range(min(1000, len(self._stale_holds)))]
             try:
                 async with asyncio.timeout(max(self._timeout, 1.0)):
-                    await self._bump(batch)
+                    await self._bump(batch, holds)
             except BaseException:
                 self._pending.update(batch)
+                self._stale_holds.update(holds)
                 raise
 
     # --- lifecycle -------------------------------------------------------------------------------------------
