@@ -152,9 +152,9 @@ class Invitations:
 class EventService:
     """Reads go through ``cache`` (cache-aside, see :mod:`services.event.cache`). Writes run in a unit of work
     (:mod:`services.common.uow`) and emit domain events: the dispatcher turns them into outbox rows and reminder
-    changes in the transaction, and into cache holds before COMMIT and invalidations after it — this domain's (:func:`event_cache.handlers`)
-    and those of the domains listening (``subscribers``, wired by the process's app). Access is decided per
-    request, never cached."""
+    changes in the transaction, and into cache holds before COMMIT and invalidations after it — this domain's
+    (:func:`event_cache.handlers`) and those of the domains listening (``subscribers``, wired by the process's
+    app). Access is decided per request, never cached."""
 
     def __init__(
         self,
