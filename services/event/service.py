@@ -20,7 +20,7 @@ from services.common import db, errors, names
 from services.common.cache import Cache, NullCache
 from services.common.clock import Clock
 from services.common.dbtypes import Conn, Pool
-from services.common.domain_events import EventChanged, EventCompleted, EventCreated, HostRenamed
+from services.common.domain_events import EventChanged, EventCompleted, EventCreated
 from services.common.errors import InvalidArgument, ResourceExhausted
 from services.common.idempotency import RequestKey
 from services.common.identity import User
@@ -153,9 +153,9 @@ class Invitations:
 class EventService:
     """Reads go through ``cache`` (cache-aside, see :mod:`services.event.cache`). Writes run in a unit of work
     (:mod:`services.common.uow`) and emit domain events: the dispatcher turns them into outbox rows and reminder
-    changes in the transaction, and into cache invalidations after it — this domain's (:func:`event_cache.handlers`)
-    and those of the domains listening (``subscribers``, wired by the process's app). Access is decided per
-    request, never cached."""
+    changes in the transaction, and into cache holds before COMMIT and invalidations after it — this domain's
+    (:func:`event_cache.handlers`) and those of the domains listening (``subscribers``, wired by the process's
+    app). Access is decided per request, never cached."""
 
     def __init__(
         self,
@@ -176,7 +176,7 @@ class EventService:
         self._ttl = cache_ttl
         self._list_ttl = list_ttl
         self._dispatcher = notifications.handlers(public_base_url).merged(
-            event_cache.handlers(self._cache, pool), *([subscribers] if subscribers else [])
+            event_cache.handlers(self._cache), *([subscribers] if subscribers else [])
         )
         self._invitations_per_day = invitations_per_day
 
@@ -218,7 +218,7 @@ class EventService:
         async with self._uow(cmd.request, cmd.trace_id) as tx:
             if tx.replay is not None:
                 return await self._host_view(tx.conn, domain.parse_event_name(tx.replay))
-            await users.remember(tx.conn, cmd.user)
+            await users.remember(tx, cmd.user)
             event_id = uuid.uuid4()
             await events.insert(tx.conn, event_id, cmd.user.id, details, domain.new_invite_token(), now)
             listed = details.visibility is domain.Visibility.PUBLIC
@@ -325,15 +325,19 @@ class EventService:
             changes = domain.changes_between(event.details, new)
             if not changes:
                 return EventView(event, access)
-            await users.remember(tx.conn, cmd.user)
+            moved = (new.start_time, new.duration) != (event.details.start_time, event.details.duration)
+            if moved:  # serialized with the guests' own bookings: see lock_guests_for_move
+                await bookings.lock_guests_for_move(tx.conn, event.id)
+            await users.remember(tx, cmd.user)
             await events.update_details(tx.conn, event.id, new, now)
             updated = await self._load(tx.conn, event.id)
             guests = await bookings.confirmed_guest_ids(tx.conn, event.id)
+            # The host's move stands even where it makes a guest's bookings overlap: each such guest is told
+            # which booking it now collides with, and both bookings stay confirmed until the guest cancels one.
+            overlaps = await bookings.overlaps(tx.conn, event.id) if moved else []
             if new.start_time != event.details.start_time:
                 tx.emit(EventRescheduled(event.id, new.start_time, now))
-            tx.emit(EventUpdated(event.id, True, updated, changes, guests))
-            if updated.host_display_name != event.host_display_name:  # shown on every event of the host
-                tx.emit(HostRenamed(updated.host_id))
+            tx.emit(EventUpdated(event.id, True, updated, changes, guests, overlaps))
         return EventView(updated, access)
 
     async def cancel(self, cmd: CancelEvent) -> EventView:

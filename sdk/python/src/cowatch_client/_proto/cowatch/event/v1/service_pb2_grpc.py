@@ -159,6 +159,15 @@ class EventServiceServicer:
         """Updates an event. Host only. Confirmed guests are notified of each
         changed field (old → new); reminders follow a new start time.
 
+        Moving an event (start time or duration) never fails because of its
+        guests' other bookings: the host's move stands, and a guest whose
+        confirmed booking of another event now overlaps this one keeps both
+        bookings and gets a change mail of their own naming each colliding
+        booking (`overlaps`: booking, event, title, start and end time, link),
+        so they can cancel one. A booking racing the move is serialized with it:
+        it either sees the new time (FAILED_PRECONDITION `BOOKING_OVERLAP`) or
+        is named in that mail.
+
         Errors: NOT_FOUND `EVENT_NOT_FOUND`, PERMISSION_DENIED `NOT_EVENT_HOST`,
         ABORTED `ETAG_MISMATCH`, FAILED_PRECONDITION `EVENT_NOT_EDITABLE` (not
         SCHEDULED, or already started), FAILED_PRECONDITION

@@ -78,6 +78,15 @@ class EventServiceStub:
     """Updates an event. Host only. Confirmed guests are notified of each
     changed field (old → new); reminders follow a new start time.
 
+    Moving an event (start time or duration) never fails because of its
+    guests' other bookings: the host's move stands, and a guest whose
+    confirmed booking of another event now overlaps this one keeps both
+    bookings and gets a change mail of their own naming each colliding
+    booking (`overlaps`: booking, event, title, start and end time, link),
+    so they can cancel one. A booking racing the move is serialized with it:
+    it either sees the new time (FAILED_PRECONDITION `BOOKING_OVERLAP`) or
+    is named in that mail.
+
     Errors: NOT_FOUND `EVENT_NOT_FOUND`, PERMISSION_DENIED `NOT_EVENT_HOST`,
     ABORTED `ETAG_MISMATCH`, FAILED_PRECONDITION `EVENT_NOT_EDITABLE` (not
     SCHEDULED, or already started), FAILED_PRECONDITION
@@ -179,6 +188,15 @@ class EventServiceAsyncStub(EventServiceStub):
     UpdateEvent: _aio.UnaryUnaryMultiCallable[_service_pb2.UpdateEventRequest, _resources_pb2.Event]  # type: ignore[assignment]
     """Updates an event. Host only. Confirmed guests are notified of each
     changed field (old → new); reminders follow a new start time.
+
+    Moving an event (start time or duration) never fails because of its
+    guests' other bookings: the host's move stands, and a guest whose
+    confirmed booking of another event now overlaps this one keeps both
+    bookings and gets a change mail of their own naming each colliding
+    booking (`overlaps`: booking, event, title, start and end time, link),
+    so they can cancel one. A booking racing the move is serialized with it:
+    it either sees the new time (FAILED_PRECONDITION `BOOKING_OVERLAP`) or
+    is named in that mail.
 
     Errors: NOT_FOUND `EVENT_NOT_FOUND`, PERMISSION_DENIED `NOT_EVENT_HOST`,
     ABORTED `ETAG_MISMATCH`, FAILED_PRECONDITION `EVENT_NOT_EDITABLE` (not
@@ -302,6 +320,15 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_resources_pb2.Event, _abc.Awaitable[_resources_pb2.Event]]:
         """Updates an event. Host only. Confirmed guests are notified of each
         changed field (old → new); reminders follow a new start time.
+
+        Moving an event (start time or duration) never fails because of its
+        guests' other bookings: the host's move stands, and a guest whose
+        confirmed booking of another event now overlaps this one keeps both
+        bookings and gets a change mail of their own naming each colliding
+        booking (`overlaps`: booking, event, title, start and end time, link),
+        so they can cancel one. A booking racing the move is serialized with it:
+        it either sees the new time (FAILED_PRECONDITION `BOOKING_OVERLAP`) or
+        is named in that mail.
 
         Errors: NOT_FOUND `EVENT_NOT_FOUND`, PERMISSION_DENIED `NOT_EVENT_HOST`,
         ABORTED `ETAG_MISMATCH`, FAILED_PRECONDITION `EVENT_NOT_EDITABLE` (not
