@@ -115,9 +115,16 @@ async def test_a_read_after_an_invalidation_does_not_join_an_older_load(cache: R
 
 
 async def test_a_cold_hot_key_costs_one_load_for_hundreds_of_concurrent_readers(cache: RedisCache):
-    k, load = key(), Loader(delay=0.05)
+    # The load is held open until every reader has joined it, so the assertion does not depend on how fast a busy
+    # machine schedules 300 tasks (a reader arriving after the load stored its value would be a plain hit).
+    k, load = key(), Loader(block=True)
     metrics = cache._metrics
-    results = await asyncio.gather(*(cache.get_or_load(k, load, CODEC, ttl=30) for _ in range(300)))
+    readers = [asyncio.create_task(cache.get_or_load(k, load, CODEC, ttl=30)) for _ in range(300)]
+    await wait_until(
+        lambda: metrics.value("cowatch_cache_coalesced_total", {"cache": "test"}) == 299, within=10, interval=0.005
+    )
+    load.gate.set()
+    results = await asyncio.gather(*readers)
     assert load.calls == 1
     assert all(r == {"value": "v1", "load": 1} for r in results)
     assert metrics.value("cowatch_cache_loads_total", {"cache": "test"}) == 1
