@@ -45,8 +45,9 @@ class BookingServiceStub:
     """Books seats of a scheduled, future event for the caller. Never more seats
     than the event's capacity, whatever the concurrency.
 
-    Errors: NOT_FOUND `EVENT_NOT_FOUND`, PERMISSION_DENIED `INVITE_REQUIRED`
-    (private event, missing or stale `invite_token`), FAILED_PRECONDITION `EVENT_NOT_BOOKABLE` (cancelled,
+    Errors: NOT_FOUND `EVENT_NOT_FOUND` (also a private event without a
+    valid `invite_token` to a caller who holds no booking there: it does not
+    exist for them, as in every other method), FAILED_PRECONDITION `EVENT_NOT_BOOKABLE` (cancelled,
     completed or already started), FAILED_PRECONDITION `HOST_CANNOT_BOOK`,
     ALREADY_EXISTS `ALREADY_BOOKED` (one active booking per guest per
     event), FAILED_PRECONDITION `BOOKING_OVERLAP` (overlaps another
@@ -91,8 +92,9 @@ class BookingServiceAsyncStub(BookingServiceStub):
     """Books seats of a scheduled, future event for the caller. Never more seats
     than the event's capacity, whatever the concurrency.
 
-    Errors: NOT_FOUND `EVENT_NOT_FOUND`, PERMISSION_DENIED `INVITE_REQUIRED`
-    (private event, missing or stale `invite_token`), FAILED_PRECONDITION `EVENT_NOT_BOOKABLE` (cancelled,
+    Errors: NOT_FOUND `EVENT_NOT_FOUND` (also a private event without a
+    valid `invite_token` to a caller who holds no booking there: it does not
+    exist for them, as in every other method), FAILED_PRECONDITION `EVENT_NOT_BOOKABLE` (cancelled,
     completed or already started), FAILED_PRECONDITION `HOST_CANNOT_BOOK`,
     ALREADY_EXISTS `ALREADY_BOOKED` (one active booking per guest per
     event), FAILED_PRECONDITION `BOOKING_OVERLAP` (overlaps another
@@ -140,8 +142,9 @@ class BookingServiceServicer(metaclass=_abc_1.ABCMeta):
         """Books seats of a scheduled, future event for the caller. Never more seats
         than the event's capacity, whatever the concurrency.
 
-        Errors: NOT_FOUND `EVENT_NOT_FOUND`, PERMISSION_DENIED `INVITE_REQUIRED`
-        (private event, missing or stale `invite_token`), FAILED_PRECONDITION `EVENT_NOT_BOOKABLE` (cancelled,
+        Errors: NOT_FOUND `EVENT_NOT_FOUND` (also a private event without a
+        valid `invite_token` to a caller who holds no booking there: it does not
+        exist for them, as in every other method), FAILED_PRECONDITION `EVENT_NOT_BOOKABLE` (cancelled,
         completed or already started), FAILED_PRECONDITION `HOST_CANNOT_BOOK`,
         ALREADY_EXISTS `ALREADY_BOOKED` (one active booking per guest per
         event), FAILED_PRECONDITION `BOOKING_OVERLAP` (overlaps another
