@@ -176,3 +176,6 @@ async def test_reviews_client_reads_ratings_and_profiles(target: str):
         assert rating.name == f"users/{user.id}/rating"
         assert (rating.as_guest.count, rating.as_host.count) == (0, 0)
         assert [e async for e in sdk.reviews.held_events(user.id)] == []
+        with pytest.raises(NotFound) as gone:  # DeleteReview is wired (and someone else's review is unknown)
+            await sdk.reviews.delete(f"reviews/{uuid.uuid4()}")
+        assert gone.value.reason == "REVIEW_NOT_FOUND"

@@ -154,6 +154,10 @@ def update_review(review: review_pb2.Review, update_mask: Sequence[str] | None) 
     return review_service.UpdateReviewRequest(review=review, update_mask=_mask(update_mask))
 
 
+def delete_review(name: str, etag: str) -> review_service.DeleteReviewRequest:
+    return review_service.DeleteReviewRequest(name=name, etag=etag)
+
+
 def list_reviews(
     event: str, subject_user: str, subject_type: review_pb2.Review.SubjectType.ValueType, page_size: int
 ) -> review_service.ListReviewsRequest:
