@@ -307,6 +307,15 @@ def test_json_unknown_event_is_404_with_error_info(gateway: Gateway) -> None:
     assert (info["reason"], info["domain"]) == ("EVENT_NOT_FOUND", "cowatch.io")
 
 
+def test_json_delete_review_is_routed_and_an_unknown_review_is_404(gateway: Gateway) -> None:
+    url = f"{gateway.url}/v1/reviews/{uuid.uuid4()}"
+    status, _, body = http("DELETE", url, headers={"authorization": f"Bearer {new_caller().token}"})
+    assert status == 404
+    assert error_info(json.loads(body))["reason"] == "REVIEW_NOT_FOUND"
+    status, _, body = http("DELETE", url)
+    assert (status, error_info(json.loads(body))["reason"]) == (401, "TOKEN_MISSING")
+
+
 def test_json_without_token_is_401(gateway: Gateway) -> None:
     status, _, body = post_json(f"{gateway.url}/v1/events", event_json(unique_city()))
     assert status == 401
