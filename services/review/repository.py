@@ -228,8 +228,12 @@ CLAIM_DUE_EVENT = """
 SELECT event_id FROM review.reviews WHERE reveal_time IS NULL AND reveal_due <= $1
 ORDER BY reveal_due LIMIT 1 FOR UPDATE SKIP LOCKED
 """
+# SKIP LOCKED here too: two workers that claimed rows of the same event must not wait for each other's rows (each
+# holding one, that would deadlock). Nothing pending at a window's end is half a pair (the second review of a pair
+# reveals both), so reviews split between two concurrent reveals still appear within moments of each other.
 PENDING_OF_EVENT = """
-SELECT id FROM review.reviews WHERE event_id = $1 AND reveal_time IS NULL AND reveal_due <= $2 FOR UPDATE
+SELECT id FROM review.reviews WHERE event_id = $1 AND reveal_time IS NULL AND reveal_due <= $2
+ORDER BY id FOR UPDATE SKIP LOCKED
 """
 
 
@@ -238,6 +242,7 @@ async def claim_due_event(conn: Conn, now: datetime) -> list[UUID]:
     event_id = await conn.fetchval(CLAIM_DUE_EVENT, now)
     if event_id is None:
         return []
+    # The claimed row is already ours: SKIP LOCKED never skips it.
     return [r["id"] for r in await conn.fetch(PENDING_OF_EVENT, event_id, now)]
 
 

@@ -210,3 +210,29 @@ async def test_a_crashed_reveal_reveals_nothing_and_concurrent_reveals_count_onc
         assert sum(r.reviews for r in await asyncio.gather(*(job.run_once() for job in jobs))) == 0
     finally:
         await cache.aclose()
+
+
+async def test_concurrent_reveals_of_one_events_many_reviews_neither_deadlock_nor_double_count(
+    events: event_grpc.EventServiceAsyncStub,
+    reviews: review_grpc.ReviewServiceAsyncStub,
+    clock: ManualClock,
+    db_pool,
+    database_url: str,
+):
+    host = new_caller()
+    guests = [new_caller() for _ in range(12)]
+    event = await held_event(events, db_pool, clock, host, guests)
+    for g in guests:
+        await reviews.CreateReview(review_request(event.name, EVENT, 4), metadata=g.metadata)
+    clock.advance(timedelta(days=15))
+    cache = cache_from_settings(ReviewSettings(**servers.settings_env(database_url)))
+    try:
+        jobs = [reveal_job(db_pool, clock, cache, "https://cowatch.test") for _ in range(6)]
+        await asyncio.gather(*(job.run_once() for job in jobs))  # a deadlock would raise here
+    finally:
+        await cache.aclose()
+    row = await db_pool.fetchrow(
+        "SELECT rating_sum, rating_count FROM review.event_ratings WHERE event_id = $1::uuid", event.name[7:]
+    )
+    assert (row["rating_sum"], row["rating_count"]) == (48, 12)
+    assert len(await _listed(reviews, event.name, None)) == 12
