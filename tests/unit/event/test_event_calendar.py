@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from icalendar import Calendar
 
@@ -43,7 +44,7 @@ def parse(entries: list[CalendarEntry]) -> Calendar:
     return Calendar.from_ical(render(entries, name="cowatch", now=T0))
 
 
-def only_event(cal: Calendar):  # type: ignore[no-untyped-def]
+def only_event(cal: Calendar) -> Any:
     (ev,) = cal.walk("VEVENT")
     return ev
 
