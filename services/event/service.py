@@ -177,6 +177,10 @@ class EventService:
             event_cache.handlers(self._cache, pool), *([subscribers] if subscribers else [])
         )
 
+    def now(self) -> datetime:
+        """The service's clock (DTSTAMP of exported calendars)."""
+        return self._clock.now()
+
     def share_link(self, event: Event, *, with_invite: bool) -> str:
         return notifications.share_link(self._base_url, event, with_invite=with_invite)
 

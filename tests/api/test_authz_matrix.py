@@ -57,6 +57,8 @@ CreateEvent       | public  | UNAUTH    | OK        | OK        | OK        | OK
 CreateEvent       | private | UNAUTH    | OK        | OK        | OK        | OK        | OK
 GetEvent          | public  | OK        | OK        | OK        | OK        | OK        | OK
 GetEvent          | private | NOT_FOUND | NOT_FOUND | OK        | OK        | NOT_FOUND | OK
+ExportEventCalendar | public  | OK        | OK        | OK        | OK        | OK        | OK
+ExportEventCalendar | private | NOT_FOUND | NOT_FOUND | OK        | OK        | NOT_FOUND | OK
 ListEvents        | public  | OK        | OK        | OK        | OK        | OK        | OK
 ListEvents        | private | HIDDEN    | HIDDEN    | HIDDEN    | HIDDEN    | HIDDEN    | OK
 UpdateEvent       | public  | UNAUTH    | DENIED    | DENIED    | DENIED    | DENIED    | OK
@@ -195,6 +197,13 @@ async def get_event(api: Api, w: World, role: str) -> str:
     return "OK"
 
 
+async def export_event_calendar(api: Api, w: World, role: str) -> str:
+    request = event_service_pb2.ExportEventCalendarRequest(name=w.event.name, invite_token=_token(w, role))
+    body = await api.events.ExportEventCalendar(request, metadata=_md(w, role))
+    assert body.content_type.startswith("text/calendar")
+    return "OK"
+
+
 async def list_events(api: Api, w: World, role: str) -> str:
     request = event_service_pb2.ListEventsRequest(host=w.host.resource, page_size=100)
     page = await api.events.ListEvents(request, metadata=_md(w, role))
@@ -314,6 +323,7 @@ class Rpc:
 RPCS: dict[str, Rpc] = {
     "CreateEvent": Rpc(create_event),
     "GetEvent": Rpc(get_event),
+    "ExportEventCalendar": Rpc(export_event_calendar),
     "ListEvents": Rpc(list_events),
     "UpdateEvent": Rpc(update_event, mutates=True),
     "CancelEvent": Rpc(cancel_event, mutates=True),

@@ -22,6 +22,7 @@ from cowatch.event.v1 import resources_pb2, service_pb2
 from cowatch.event.v1 import service_pb2_grpc as event_grpc
 from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2
+from icalendar import Calendar
 
 from tests.e2e.conftest import Gateway
 from tests.support.api import Caller, expect_error, new_caller
@@ -263,6 +264,21 @@ def test_json_create_get_and_list(gateway: Gateway) -> None:
     listed = json.loads(body)
     assert [e["name"] for e in listed["events"]] == [created["name"]]
     assert listed["nextPageToken"] == ""
+
+
+def test_an_events_ics_download_passes_envoys_transcoder_as_text_calendar(gateway: Gateway) -> None:
+    host = new_caller("Ida Ics")
+    status, _, body = post_json(f"{gateway.url}/v1/events", event_json(unique_city()), host)
+    assert status == 200, body
+    name = json.loads(body)["name"]
+    status, headers, body = http("GET", f"{gateway.url}/v1/{name}:exportCalendar")  # anonymous: a public event
+    assert status == 200, body
+    assert headers["content-type"] == "text/calendar; charset=utf-8"
+    (vevent,) = Calendar.from_ical(body).walk("VEVENT")
+    assert str(vevent["uid"]) == f"{name.split('/')[1]}@cowatch"
+    assert str(vevent["url"]).endswith(f"/{name}")
+    status, _, body = http("GET", f"{gateway.url}/v1/events/{uuid.uuid4()}:exportCalendar")
+    assert (status, error_info(json.loads(body))["reason"]) == (404, "EVENT_NOT_FOUND")
 
 
 def test_json_malformed_body_is_400_naming_the_problem(gateway: Gateway) -> None:

@@ -69,6 +69,10 @@ def get_event(name: str, invite_token: str) -> event_service.GetEventRequest:
     return event_service.GetEventRequest(name=name, invite_token=invite_token)
 
 
+def export_event_calendar(name: str, invite_token: str) -> event_service.ExportEventCalendarRequest:
+    return event_service.ExportEventCalendarRequest(name=name, invite_token=invite_token)
+
+
 def list_events(
     *,
     film_id: str,

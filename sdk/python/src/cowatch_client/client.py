@@ -78,6 +78,12 @@ class Events:
         """The event ``events/{id}`` (a private one needs the ``invite_token`` from its share link)."""
         return self._call(self._stub.GetEvent, req.get_event(name, invite_token), timeout)
 
+    def export_calendar(self, name: str, *, invite_token: str = "", timeout: float | None = None) -> bytes:
+        """The event as an iCalendar file (``text/calendar``, RFC 5545) to add to a calendar; who may get the event
+        may download it (the exact address only for its host and confirmed guests)."""
+        body = self._call(self._stub.ExportEventCalendar, req.export_event_calendar(name, invite_token), timeout)
+        return bytes(body.data)
+
     def list(
         self,
         *,
