@@ -13,15 +13,13 @@ from cowatch.review.v1 import resources_pb2, service_pb2
 from cowatch.review.v1 import service_pb2_grpc as review_grpc
 from google.protobuf import field_mask_pb2
 
-from services.common.cache import cache_from_settings
 from services.common.clock import ManualClock
 from services.common.uow import Handlers
-from services.review.app import ReviewSettings, reveal_job
+from services.review.app import reveal_job
 from services.review.domain_events import ReviewRevealed
 from services.review.reveals import RevealJob
-from tests.support import servers
 from tests.support.api import Caller, expect_error, new_caller
-from tests.support.reviews import EVENT, GUEST, HOST, close_review_window, held_event, review_request
+from tests.support.reviews import EVENT, GUEST, HOST, close_review_window, held_event, review_request, servers_cache
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 PENDING = resources_pb2.Review.PENDING_REVEAL
@@ -201,7 +199,7 @@ async def test_a_crashed_reveal_reveals_nothing_and_concurrent_reveals_count_onc
         await crashing.run_once()
     assert (await _as_host(reviews, host.resource)).as_host.count == 0
     # Four workers at once: every review revealed and counted exactly once.
-    cache = cache_from_settings(ReviewSettings(**servers.settings_env(database_url)))
+    cache = servers_cache(database_url)
     try:
         jobs = [reveal_job(db_pool, clock, cache, "https://cowatch.test") for _ in range(4)]
         runs = await asyncio.gather(*(job.run_once() for job in jobs))
@@ -225,7 +223,7 @@ async def test_concurrent_reveals_of_one_events_many_reviews_neither_deadlock_no
     for g in guests:
         await reviews.CreateReview(review_request(event.name, EVENT, 4), metadata=g.metadata)
     clock.advance(timedelta(days=15))
-    cache = cache_from_settings(ReviewSettings(**servers.settings_env(database_url)))
+    cache = servers_cache(database_url)
     try:
         jobs = [reveal_job(db_pool, clock, cache, "https://cowatch.test") for _ in range(6)]
         await asyncio.gather(*(job.run_once() for job in jobs))  # a deadlock would raise here
