@@ -254,9 +254,13 @@ def to_export_query(request: service_pb2.ExportEventCalendarRequest, user: User 
     return GetEvent(user=user, event_id=domain.parse_event_name(request.name), invite_token=request.invite_token)
 
 
-def calendar_entry(view: EventView, share_link: str) -> calendar.CalendarEntry:
-    """One event as the caller may see it (the exact address only when they may)."""
+def calendar_entry(
+    view: EventView, share_link: str, booking_cancel_time: datetime | None = None
+) -> calendar.CalendarEntry:
+    """One event as the caller may see it (the exact address only when they may). A cancelled booking shows as
+    a cancelled entry, one SEQUENCE past the event's own."""
     e, d = view.event, view.event.details
+    booking_cancelled = booking_cancel_time is not None
     return calendar.CalendarEntry(
         event_id=e.id,
         title=d.title,
@@ -269,9 +273,9 @@ def calendar_entry(view: EventView, share_link: str) -> calendar.CalendarEntry:
         place_city=d.place.city,
         place_address=d.place.address,
         show_address=view.access.sees_address,
-        cancelled=e.state is domain.State.CANCELLED,
-        sequence=e.version,
-        last_modified=e.update_time,
+        cancelled=e.state is domain.State.CANCELLED or booking_cancelled,
+        sequence=e.version + (1 if booking_cancelled else 0),
+        last_modified=max(e.update_time, booking_cancel_time) if booking_cancel_time else e.update_time,
         created=e.create_time,
         link=share_link,
         host_name=e.host_display_name,
@@ -280,6 +284,19 @@ def calendar_entry(view: EventView, share_link: str) -> calendar.CalendarEntry:
 
 def event_calendar(view: EventView, share_link: str, now: datetime) -> httpbody_pb2.HttpBody:
     body = calendar.render([calendar_entry(view, share_link)], name=view.event.details.title, now=now)
+    return httpbody_pb2.HttpBody(content_type="text/calendar; charset=utf-8", data=body)
+
+
+def calendar_token(token: str) -> str:
+    if not token:
+        raise InvalidArgument.field("token", "is required: the calendar token from RotateCalendarToken")
+    if len(token) > 100 or not token.replace("-", "").replace("_", "").isalnum():
+        raise InvalidArgument.field("token", "is not a calendar token")
+    return token
+
+
+def calendar_feed(entries: list[calendar.CalendarEntry], now: datetime) -> httpbody_pb2.HttpBody:
+    body = calendar.render(entries, name="cowatch", now=now)
     return httpbody_pb2.HttpBody(content_type="text/calendar; charset=utf-8", data=body)
 
 

@@ -19,8 +19,9 @@ SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["EventService"].full_name
 # Public reads work without a token; every other method needs one.
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
+# GetCalendar is authenticated by the calendar token in the request, not by a bearer token.
 ANONYMOUS_METHODS = frozenset(
-    {f"/{SERVICE_NAME}/GetEvent", f"/{SERVICE_NAME}/ListEvents", f"/{SERVICE_NAME}/ExportEventCalendar"}
+    f"/{SERVICE_NAME}/{method}" for method in ("GetEvent", "ListEvents", "ExportEventCalendar", "GetCalendar")
 )
 
 
@@ -49,6 +50,22 @@ class EventServicer(service_pb2_grpc.EventServiceServicer):
         view = await self._events.get(mappers.to_export_query(request, current_user()))
         link = self._events.share_link(view.event, with_invite=view.access.sees_invite_token)
         return mappers.event_calendar(view, link, self._events.now())
+
+    async def GetCalendar(self, request: service_pb2.GetCalendarRequest, context: Ctx) -> httpbody_pb2.HttpBody:
+        items = await self._events.calendar(mappers.calendar_token(request.token))
+        entries = [
+            mappers.calendar_entry(
+                i.view, self._events.share_link(i.view.event, with_invite=False), i.booking_cancel_time
+            )
+            for i in items
+        ]
+        return mappers.calendar_feed(entries, self._events.now())
+
+    async def RotateCalendarToken(
+        self, request: service_pb2.RotateCalendarTokenRequest, context: Ctx
+    ) -> service_pb2.CalendarToken:
+        token = await self._events.rotate_calendar_token(require_user())
+        return service_pb2.CalendarToken(token=token, feed_url=self._events.calendar_url(token))
 
     async def ListEvents(self, request: service_pb2.ListEventsRequest, context: Ctx) -> service_pb2.ListEventsResponse:
         page = await self._events.list(mappers.to_list_query(request, current_user()))

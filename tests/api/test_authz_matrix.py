@@ -59,6 +59,10 @@ GetEvent          | public  | OK        | OK        | OK        | OK        | OK
 GetEvent          | private | NOT_FOUND | NOT_FOUND | OK        | OK        | NOT_FOUND | OK
 ExportEventCalendar | public  | OK        | OK        | OK        | OK        | OK        | OK
 ExportEventCalendar | private | NOT_FOUND | NOT_FOUND | OK        | OK        | NOT_FOUND | OK
+GetCalendar       | public  | NOT_FOUND | HIDDEN    | HIDDEN    | OK        | OK        | OK
+GetCalendar       | private | NOT_FOUND | HIDDEN    | HIDDEN    | OK        | OK        | OK
+RotateCalendarToken | public  | UNAUTH    | OK        | OK        | OK        | OK        | OK
+RotateCalendarToken | private | UNAUTH    | OK        | OK        | OK        | OK        | OK
 ListEvents        | public  | OK        | OK        | OK        | OK        | OK        | OK
 ListEvents        | private | HIDDEN    | HIDDEN    | HIDDEN    | HIDDEN    | HIDDEN    | OK
 UpdateEvent       | public  | UNAUTH    | DENIED    | DENIED    | DENIED    | DENIED    | OK
@@ -204,6 +208,27 @@ async def export_event_calendar(api: Api, w: World, role: str) -> str:
     return "OK"
 
 
+async def get_calendar(api: Api, w: World, role: str) -> str:
+    """Each caller's own feed (anonymous: a token nobody was given); OK when the event is in it (the cancelled
+    guest's entry is there too, as STATUS:CANCELLED)."""
+    token = "never-issued"
+    if w.callers[role] is not None:
+        rotated = await api.events.RotateCalendarToken(
+            event_service_pb2.RotateCalendarTokenRequest(), metadata=_md(w, role)
+        )
+        token = rotated.token
+    body = await api.events.GetCalendar(event_service_pb2.GetCalendarRequest(token=token))
+    return "OK" if f"UID:{w.event.name.split('/')[1]}@cowatch".encode() in body.data else "HIDDEN"
+
+
+async def rotate_calendar_token(api: Api, w: World, role: str) -> str:
+    rotated = await api.events.RotateCalendarToken(
+        event_service_pb2.RotateCalendarTokenRequest(), metadata=_md(w, role)
+    )
+    assert rotated.token in rotated.feed_url
+    return "OK"
+
+
 async def list_events(api: Api, w: World, role: str) -> str:
     request = event_service_pb2.ListEventsRequest(host=w.host.resource, page_size=100)
     page = await api.events.ListEvents(request, metadata=_md(w, role))
@@ -324,6 +349,8 @@ RPCS: dict[str, Rpc] = {
     "CreateEvent": Rpc(create_event),
     "GetEvent": Rpc(get_event),
     "ExportEventCalendar": Rpc(export_event_calendar),
+    "GetCalendar": Rpc(get_calendar),
+    "RotateCalendarToken": Rpc(rotate_calendar_token, mutates=True),
     "ListEvents": Rpc(list_events),
     "UpdateEvent": Rpc(update_event, mutates=True),
     "CancelEvent": Rpc(cancel_event, mutates=True),

@@ -78,3 +78,60 @@ async def test_a_private_events_ics_is_not_found_for_a_stranger(events: event_gr
     # With the invite link it can be added to a calendar, without the exact address.
     vevent = await ics(events, event.name, new_caller(), event.invite_token)
     assert event.place.address not in str(vevent["location"])
+
+
+async def _feed(events: event_grpc.EventServiceAsyncStub, token: str) -> dict[str, Any]:
+    body = await events.GetCalendar(event_service_pb2.GetCalendarRequest(token=token))
+    assert body.content_type == "text/calendar; charset=utf-8"
+    cal = Calendar.from_ical(body.data)
+    return {str(v["uid"]).split("@")[0]: v for v in cal.walk("VEVENT")}
+
+
+async def test_a_users_feed_lists_what_they_host_and_booked_and_keeps_cancellations(
+    events: event_grpc.EventServiceAsyncStub, clock: ManualClock, db_pool
+):
+    me, other = new_caller("Mia"), new_caller("Otto")
+    hosted = await events.CreateEvent(create_request(clock.now()), metadata=me.metadata)
+    booked = await events.CreateEvent(create_request(clock.now()), metadata=other.metadata)
+    dropped = await events.CreateEvent(create_request(clock.now()), metadata=other.metadata)
+    called_off = await events.CreateEvent(create_request(clock.now()), metadata=other.metadata)
+    strangers = await events.CreateEvent(create_request(clock.now(), private=True), metadata=other.metadata)
+    await book_directly(db_pool, booked.name, me)
+    await book_directly(db_pool, called_off.name, me)
+    dropped_booking = await book_directly(db_pool, dropped.name, me)
+    await db_pool.execute(
+        "UPDATE booking.bookings SET state = 'CANCELLED', cancel_time = $2 WHERE id = $1", dropped_booking, clock.now()
+    )
+    await events.CancelEvent(event_service_pb2.CancelEventRequest(name=called_off.name), metadata=other.metadata)
+
+    token = (
+        await events.RotateCalendarToken(event_service_pb2.RotateCalendarTokenRequest(), metadata=me.metadata)
+    ).token
+    feed = await _feed(events, token)
+    ids = {e.name.split("/")[1]: e for e in (hosted, booked, dropped, called_off)}
+    assert set(feed) == set(ids)  # the stranger's private event is not listed
+    assert strangers.name.split("/")[1] not in feed
+    assert str(feed[ids_key(hosted)]["status"]) == str(feed[ids_key(booked)]["status"]) == "CONFIRMED"
+    assert str(feed[ids_key(dropped)]["status"]) == "CANCELLED"  # my booking, cancelled
+    assert str(feed[ids_key(called_off)]["status"]) == "CANCELLED"  # the event, cancelled
+    assert booked.place.address in str(feed[ids_key(booked)]["location"])  # booked: the exact address
+    assert booked.place.address not in str(feed[ids_key(dropped)]["location"])  # no longer booked
+
+    # Thirty days after the cancellations (and the events) they are gone from the feed.
+    clock.advance(timedelta(days=40))
+    assert await _feed(events, token) == {}
+
+    # Rotating the token: the old URL stops working at once.
+    new = (await events.RotateCalendarToken(event_service_pb2.RotateCalendarTokenRequest(), metadata=me.metadata)).token
+    assert new != token
+    err = await expect_error(events.GetCalendar(event_service_pb2.GetCalendarRequest(token=token)))
+    assert (err.code, err.reason) == (grpc.StatusCode.NOT_FOUND, "CALENDAR_NOT_FOUND")
+    for bad in ("", "x" * 101, "a/b"):
+        err = await expect_error(events.GetCalendar(event_service_pb2.GetCalendarRequest(token=bad)))
+        assert (err.code, list(err.fields)) == (grpc.StatusCode.INVALID_ARGUMENT, ["token"])
+    stored = await db_pool.fetchval("SELECT token_hash FROM event.calendar_tokens WHERE user_id = $1", me.id)
+    assert new.encode() not in stored and len(stored) == 32  # only its hash is kept
+
+
+def ids_key(event: Any) -> str:
+    return str(event.name.split("/")[1])

@@ -60,6 +60,22 @@ class EventServiceStub:
 
     Errors: NOT_FOUND `EVENT_NOT_FOUND`.
     """
+    GetCalendar: _grpc.UnaryUnaryMultiCallable[_service_pb2.GetCalendarRequest, _httpbody_pb2.HttpBody]
+    """The caller's private calendar feed (RFC 5545, `text/calendar`) for
+    calendar apps to subscribe to: the events the token's owner hosts and
+    those they booked, as ExportEventCalendar renders them; cancelled events
+    and cancelled bookings stay listed as `STATUS:CANCELLED` for 30 days so
+    subscribed calendars remove them. Authenticated by the calendar token in
+    the query string (`?token=`; never by an API token), which Envoy's access
+    log leaves out.
+
+    Errors: NOT_FOUND `CALENDAR_NOT_FOUND` (unknown or rotated token).
+    """
+    RotateCalendarToken: _grpc.UnaryUnaryMultiCallable[_service_pb2.RotateCalendarTokenRequest, _service_pb2.CalendarToken]
+    """Issues a new private calendar token for the caller (the previous one
+    stops working at once) and returns it with the feed's URL. Only its hash
+    is stored: it cannot be read again, only rotated.
+    """
     GetEvent: _grpc.UnaryUnaryMultiCallable[_service_pb2.GetEventRequest, _resources_pb2.Event]
     """Gets an event. Anonymous callers may read public events. A private event
     is visible to its host, its confirmed guests and callers presenting the
@@ -157,6 +173,22 @@ class EventServiceAsyncStub(EventServiceStub):
     host and confirmed guests, the city for anyone else.
 
     Errors: NOT_FOUND `EVENT_NOT_FOUND`.
+    """
+    GetCalendar: _aio.UnaryUnaryMultiCallable[_service_pb2.GetCalendarRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """The caller's private calendar feed (RFC 5545, `text/calendar`) for
+    calendar apps to subscribe to: the events the token's owner hosts and
+    those they booked, as ExportEventCalendar renders them; cancelled events
+    and cancelled bookings stay listed as `STATUS:CANCELLED` for 30 days so
+    subscribed calendars remove them. Authenticated by the calendar token in
+    the query string (`?token=`; never by an API token), which Envoy's access
+    log leaves out.
+
+    Errors: NOT_FOUND `CALENDAR_NOT_FOUND` (unknown or rotated token).
+    """
+    RotateCalendarToken: _aio.UnaryUnaryMultiCallable[_service_pb2.RotateCalendarTokenRequest, _service_pb2.CalendarToken]  # type: ignore[assignment]
+    """Issues a new private calendar token for the caller (the previous one
+    stops working at once) and returns it with the feed's URL. Only its hash
+    is stored: it cannot be read again, only rotated.
     """
     GetEvent: _aio.UnaryUnaryMultiCallable[_service_pb2.GetEventRequest, _resources_pb2.Event]  # type: ignore[assignment]
     """Gets an event. Anonymous callers may read public events. A private event
@@ -264,6 +296,34 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         host and confirmed guests, the city for anyone else.
 
         Errors: NOT_FOUND `EVENT_NOT_FOUND`.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCalendar(
+        self,
+        request: _service_pb2.GetCalendarRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """The caller's private calendar feed (RFC 5545, `text/calendar`) for
+        calendar apps to subscribe to: the events the token's owner hosts and
+        those they booked, as ExportEventCalendar renders them; cancelled events
+        and cancelled bookings stay listed as `STATUS:CANCELLED` for 30 days so
+        subscribed calendars remove them. Authenticated by the calendar token in
+        the query string (`?token=`; never by an API token), which Envoy's access
+        log leaves out.
+
+        Errors: NOT_FOUND `CALENDAR_NOT_FOUND` (unknown or rotated token).
+        """
+
+    @_abc_1.abstractmethod
+    def RotateCalendarToken(
+        self,
+        request: _service_pb2.RotateCalendarTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.CalendarToken, _abc.Awaitable[_service_pb2.CalendarToken]]:
+        """Issues a new private calendar token for the caller (the previous one
+        stops working at once) and returns it with the feed's URL. Only its hash
+        is stored: it cannot be read again, only rotated.
         """
 
     @_abc_1.abstractmethod
