@@ -281,6 +281,31 @@ def test_an_events_ics_download_passes_envoys_transcoder_as_text_calendar(gatewa
     assert (status, error_info(json.loads(body))["reason"]) == (404, "EVENT_NOT_FOUND")
 
 
+def test_a_calendar_feed_through_envoy_and_its_token_in_no_log(gateway: Gateway) -> None:
+    host = new_caller("Cal Feed")
+    status, _, body = post_json(f"{gateway.url}/v1/events", event_json(unique_city()), host)
+    assert status == 200, body
+    event_id = json.loads(body)["name"].split("/")[1]
+    status, _, body = post_json(f"{gateway.url}/v1/calendar:rotateToken", {}, host)
+    assert status == 200, body
+    rotated = json.loads(body)
+    token = rotated["token"]
+    assert rotated["feedUrl"] == f"https://cowatch.test/v1/calendar?token={token}"
+    status, headers, body = http("GET", f"{gateway.url}/v1/calendar?token={token}")  # no bearer token
+    assert status == 200, body
+    assert headers["content-type"] == "text/calendar; charset=utf-8"
+    assert [str(v["uid"]) for v in Calendar.from_ical(body).walk("VEVENT")] == [f"{event_id}@cowatch"]
+    status, _, body = http("GET", f"{gateway.url}/v1/calendar?token=never-issued")
+    assert (status, error_info(json.loads(body))["reason"]) == (404, "CALENDAR_NOT_FOUND")
+    # Envoy logged both requests (paths without their query), and no process logged the token.
+    deadline = time.monotonic() + 10
+    while gateway.envoy.log_path.read_text(errors="replace").count("/v1/calendar") < 2:
+        assert time.monotonic() < deadline, gateway.diagnostics()
+        time.sleep(0.1)
+    for process in (gateway.envoy, *gateway.event_replicas):
+        assert token not in process.log_path.read_text(errors="replace"), process.name
+
+
 def test_json_malformed_body_is_400_naming_the_problem(gateway: Gateway) -> None:
     caller = new_caller()
     status, headers, body = post_json(f"{gateway.url}/v1/events", None, caller, raw=b'{"title": "x", ')
