@@ -69,6 +69,14 @@ def get_event(name: str, invite_token: str) -> event_service.GetEventRequest:
     return event_service.GetEventRequest(name=name, invite_token=invite_token)
 
 
+def rotate_calendar_token() -> event_service.RotateCalendarTokenRequest:
+    return event_service.RotateCalendarTokenRequest()
+
+
+def get_calendar(token: str) -> event_service.GetCalendarRequest:
+    return event_service.GetCalendarRequest(token=token)
+
+
 def export_event_calendar(name: str, invite_token: str) -> event_service.ExportEventCalendarRequest:
     return event_service.ExportEventCalendarRequest(name=name, invite_token=invite_token)
 

@@ -85,6 +85,16 @@ class AsyncEvents:
         body = await self._call(self._stub.ExportEventCalendar, req.export_event_calendar(name, invite_token), timeout)
         return bytes(body.data)
 
+    async def rotate_calendar_token(self, *, timeout: float | None = None) -> event_service.CalendarToken:
+        """A new private calendar token for the caller (the old one stops working) and the feed URL to subscribe
+        to. Keep it secret: it is the feed's only credential. Never retried."""
+        return await self._call(self._stub.RotateCalendarToken, req.rotate_calendar_token(), timeout)
+
+    async def calendar(self, token: str, *, timeout: float | None = None) -> bytes:
+        """The private calendar feed (``text/calendar``) of the token's owner: events hosted and booked."""
+        body = await self._call(self._stub.GetCalendar, req.get_calendar(token), timeout)
+        return bytes(body.data)
+
     def list(
         self,
         *,
