@@ -49,6 +49,7 @@ GOOGLEAPIS_FILES = [
     "google/api/client.proto",
     "google/api/field_behavior.proto",
     "google/api/http.proto",
+    "google/api/httpbody.proto",
     "google/api/launch_stage.proto",
     "google/api/resource.proto",
     "google/rpc/error_details.proto",

@@ -67,7 +67,7 @@ from services.common.breaker import BreakerState, CircuitBreaker
 from services.common.dbtypes import Conn
 from services.common.logging import get_logger
 from services.common.metrics import ServerMetrics
-from services.common.settings import CommonSettings
+from services.common.settings import RedisSettings
 from services.common.uow import DomainEvent, Handlers
 
 __all__ = ["Cache", "Codec", "NullCache", "RedisCache", "cache_from_settings", "invalidation"]
@@ -497,7 +497,7 @@ def invalidation(
     )
 
 
-def cache_from_settings(settings: CommonSettings, metrics: ServerMetrics | None = None) -> Cache:
+def cache_from_settings(settings: RedisSettings, metrics: ServerMetrics | None = None) -> Cache:
     """A :class:`RedisCache` when ``COWATCH_REDIS_URL`` is set, else a :class:`NullCache`. Connects lazily: a
     Redis that is down at start only means bypassed reads until it answers."""
     if not settings.redis_url:

@@ -65,7 +65,8 @@ class UserRenamed(DomainEvent):
 
 @dataclass(frozen=True)
 class ReviewPosted(DomainEvent):
-    """A review was written or its rating edited: the ratings it counts in changed."""
+    """A review was revealed (pending reviews count nowhere and revealed ones never change): the ratings it
+    counts in changed."""
 
     review_id: UUID
     event_id: UUID

@@ -30,6 +30,7 @@ __all__ = [
     "ENV_PREFIX",
     "CommonSettings",
     "JwtAlgorithm",
+    "RedisSettings",
     "env_names",
     "format_validation_error",
     "load_settings",
@@ -52,39 +53,31 @@ _PROBLEM = "settings_problem"
 S = TypeVar("S", bound=BaseSettings)
 
 
-class CommonSettings(BaseSettings):
-    """Settings every cowatch server process shares. Subclass per service and override ``grpc_port``."""
+_MODEL_CONFIG = SettingsConfigDict(
+    env_prefix=ENV_PREFIX,
+    case_sensitive=False,
+    env_ignore_empty=True,
+    extra="ignore",
+    validate_by_name=True,
+    validate_by_alias=True,
+    frozen=True,
+)
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        case_sensitive=False,
-        env_ignore_empty=True,
-        extra="ignore",
-        validate_by_name=True,
-        validate_by_alias=True,
-        frozen=True,
-    )
 
+class RedisSettings(BaseSettings):
+    """The Redis cache's settings, shared by the servers (:class:`CommonSettings`) and the worker (whose periodic
+    jobs invalidate what they change)."""
+
+    model_config = _MODEL_CONFIG
     service_name: ClassVar[str] = "cowatch"
-    """Used for the Postgres ``application_name`` and logs; subclasses set e.g. ``"cowatch-event"``."""
+    """Used for the Postgres ``application_name``, Redis ``client_name`` and logs; subclasses set their own."""
 
-    # --- storage --------------------------------------------------------------------------------------------
-    database_url: str = Field(
-        validation_alias=AliasChoices("COWATCH_DATABASE_URL", "DATABASE_URL"),
-        repr=False,  # carries the password
-        description="PostgreSQL DSN, postgresql://user:pass@host:port/db",
-    )
     redis_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("COWATCH_REDIS_URL", "REDIS_URL"),
         repr=False,
         description="Redis URL (redis://, rediss:// or unix://); unset = no cache",
     )
-    db_pool_min_size: int = Field(default=1, ge=0)
-    db_pool_max_size: int = Field(default=10, ge=1)
-    db_command_timeout_seconds: float = Field(default=5.0, gt=0)
-    db_connect_timeout_seconds: float = Field(default=2.0, gt=0)
-    db_acquire_timeout_seconds: float = Field(default=2.0, gt=0)
     redis_key_prefix: str = Field(
         default="cowatch:",
         description="Prefix of every Redis key this process writes (lets several deployments share one Redis)",
@@ -102,6 +95,34 @@ class CommonSettings(BaseSettings):
     redis_breaker_reset_seconds: float = Field(
         default=2.0, gt=0, description="While the breaker is open, Redis is probed this often; success closes it"
     )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise PydanticCustomError("url", "must start with redis://, rediss:// or unix://")
+        return value
+
+
+class CommonSettings(RedisSettings):
+    """Settings every cowatch server process shares. Subclass per service and override ``grpc_port``."""
+
+    model_config = _MODEL_CONFIG
+
+    service_name: ClassVar[str] = "cowatch"
+    """Used for the Postgres ``application_name`` and logs; subclasses set e.g. ``"cowatch-event"``."""
+
+    # --- storage --------------------------------------------------------------------------------------------
+    database_url: str = Field(
+        validation_alias=AliasChoices("COWATCH_DATABASE_URL", "DATABASE_URL"),
+        repr=False,  # carries the password
+        description="PostgreSQL DSN, postgresql://user:pass@host:port/db",
+    )
+    db_pool_min_size: int = Field(default=1, ge=0)
+    db_pool_max_size: int = Field(default=10, ge=1)
+    db_command_timeout_seconds: float = Field(default=5.0, gt=0)
+    db_connect_timeout_seconds: float = Field(default=2.0, gt=0)
+    db_acquire_timeout_seconds: float = Field(default=2.0, gt=0)
     cache_ttl_seconds: float = Field(
         default=60.0, gt=0, description="TTL of cached rows (events, ratings, profiles); invalidation is explicit"
     )
@@ -161,13 +182,6 @@ class CommonSettings(BaseSettings):
     def _check_database_url(cls, value: str) -> str:
         if not value.startswith(("postgresql://", "postgres://")):
             raise PydanticCustomError("dsn", "must start with postgresql:// or postgres://")
-        return value
-
-    @field_validator("redis_url")
-    @classmethod
-    def _check_redis_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise PydanticCustomError("url", "must start with redis://, rediss:// or unix://")
         return value
 
     @field_validator("public_base_url")

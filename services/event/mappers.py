@@ -5,13 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from cowatch.event.v1 import resources_pb2, service_pb2
+from google.api import httpbody_pb2
 from google.protobuf import duration_pb2
 
 from services.common import context, names
 from services.common.errors import InvalidArgument, Violations
 from services.common.identity import User
 from services.common.protos import from_duration, from_timestamp, rating_to_proto, request_key, timestamp, to_timestamp
-from services.event import domain
+from services.event import calendar, domain
 from services.event.domain import EventDetails, Film, Place, Visibility
 from services.event.service import (
     CancelEvent,
@@ -251,6 +252,56 @@ def to_get_query(request: service_pb2.GetEventRequest, user: User | None) -> Get
         event_id=domain.parse_event_name(request.name),
         invite_token=domain.parse_invite_token(request.invite_token),
     )
+
+
+def to_export_query(request: service_pb2.ExportEventCalendarRequest, user: User | None) -> GetEvent:
+    return GetEvent(user=user, event_id=domain.parse_event_name(request.name), invite_token=request.invite_token)
+
+
+def calendar_entry(
+    view: EventView, share_link: str, booking_cancel_time: datetime | None = None
+) -> calendar.CalendarEntry:
+    """One event as the caller may see it (the exact address only when they may). A cancelled booking shows as
+    a cancelled entry, one SEQUENCE past the event's own."""
+    e, d = view.event, view.event.details
+    booking_cancelled = booking_cancel_time is not None
+    return calendar.CalendarEntry(
+        event_id=e.id,
+        title=d.title,
+        film_title=d.film.title,
+        description=d.description,
+        start_time=d.start_time,
+        end_time=d.end_time,
+        time_zone=d.time_zone,
+        place_name=d.place.name,
+        place_city=d.place.city,
+        place_address=d.place.address,
+        show_address=view.access.sees_address,
+        cancelled=e.state is domain.State.CANCELLED or booking_cancelled,
+        sequence=e.version + (1 if booking_cancelled else 0),
+        last_modified=max(e.update_time, booking_cancel_time) if booking_cancel_time else e.update_time,
+        created=e.create_time,
+        link=share_link,
+        host_name=e.host_display_name,
+    )
+
+
+def event_calendar(view: EventView, share_link: str, now: datetime) -> httpbody_pb2.HttpBody:
+    body = calendar.render([calendar_entry(view, share_link)], name=view.event.details.title, now=now)
+    return httpbody_pb2.HttpBody(content_type="text/calendar; charset=utf-8", data=body)
+
+
+def calendar_token(token: str) -> str:
+    if not token:
+        raise InvalidArgument.field("token", "is required: the calendar token from RotateCalendarToken")
+    if len(token) > 100 or not token.replace("-", "").replace("_", "").isalnum():
+        raise InvalidArgument.field("token", "is not a calendar token")
+    return token
+
+
+def calendar_feed(entries: list[calendar.CalendarEntry], now: datetime) -> httpbody_pb2.HttpBody:
+    body = calendar.render(entries, name="cowatch", now=now)
+    return httpbody_pb2.HttpBody(content_type="text/calendar; charset=utf-8", data=body)
 
 
 def to_guests_query(request: service_pb2.ListEventGuestsRequest, user: User) -> ListGuests:

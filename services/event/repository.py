@@ -281,3 +281,58 @@ async def charge_invitations(conn: Conn, host_id: str, day: date, count: int, li
     if count > limit:
         return False
     return await conn.fetchval(CHARGE_INVITATIONS, host_id, day, count, limit) is not None
+
+
+# --------------------------------------------------------------------------- calendar feeds
+
+SET_CALENDAR_TOKEN = """
+INSERT INTO event.calendar_tokens (user_id, token_hash, create_time) VALUES ($1, $2, $3)
+ON CONFLICT (user_id) DO UPDATE SET token_hash = EXCLUDED.token_hash, create_time = EXCLUDED.create_time
+"""
+CALENDAR_OWNER = "SELECT user_id FROM event.calendar_tokens WHERE token_hash = $1"
+
+# The events a user hosts and those they booked (their latest booking of each: a confirmed one first), from
+# ``$2`` on; cancelled events and cancelled bookings stay listed until ``$3`` past their cancellation, so
+# subscribed calendars see STATUS:CANCELLED and drop them. Reads booking.bookings (a read across schemas).
+CALENDAR_EVENTS = f"""
+WITH mine AS (
+    SELECT e.id AS event_id, NULL::text AS booking_state, NULL::timestamptz AS booking_cancel_time
+    FROM event.events e WHERE e.host_id = $1
+    UNION ALL
+    SELECT * FROM (
+        SELECT DISTINCT ON (b.event_id) b.event_id, b.state, b.cancel_time
+        FROM booking.bookings b WHERE b.guest_id = $1
+        ORDER BY b.event_id, (b.state = 'CONFIRMED') DESC, b.create_time DESC
+    ) latest
+)
+SELECT {_COLUMNS}, m.booking_state, m.booking_cancel_time
+{_FROM} JOIN mine m ON m.event_id = e.id
+WHERE e.end_time > $2
+  AND (e.state <> 'CANCELLED' OR e.cancel_time > $3)
+  AND (m.booking_state IS DISTINCT FROM 'CANCELLED' OR m.booking_cancel_time > $3)
+ORDER BY e.start_time, e.id
+LIMIT $4
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class CalendarRow:
+    event: Event
+    booking_state: str | None  # None: the user hosts it
+    booking_cancel_time: datetime | None
+
+
+async def set_calendar_token(conn: Conn, user_id: str, token_hash: bytes, now: datetime) -> None:
+    await conn.execute(SET_CALENDAR_TOKEN, user_id, token_hash, now)
+
+
+async def calendar_owner(conn: Conn | Pool, token_hash: bytes) -> str | None:
+    owner: str | None = await conn.fetchval(CALENDAR_OWNER, token_hash)
+    return owner
+
+
+async def calendar_events(
+    conn: Conn | Pool, user_id: str, since: datetime, cancelled_since: datetime, limit: int
+) -> list[CalendarRow]:
+    rows = await conn.fetch(CALENDAR_EVENTS, user_id, since, cancelled_since, limit)
+    return [CalendarRow(to_event(r), r["booking_state"], r["booking_cancel_time"]) for r in rows]

@@ -6,11 +6,13 @@ the caller's :class:`Access`, so the mapper knows what to withhold.
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import uuid
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypeAlias
 from uuid import UUID
 
@@ -150,6 +152,26 @@ class Invitations:
     share_link: str
 
 
+CALENDAR_KEEP = timedelta(days=30)
+"""A calendar feed lists events that ended less than this ago, and keeps cancelled ones this long."""
+CALENDAR_MAX_EVENTS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class CalendarItem:
+    view: EventView
+    booking_cancel_time: datetime | None
+    """Set when the feed's owner booked the event and cancelled that booking."""
+
+
+def calendar_token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def calendar_not_found() -> errors.NotFound:
+    return errors.NotFound("CALENDAR_NOT_FOUND", "no calendar has this token (it may have been rotated)")
+
+
 class EventService:
     """Reads go through ``cache`` (cache-aside, see :mod:`services.event.cache`). Writes run in a unit of work
     (:mod:`services.common.uow`) and emit domain events: the dispatcher turns them into outbox rows and reminder
@@ -179,6 +201,39 @@ class EventService:
             event_cache.handlers(self._cache), *([subscribers] if subscribers else [])
         )
         self._invitations_per_day = invitations_per_day
+
+    def now(self) -> datetime:
+        """The service's clock (DTSTAMP of exported calendars)."""
+        return self._clock.now()
+
+    def calendar_url(self, token: str) -> str:
+        """The feed's URL (the token in the query string: Envoy logs paths without it)."""
+        return f"{self._base_url.rstrip('/')}/v1/calendar?token={token}"
+
+    async def rotate_calendar_token(self, user: User) -> str:
+        """A new private calendar token for ``user`` (the previous one stops working); stored as its hash only."""
+        token = secrets.token_urlsafe(32)
+        async with uow(self._pool, self._dispatcher) as tx:
+            await users.remember(tx, user)
+            await events.set_calendar_token(tx.conn, user.id, calendar_token_hash(token), self._clock.now())
+        return token
+
+    async def calendar(self, token: str) -> list[CalendarItem]:
+        """The events the token's owner hosts or booked, as they may see them."""
+        now = self._clock.now()
+        async with db.connection(self._pool) as conn:
+            owner = await events.calendar_owner(conn, calendar_token_hash(token))
+            if owner is None:
+                raise calendar_not_found()
+            rows = await events.calendar_events(
+                conn, owner, now - CALENDAR_KEEP, now - CALENDAR_KEEP, CALENDAR_MAX_EVENTS
+            )
+        items = []
+        for r in rows:
+            access = Access(is_host=r.booking_state is None, is_guest=r.booking_state == "CONFIRMED", has_invite=False)
+            cancelled = r.booking_cancel_time if r.booking_state == "CANCELLED" else None
+            items.append(CalendarItem(EventView(r.event, access), cancelled))
+        return items
 
     def share_link(self, event: Event, *, with_invite: bool) -> str:
         return notifications.share_link(self._base_url, event, with_invite=with_invite)

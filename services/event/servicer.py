@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 from cowatch.event.v1 import resources_pb2, service_pb2, service_pb2_grpc
+from google.api import httpbody_pb2
 
 from services.common import names
 from services.common.context import current_user, require_user
@@ -18,7 +19,10 @@ SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["EventService"].full_name
 # Public reads work without a token; every other method needs one.
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
-ANONYMOUS_METHODS = frozenset({f"/{SERVICE_NAME}/GetEvent", f"/{SERVICE_NAME}/ListEvents"})
+# GetCalendar is authenticated by the calendar token in the request, not by a bearer token.
+ANONYMOUS_METHODS = frozenset(
+    f"/{SERVICE_NAME}/{method}" for method in ("GetEvent", "ListEvents", "ExportEventCalendar", "GetCalendar")
+)
 
 
 class EventServicer(service_pb2_grpc.EventServiceServicer):
@@ -39,6 +43,29 @@ class EventServicer(service_pb2_grpc.EventServiceServicer):
 
     async def GetEvent(self, request: service_pb2.GetEventRequest, context: Ctx) -> resources_pb2.Event:
         return self._proto(await self._events.get(mappers.to_get_query(request, current_user())))
+
+    async def ExportEventCalendar(
+        self, request: service_pb2.ExportEventCalendarRequest, context: Ctx
+    ) -> httpbody_pb2.HttpBody:
+        view = await self._events.get(mappers.to_export_query(request, current_user()))
+        link = self._events.share_link(view.event, with_invite=view.access.sees_invite_token)
+        return mappers.event_calendar(view, link, self._events.now())
+
+    async def GetCalendar(self, request: service_pb2.GetCalendarRequest, context: Ctx) -> httpbody_pb2.HttpBody:
+        items = await self._events.calendar(mappers.calendar_token(request.token))
+        entries = [
+            mappers.calendar_entry(
+                i.view, self._events.share_link(i.view.event, with_invite=False), i.booking_cancel_time
+            )
+            for i in items
+        ]
+        return mappers.calendar_feed(entries, self._events.now())
+
+    async def RotateCalendarToken(
+        self, request: service_pb2.RotateCalendarTokenRequest, context: Ctx
+    ) -> service_pb2.CalendarToken:
+        token = await self._events.rotate_calendar_token(require_user())
+        return service_pb2.CalendarToken(token=token, feed_url=self._events.calendar_url(token))
 
     async def ListEvents(self, request: service_pb2.ListEventsRequest, context: Ctx) -> service_pb2.ListEventsResponse:
         page = await self._events.list(mappers.to_list_query(request, current_user()))

@@ -18,7 +18,7 @@ from pydantic import AliasChoices, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.common.settings import ENV_PREFIX
+from services.common.settings import ENV_PREFIX, RedisSettings
 
 __all__ = ["StandinSettings", "WorkerSettings"]
 
@@ -50,7 +50,7 @@ class _ProcessSettings(BaseSettings):
         return value.strip().upper() if isinstance(value, str) else value
 
 
-class WorkerSettings(_ProcessSettings):
+class WorkerSettings(_ProcessSettings, RedisSettings):
     """``python -m services.notification.worker``: relays ``notify.outbox`` and dispatches due reminders."""
 
     service_name: ClassVar[str] = "cowatch-notification-worker"
@@ -117,6 +117,11 @@ class WorkerSettings(_ProcessSettings):
         default=7 * 86_400.0,
         ge=3_600,
         description="request ids (idem.requests) are kept this long: longer than any client may retry a write",
+    )
+
+    # --- other domains' periodic jobs (the review reveal) ------------------------------------------------
+    jobs_interval_seconds: float = Field(
+        default=60.0, gt=0, description="how often reviews whose window has closed are revealed"
     )
 
     # --- process -----------------------------------------------------------------------------------------

@@ -44,6 +44,8 @@ TEMPLATES: Final[Mapping[str, tuple[str, ...]]] = {
     # to the host and every confirmed guest
     "reminder_24h": (*EVENT_PARAMS, "place_address", "role"),
     "reminder_1h": (*EVENT_PARAMS, "place_address", "role"),
+    # to the subject of a person review, when it is revealed (role: HOST or GUEST, the subject's role)
+    "review_revealed": ("event", "event_title", "review", "author_name", "rating", "role", "link"),
 }
 
 

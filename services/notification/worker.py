@@ -12,6 +12,9 @@ Four loops share one pool:
   the outbox rows it writes wake the relay through the same trigger.
 * **retention** (:mod:`services.notification.retention`): every ``retention_interval_seconds``, deletes sent and
   dead outbox rows and request ids past their retention, in small batches.
+* **periodic jobs** of other domains, handed in by the process wiring (:func:`serve`): every
+  ``jobs_interval_seconds`` (and on :meth:`Worker.wake`) each job's ``run_once()``. Today one: the review
+  domain's reveal of reviews whose window has closed (:mod:`services.review.reveals`).
 * **gauges**: pending count and oldest pending age for Prometheus.
 
 Any number of workers may run against one database (claims use ``SKIP LOCKED``). SIGTERM/SIGINT: stop claiming,
@@ -26,14 +29,15 @@ import asyncio
 import contextlib
 import random
 import signal
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import asyncpg
 from prometheus_client import start_http_server
 
 from services.common import db
+from services.common.cache import Cache, cache_from_settings
 from services.common.clock import Clock, SystemClock
 from services.common.logging import configure_logging, get_logger
 from services.common.settings import load_settings
@@ -43,6 +47,7 @@ from services.notification.relay import Relay, RelayConfig, backoff_delay
 from services.notification.reminders import ReminderDispatcher
 from services.notification.retention import Retention, RetentionConfig
 from services.notification.settings import WorkerSettings
+from services.review.app import reveal_job
 
 __all__ = ["OUTBOX_CHANNEL", "Worker", "main", "serve"]
 
@@ -52,6 +57,19 @@ MIN_WAIT_SECONDS = 0.005
 _log = get_logger("cowatch.notification.worker")
 
 R = TypeVar("R")
+
+
+class PeriodicJob(Protocol):
+    """Work another domain wants done on a schedule, in its own transactions (``SKIP LOCKED`` claims, so any
+    number of workers may run it)."""
+
+    name: str
+
+    async def run_once(self) -> object: ...
+
+
+JobFactory = Callable[[db.Pool, Clock, Cache], PeriodicJob]
+"""Builds a job from the worker's pool, clock and cache (``COWATCH_REDIS_URL``; they exist once it started)."""
 
 
 class Worker:
@@ -69,6 +87,7 @@ class Worker:
         notifier: Notifier | None = None,
         metrics: WorkerMetrics | None = None,
         rng: random.Random | None = None,
+        jobs: Sequence[JobFactory] = (),
     ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
@@ -80,6 +99,10 @@ class Worker:
         self._relay: Relay | None = None
         self._reminders: ReminderDispatcher | None = None
         self._retention: Retention | None = None
+        self._job_factories = tuple(jobs)
+        self._jobs: list[PeriodicJob] = []
+        self._cache: Cache | None = None
+        self._jobs_wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._outbox_wake = asyncio.Event()
         self._reminder_wake = asyncio.Event()
@@ -130,6 +153,9 @@ class Worker:
             ),
             self.metrics,
         )
+        if self._job_factories:
+            self._cache = cache_from_settings(s)
+            self._jobs = [make(self._pool, self.clock, self._cache) for make in self._job_factories]
         if s.metrics_port:
             self._metrics_server, _ = start_http_server(s.metrics_port, s.metrics_host, registry=self.metrics.registry)
         _log.info(
@@ -167,9 +193,10 @@ class Worker:
         return self._stopping.is_set()
 
     def wake(self) -> None:
-        """Look for due outbox rows and reminders now (tests call this after moving the clock)."""
+        """Look for due outbox rows, reminders and periodic work now (tests call this after moving the clock)."""
         self._outbox_wake.set()
         self._reminder_wake.set()
+        self._jobs_wake.set()
 
     async def wait_listening(self, within: float = 5.0) -> None:
         """Wait until LISTEN is in place (tests that count on NOTIFY wake-ups)."""
@@ -183,6 +210,7 @@ class Worker:
             asyncio.create_task(self._relay_loop(self._relay), name="outbox-relay"),
             asyncio.create_task(self._reminder_loop(self._reminders), name="reminders"),
             asyncio.create_task(self._retention_loop(self._retention), name="retention"),
+            *(asyncio.create_task(self._job_loop(job), name=job.name) for job in self._jobs),
             asyncio.create_task(self._gauge_loop(self._relay), name="outbox-gauges"),
         ]
         listener = asyncio.create_task(self._listen_loop(), name="outbox-listen")
@@ -199,6 +227,9 @@ class Worker:
             self._metrics_server = None
         if self._client is not None:
             await self._client.close()
+        if self._cache is not None:
+            await self._cache.aclose()
+            self._cache = None
         if self._pool is not None:
             await db.close_pool(self._pool)
             self._pool = None
@@ -280,6 +311,12 @@ class Worker:
             await self._guarded("retention", retention.run_once())
             await self._wait(self._stopping, self.settings.retention_interval_seconds)
 
+    async def _job_loop(self, job: PeriodicJob) -> None:
+        while not self._stopping.is_set():
+            self._jobs_wake.clear()
+            await self._guarded(job.name, job.run_once())
+            await self._wait(self._jobs_wake, self.settings.jobs_interval_seconds)
+
     async def _gauge_loop(self, relay: Relay) -> None:
         interval = max(1.0, min(self.settings.poll_interval_seconds, 15.0))
         while not self._stopping.is_set():
@@ -319,6 +356,16 @@ class Worker:
             await self._wait(self._stopping, s.poll_interval_seconds)
 
 
+def default_jobs(settings: WorkerSettings) -> list[JobFactory]:
+    """The other domains' periodic jobs this process runs (process wiring: the one import of another domain).
+    Their cache invalidations go to the services' Redis (``COWATCH_REDIS_URL``, same key prefix)."""
+
+    def reveals(pool: db.Pool, clock: Clock, cache: Cache) -> PeriodicJob:
+        return reveal_job(pool, clock, cache, settings.public_base_url)
+
+    return [reveals]
+
+
 async def serve(
     settings: WorkerSettings,
     *,
@@ -326,7 +373,7 @@ async def serve(
     stop_signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT),
 ) -> int:
     """Run a worker until a stop signal; returns the exit code."""
-    worker = Worker(settings, clock=clock)
+    worker = Worker(settings, clock=clock, jobs=default_jobs(settings))
     try:
         await worker.start()
     except Exception:

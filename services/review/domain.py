@@ -9,7 +9,7 @@ aggregate change (:class:`RatingChange`) in one transaction.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from uuid import UUID
 
@@ -34,6 +34,7 @@ __all__ = [
     "Rating",
     "RatingChange",
     "Review",
+    "ReviewState",
     "ReviewableEvent",
     "Role",
     "SubjectType",
@@ -41,13 +42,16 @@ __all__ = [
     "apply_edit",
     "check_rating",
     "check_text",
+    "counterpart",
     "ensure_author",
+    "ensure_editable",
     "ensure_etag",
     "ensure_visible",
+    "ensure_window_open",
     "parse_review_name",
-    "rating_change_for_edit",
     "rating_change_for_new",
     "resolve_subject",
+    "reveal_due",
     "review_name",
     "subject_user_name",
     "validate_draft",
@@ -63,6 +67,16 @@ class SubjectType(StrEnum):
     EVENT = "EVENT"
     HOST = "HOST"
     GUEST = "GUEST"
+
+
+class ReviewState(StrEnum):
+    """``PENDING_REVEAL``: seen by its author only, counted nowhere; ``REVEALED``: public, counted, frozen."""
+
+    PENDING_REVEAL = "PENDING_REVEAL"
+    REVEALED = "REVEALED"
+
+
+DEFAULT_REVIEW_WINDOW = timedelta(days=14)
 
 
 class Role(StrEnum):
@@ -85,10 +99,18 @@ class Review:
     version: int
     create_time: datetime
     update_time: datetime
+    reveal_due: datetime
+    """When the review window closes: the worker reveals it then if nothing did before."""
+    reveal_time: datetime | None = None
+    """``None`` while pending."""
 
     @property
     def name(self) -> str:
         return review_name(self.id)
+
+    @property
+    def state(self) -> ReviewState:
+        return ReviewState.PENDING_REVEAL if self.reveal_time is None else ReviewState.REVEALED
 
     @property
     def etag(self) -> str:
@@ -125,6 +147,7 @@ class ReviewableEvent:
     caller_role: Role | None  # the caller's row in event.participants (written when the event was held)
     caller_has_booking: bool  # the caller holds a confirmed booking (sees a private event before it is held)
     subject_role: Role | None = None  # the named subject's row in event.participants
+    complete_time: datetime | None = None  # when the host marked it held (None: not held)
 
     @property
     def name(self) -> str:
@@ -267,6 +290,48 @@ def resolve_subject(draft: Draft, facts: ReviewableEvent, author_id: str) -> str
             return subject
 
 
+def reveal_due(facts: ReviewableEvent, window: timedelta) -> datetime:
+    """When the event's review window closes: ``window`` after the host marked it held."""
+    assert facts.complete_time is not None, "only a held event has a review window"
+    return facts.complete_time + window
+
+
+def ensure_window_open(facts: ReviewableEvent, window: timedelta, now: datetime) -> datetime:
+    """Refuse a review once the window has closed; returns when it closes."""
+    closes = reveal_due(facts, window)
+    if now >= closes:
+        raise FailedPrecondition(
+            "REVIEW_WINDOW_CLOSED",
+            f"reviews of this event closed {window.days} days after it was held",
+            metadata={"event": facts.name, "closed_at": closes.isoformat()},
+        )
+    return closes
+
+
+def ensure_editable(review: Review, now: datetime) -> None:
+    """Only a pending review can be edited or withdrawn: a revealed one (or one whose window has closed, which
+    the worker is about to reveal) is frozen."""
+    if review.reveal_time is not None or now >= review.reveal_due:
+        raise FailedPrecondition(
+            "REVIEW_FROZEN",
+            "this review has been revealed (or its review window has closed): it can no longer change",
+            metadata={"review": review.name},
+        )
+
+
+def counterpart(review: Review, host_id: str) -> tuple[str, SubjectType, str] | None:
+    """The review that completes a pair with ``review``: (its author, subject type, subject), or ``None`` for an
+    EVENT review (those wait for the window). A guest's HOST review pairs with the host's GUEST review of them."""
+    match review.subject_type:
+        case SubjectType.HOST:
+            return host_id, SubjectType.GUEST, review.author_id
+        case SubjectType.GUEST:
+            assert review.subject_user_id is not None
+            return review.subject_user_id, SubjectType.HOST, review.author_id
+        case SubjectType.EVENT:
+            return None
+
+
 def already_reviewed(existing: UUID | None) -> AlreadyExists:
     metadata = {"review": review_name(existing)} if existing is not None else {}
     return AlreadyExists(
@@ -278,7 +343,7 @@ def already_reviewed(existing: UUID | None) -> AlreadyExists:
 
 def ensure_author(review: Review, caller_id: str) -> None:
     if review.author_id != caller_id:
-        raise PermissionDenied("NOT_REVIEW_AUTHOR", "only the author may edit a review")
+        raise PermissionDenied("NOT_REVIEW_AUTHOR", "only the author may edit or withdraw a review")
 
 
 def ensure_etag(review: Review, etag: str) -> None:
@@ -311,12 +376,7 @@ def _target(subject_type: SubjectType, subject_user_id: str | None) -> tuple[str
 
 
 def rating_change_for_new(review: Review) -> RatingChange:
-    """A new review adds its rating to the sum and one to the count of its subject's aggregate."""
+    """A revealed review adds its rating to the sum and one to the count of its subject's aggregate (pending
+    reviews count nowhere, and revealed ones never change, so this is the only change an aggregate sees)."""
     user_id, role = _target(review.subject_type, review.subject_user_id)
     return RatingChange(review.subject_type, review.event_id, user_id, role, review.rating, 1)
-
-
-def rating_change_for_edit(before: Review, new_rating: int) -> RatingChange:
-    """An edit moves the sum by the difference; the count stays."""
-    user_id, role = _target(before.subject_type, before.subject_user_id)
-    return RatingChange(before.subject_type, before.event_id, user_id, role, new_rating - before.rating, 0)

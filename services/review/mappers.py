@@ -11,9 +11,10 @@ from services.common.errors import InvalidArgument, Violations
 from services.common.identity import User
 from services.common.protos import rating_to_proto, request_key, to_timestamp
 from services.review import domain
-from services.review.domain import Draft, Edit, Review, SubjectType
+from services.review.domain import Draft, Edit, Review, ReviewState, SubjectType
 from services.review.service import (
     CreateReview,
+    DeleteReview,
     HeldEvent,
     HostProfile,
     ListHeldEvents,
@@ -28,6 +29,10 @@ _SUBJECT_TO_PROTO = {
     SubjectType.GUEST: resources_pb2.Review.GUEST,
 }
 _SUBJECT_FROM_PROTO = {v: k for k, v in _SUBJECT_TO_PROTO.items()}
+_STATE_TO_PROTO = {
+    ReviewState.PENDING_REVEAL: resources_pb2.Review.PENDING_REVEAL,
+    ReviewState.REVEALED: resources_pb2.Review.REVEALED,
+}
 MUTABLE_FIELDS = frozenset({"rating", "text"})
 
 
@@ -116,6 +121,11 @@ def to_update_command(request: service_pb2.UpdateReviewRequest, user: User) -> U
     return UpdateReview(user=user, review_id=review_id, edit=edit, etag=etag(r.etag), trace_id=context.request_id())
 
 
+def to_delete_command(request: service_pb2.DeleteReviewRequest, user: User) -> DeleteReview:
+    review_id = domain.parse_review_name(request.name, "name")
+    return DeleteReview(user=user, review_id=review_id, etag=etag(request.etag, "etag"), trace_id=context.request_id())
+
+
 def to_list_query(request: service_pb2.ListReviewsRequest, user: User | None) -> ListReviews:
     v = Violations()
     if request.page_size < 0:
@@ -188,6 +198,9 @@ def review_to_proto(r: Review) -> resources_pb2.Review:
         create_time=to_timestamp(r.create_time),
         update_time=to_timestamp(r.update_time),
         etag=r.etag,
+        state=_STATE_TO_PROTO[r.state],
+        reveal_time=to_timestamp(r.reveal_time) if r.reveal_time is not None else None,
+        window_close_time=to_timestamp(r.reveal_due),
     )
 
 

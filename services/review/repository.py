@@ -21,7 +21,7 @@ from services.review.domain import RatingChange, Review, ReviewableEvent, Role, 
 # --------------------------------------------------------------------------- eligibility facts
 
 EVENT_FACTS = """
-SELECT e.host_id, e.state, e.visibility,
+SELECT e.host_id, e.state, e.visibility, e.complete_time,
        (SELECT p.role FROM event.participants p WHERE p.event_id = e.id AND p.user_id = $2) AS caller_role,
        (SELECT p.role FROM event.participants p WHERE p.event_id = e.id AND p.user_id = $3) AS subject_role
 FROM event.events e
@@ -36,6 +36,7 @@ class EventRow:
     visibility: Visibility
     caller_role: Role | None
     subject_role: Role | None
+    complete_time: datetime | None = None
 
 
 async def event_facts(conn: Conn, event_id: UUID, caller_id: str | None, subject_id: str | None) -> EventRow | None:
@@ -49,6 +50,7 @@ async def event_facts(conn: Conn, event_id: UUID, caller_id: str | None, subject
         visibility=Visibility(r["visibility"]),
         caller_role=Role(r["caller_role"]) if r["caller_role"] else None,
         subject_role=Role(r["subject_role"]) if r["subject_role"] else None,
+        complete_time=r["complete_time"],
     )
 
 
@@ -61,6 +63,7 @@ def to_facts(event_id: UUID, row: EventRow, *, caller_has_booking: bool) -> Revi
         caller_role=row.caller_role,
         caller_has_booking=caller_has_booking,
         subject_role=row.subject_role,
+        complete_time=row.complete_time,
     )
 
 
@@ -68,7 +71,7 @@ def to_facts(event_id: UUID, row: EventRow, *, caller_has_booking: bool) -> Revi
 
 _COLUMNS = """
     r.id, r.event_id, r.subject_type, r.subject_user_id, r.author_id, u.display_name AS author_display_name,
-    r.rating, r.text, r.version, r.create_time, r.update_time
+    r.rating, r.text, r.version, r.create_time, r.update_time, r.reveal_due, r.reveal_time
 """
 
 GET = f"SELECT {_COLUMNS} FROM review.reviews r JOIN account.users u ON u.id = r.author_id WHERE r.id = $1"
@@ -79,8 +82,8 @@ GET_FOR_UPDATE = GET + " FOR UPDATE OF r"
 INSERT = f"""
 WITH r AS (
     INSERT INTO review.reviews (
-        id, event_id, author_id, subject_type, subject_user_id, rating, text, create_time, update_time
-    ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
+        id, event_id, author_id, subject_type, subject_user_id, rating, text, create_time, update_time, reveal_due
+    ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)
     ON CONFLICT DO NOTHING
     RETURNING *
 )
@@ -115,6 +118,8 @@ def to_review(r: asyncpg.Record) -> Review:
         version=r["version"],
         create_time=r["create_time"],
         update_time=r["update_time"],
+        reveal_due=r["reveal_due"],
+        reveal_time=r["reveal_time"],
     )
 
 
@@ -133,6 +138,7 @@ class NewReview:
     rating: int
     text: str
     create_time: datetime
+    reveal_due: datetime
 
 
 async def insert(conn: Conn, new: NewReview) -> Review | None:
@@ -147,6 +153,7 @@ async def insert(conn: Conn, new: NewReview) -> Review | None:
         new.rating,
         new.text,
         new.create_time,
+        new.reveal_due,
     )
     return to_review(row) if row else None
 
@@ -164,6 +171,81 @@ async def update(conn: Conn, review_id: UUID, rating: int, text: str, now: datet
     return to_review(row)
 
 
+DELETE = "DELETE FROM review.reviews WHERE id = $1 AND reveal_time IS NULL"
+
+
+async def delete(conn: Conn, review_id: UUID) -> None:
+    """Withdraw a pending review (the caller holds its row lock and checked it is pending)."""
+    status = await conn.execute(DELETE, review_id)
+    assert status == "DELETE 1", "the pending review is locked by this transaction"
+
+
+# --------------------------------------------------------------------------- reveals
+
+# The two reviews of one (event, host, guest) pair are written by two people, maybe at the same moment: each
+# writer takes this transaction-scoped lock first, so the second one sees the first's committed review and
+# reveals both (without it, two concurrent writers would each miss the other and wait for the window).
+LOCK_PAIR = "SELECT pg_advisory_xact_lock(hashtextextended('review-pair/' || $1::text || '/' || $2::text, 0))"
+
+
+async def lock_pair(conn: Conn, event_id: UUID, guest_id: str) -> None:
+    await conn.execute(LOCK_PAIR, str(event_id), guest_id)
+
+
+FIND_PENDING = f"""
+SELECT {_COLUMNS} FROM review.reviews r JOIN account.users u ON u.id = r.author_id
+WHERE r.author_id = $1 AND r.event_id = $2 AND r.subject_type = $3 AND r.subject_user_id = $4
+  AND r.reveal_time IS NULL
+FOR UPDATE OF r
+"""
+
+
+async def find_pending(
+    conn: Conn, author_id: str, event_id: UUID, subject_type: SubjectType, subject_user_id: str
+) -> Review | None:
+    """The pending review ``author_id`` wrote about ``subject_user_id`` at the event, locked."""
+    row = await conn.fetchrow(FIND_PENDING, author_id, event_id, subject_type.value, subject_user_id)
+    return to_review(row) if row else None
+
+
+REVEAL = f"""
+WITH r AS (
+    UPDATE review.reviews SET reveal_time = $2 WHERE id = ANY($1::uuid[]) AND reveal_time IS NULL RETURNING *
+)
+SELECT {_COLUMNS} FROM r JOIN account.users u ON u.id = r.author_id
+"""
+
+
+async def reveal(conn: Conn, review_ids: list[UUID], now: datetime) -> list[Review]:
+    """Reveal the pending reviews among ``review_ids``; returns those this statement revealed (a review already
+    revealed by a concurrent transaction is not returned again: each review is revealed, and counted, once)."""
+    return [to_review(r) for r in await conn.fetch(REVEAL, review_ids, now)]
+
+
+# One event whose window has closed with reviews still pending, its pending rows locked; SKIP LOCKED: several
+# workers (or a worker and a writer) never wait on each other or reveal the same event twice.
+CLAIM_DUE_EVENT = """
+SELECT event_id FROM review.reviews WHERE reveal_time IS NULL AND reveal_due <= $1
+ORDER BY reveal_due LIMIT 1 FOR UPDATE SKIP LOCKED
+"""
+# SKIP LOCKED here too: two workers that claimed rows of the same event must not wait for each other's rows (each
+# holding one, that would deadlock). Nothing pending at a window's end is half a pair (the second review of a pair
+# reveals both), so reviews split between two concurrent reveals still appear within moments of each other.
+PENDING_OF_EVENT = """
+SELECT id FROM review.reviews WHERE event_id = $1 AND reveal_time IS NULL AND reveal_due <= $2
+ORDER BY id FOR UPDATE SKIP LOCKED
+"""
+
+
+async def claim_due_event(conn: Conn, now: datetime) -> list[UUID]:
+    """The pending reviews of one event whose window has closed, locked (``[]``: none due)."""
+    event_id = await conn.fetchval(CLAIM_DUE_EVENT, now)
+    if event_id is None:
+        return []
+    # The claimed row is already ours: SKIP LOCKED never skips it.
+    return [r["id"] for r in await conn.fetch(PENDING_OF_EVENT, event_id, now)]
+
+
 # --------------------------------------------------------------------------- aggregates
 
 # A new review: add to the aggregate, creating it on first use. (Only for positive changes: the CHECKs apply to
@@ -178,29 +260,21 @@ INSERT INTO review.event_ratings AS er (event_id, rating_sum, rating_count) VALU
 ON CONFLICT (event_id) DO UPDATE
     SET rating_sum = er.rating_sum + EXCLUDED.rating_sum, rating_count = er.rating_count + EXCLUDED.rating_count
 """
-# An edit: the aggregate exists since the review was counted; the sum moves by the difference.
-SHIFT_USER_RATING = """
-UPDATE review.user_ratings SET rating_sum = rating_sum + $3, rating_count = rating_count + $4
-WHERE user_id = $1 AND role = $2
-"""
-SHIFT_EVENT_RATING = """
-UPDATE review.event_ratings SET rating_sum = rating_sum + $2, rating_count = rating_count + $3 WHERE event_id = $1
-"""
 
 
 async def apply_rating_change(conn: Conn, change: RatingChange) -> None:
-    """Add ``change`` to its aggregate row. The row stays locked until the transaction ends: call this last in
-    the transaction, so concurrent reviews of one subject queue only for each other's commit."""
+    """Add a revealed review's ``change`` to its aggregate row. The row stays locked until the transaction ends:
+    call this last in the transaction, so concurrent reveals of one subject queue only for each other's commit."""
     if change.is_noop:
         return
-    grows = change.rating_count > 0
+    assert change.rating_count > 0, "a revealed review never changes: aggregates only grow"
     if change.subject_type is SubjectType.EVENT:
-        sql = ADD_TO_EVENT_RATING if grows else SHIFT_EVENT_RATING
-        status = await conn.execute(sql, change.event_id, change.rating_sum, change.rating_count)
+        status = await conn.execute(ADD_TO_EVENT_RATING, change.event_id, change.rating_sum, change.rating_count)
     else:
         assert change.user_id is not None and change.role is not None
-        sql = ADD_TO_USER_RATING if grows else SHIFT_USER_RATING
-        status = await conn.execute(sql, change.user_id, change.role.value, change.rating_sum, change.rating_count)
+        status = await conn.execute(
+            ADD_TO_USER_RATING, change.user_id, change.role.value, change.rating_sum, change.rating_count
+        )
     if status.split()[-1] != "1":  # a counted review without its aggregate row: refuse rather than drift
         raise RuntimeError(f"rating aggregate missing for {change}")
 
@@ -226,6 +300,7 @@ class ReviewQuery:
     after: tuple[datetime, UUID] | None
     limit: int
     # Listing by subject spans events: reviews written at a private event are shown only to its participants.
+    # Pending reviews are shown to their author only.
     viewer_id: str | None = None
 
 
@@ -238,11 +313,12 @@ def build_list_sql(q: ReviewQuery) -> tuple[str, list[Any]]:
         return f"${len(args)}"
 
     where: list[str] = []
+    viewer = arg(q.viewer_id)
+    where.append(f"(r.reveal_time IS NOT NULL OR r.author_id = {viewer}::text)")
     if q.event_id is not None:
         where.append(f"r.event_id = {arg(q.event_id)}")
     else:
         where.append(f"r.subject_user_id = {arg(q.subject_user_id)}")
-        viewer = arg(q.viewer_id)
         where.append(
             "EXISTS (SELECT 1 FROM event.events e WHERE e.id = r.event_id AND (e.visibility = 'PUBLIC' OR EXISTS "
             f"(SELECT 1 FROM event.participants p WHERE p.event_id = e.id AND p.user_id = {viewer}::text)))"
@@ -289,12 +365,14 @@ async def host_profile(conn: Conn, user_id: str) -> HostProfileRow | None:
     return HostProfileRow(r["display_name"], Rating.of(r["rating_sum"], r["rating_count"]), r["held_event_count"])
 
 
-EVENT_HOST_ID = "SELECT host_id FROM event.events WHERE id = $1"
+EVENT_SUMMARY = "SELECT host_id, title FROM event.events WHERE id = $1"
 
 
-async def event_host_id(conn: Conn, event_id: UUID) -> str:
-    host_id: str = await conn.fetchval(EVENT_HOST_ID, event_id)
-    return host_id
+async def event_summary(conn: Conn, event_id: UUID) -> tuple[str, str]:
+    """(host id, title) of an event that exists."""
+    row = await conn.fetchrow(EVENT_SUMMARY, event_id)
+    assert row is not None, "a review's event exists"
+    return row["host_id"], row["title"]
 
 
 IS_PUBLIC_HOST = "SELECT EXISTS (SELECT 1 FROM event.events WHERE host_id = $1 AND visibility = 'PUBLIC')"

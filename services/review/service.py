@@ -1,14 +1,17 @@
 """ReviewService use cases: one method per RPC, each one transaction (reads: one connection).
 
-A review and the aggregate it changes are written in the same transaction, the aggregate last: its row is
-the one every concurrent review of the same subject waits for, so it is held only for the commit.
+Reviews are blind: a new review is PENDING_REVEAL (its author alone sees it, no rating counts it) until the
+other person of its pair has reviewed the author too (then both are revealed in the second writer's
+transaction) or the review window closes (the worker reveals it, :mod:`services.review.reveals`). A pending
+review can be edited or withdrawn; a revealed one is frozen. Aggregates change only when reviews are revealed,
+in the reveal's transaction, last: their rows are what concurrent reveals of one subject wait for.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypeAlias
 from uuid import UUID
 
@@ -18,14 +21,14 @@ from services.common import db, errors, names
 from services.common.cache import Cache, NullCache
 from services.common.clock import Clock
 from services.common.dbtypes import Conn, Pool
-from services.common.domain_events import ReviewPosted
 from services.common.idempotency import RequestKey
 from services.common.identity import User
 from services.common.paging import Page, keyset
 from services.common.uow import Handlers, uow
 from services.common.vocabulary import Rating, Visibility
 from services.review import cache as review_cache
-from services.review import domain
+from services.review import domain, reveals
+from services.review import notifications as review_notifications
 from services.review import repository as reviews
 from services.review.domain import Draft, Edit, Review, ReviewableEvent, Role, SubjectType
 
@@ -43,6 +46,14 @@ class UpdateReview:
     user: User
     review_id: UUID
     edit: Edit
+    etag: str
+    trace_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteReview:
+    user: User
+    review_id: UUID
     etag: str
     trace_id: str = ""
 
@@ -99,9 +110,10 @@ def _user_not_found(user_id: str) -> errors.NotFound:
 
 
 class ReviewService:
-    """Writes run in a unit of work (:mod:`services.common.uow`) and emit ``ReviewPosted``; after COMMIT this
-    domain's cache (:func:`review_cache.handlers`) and the listening ones (``subscribers``, wired by the app: the
-    event rows show the host's rating) drop what it made stale."""
+    """Writes run in a unit of work (:mod:`services.common.uow`); a reveal emits ``ReviewRevealed`` (a
+    ``ReviewPosted``): in the transaction the subject's mail, after COMMIT this domain's cache
+    (:func:`review_cache.handlers`) and the listening ones (``subscribers``, wired by the app: the event rows show
+    the host's rating) drop what it made stale."""
 
     def __init__(
         self,
@@ -111,12 +123,15 @@ class ReviewService:
         *,
         cache_ttl: float = 60.0,
         subscribers: Handlers | None = None,
+        review_window: timedelta = domain.DEFAULT_REVIEW_WINDOW,
+        public_base_url: str = "http://localhost:8080",
     ) -> None:
         self._pool = pool
         self._clock = clock
         self._cache: Cache = cache or NullCache()
         self._ttl = cache_ttl
-        self._dispatcher = review_cache.handlers(self._cache).merged(*([subscribers] if subscribers else []))
+        self._window = review_window
+        self._dispatcher = dispatcher(self._cache, public_base_url, subscribers)
 
     # ----------------------------------------------------------------- helpers
 
@@ -143,9 +158,12 @@ class ReviewService:
         return review
 
     async def _ensure_may_see(self, conn: Conn, review: Review, caller_id: str) -> None:
-        """A review at a private event does not exist for those who may not see the event (as an unknown id)."""
+        """A pending review, or a review at a private event the caller may not see, does not exist for anyone but
+        its author (as an unknown id)."""
         if review.author_id == caller_id:
             return
+        if review.reveal_time is None:
+            raise errors.review_not_found(names.review(review.id))
         try:
             domain.ensure_visible(await self._facts(conn, review.event_id, caller_id, None), caller_id)
         except errors.NotFound:
@@ -162,7 +180,11 @@ class ReviewService:
                 return await self._load(conn, domain.parse_review_name(tx.replay))
             facts = await self._facts(conn, draft.event_id, cmd.user.id, draft.subject_user_id)
             subject = domain.resolve_subject(draft, facts, cmd.user.id)
+            due = domain.ensure_window_open(facts, self._window, now)
             await users.remember(tx, cmd.user)
+            if subject is not None:  # a person review: the pair's two writers take turns (see LOCK_PAIR)
+                guest = cmd.user.id if draft.subject_type is SubjectType.HOST else subject
+                await reviews.lock_pair(conn, draft.event_id, guest)
             review = await reviews.insert(
                 conn,
                 reviews.NewReview(
@@ -174,14 +196,19 @@ class ReviewService:
                     rating=draft.rating,
                     text=draft.text,
                     create_time=now,
+                    reveal_due=due,
                 ),
             )
             if review is None:
                 existing = await reviews.find(conn, cmd.user.id, draft.event_id, draft.subject_type, subject)
                 raise domain.already_reviewed(existing)
             tx.record(review.name)
-            await reviews.apply_rating_change(conn, domain.rating_change_for_new(review))
-            tx.emit(_posted(review, facts.host_id))
+            pair = domain.counterpart(review, facts.host_id)
+            if pair is not None:
+                other = await reviews.find_pending(conn, pair[0], review.event_id, pair[1], pair[2])
+                if other is not None:  # both have now reviewed each other: reveal the two at once
+                    revealed = await reveals.reveal(tx, [review.id, other.id], now)
+                    review = next(r for r in revealed if r.id == review.id)
         return review
 
     async def update(self, cmd: UpdateReview) -> Review:
@@ -192,16 +219,26 @@ class ReviewService:
             review = await self._load(conn, cmd.review_id, for_update=True)
             await self._ensure_may_see(conn, review, cmd.user.id)
             domain.ensure_author(review, cmd.user.id)
+            domain.ensure_editable(review, now)
             domain.ensure_etag(review, cmd.etag)
             rating, text = domain.apply_edit(review, edit)
             if (rating, text) == (review.rating, review.text):
                 return review
             await users.remember(tx, cmd.user)
-            updated = await reviews.update(conn, review.id, rating, text, now)
-            await reviews.apply_rating_change(conn, domain.rating_change_for_edit(review, rating))
-            host_id = await reviews.event_host_id(conn, review.event_id)
-            tx.emit(_posted(updated, host_id))
-        return updated
+            # Pending: seen by its author only and counted nowhere, so nothing else changes.
+            return await reviews.update(conn, review.id, rating, text, now)
+
+    async def delete(self, cmd: DeleteReview) -> None:
+        """Withdraw a pending review (AIP-135: the review is gone; the author may write a new one)."""
+        now = self._clock.now()
+        async with uow(self._pool, self._dispatcher, trace_id=cmd.trace_id) as tx:
+            conn = tx.conn
+            review = await self._load(conn, cmd.review_id, for_update=True)
+            await self._ensure_may_see(conn, review, cmd.user.id)
+            domain.ensure_author(review, cmd.user.id)
+            domain.ensure_editable(review, now)
+            domain.ensure_etag(review, cmd.etag)
+            await reviews.delete(conn, review.id)
 
     # ----------------------------------------------------------------- reads
 
@@ -273,5 +310,8 @@ class ReviewService:
         return Page(items, page.next_page_token)
 
 
-def _posted(review: Review, host_id: str) -> ReviewPosted:
-    return ReviewPosted(review.id, review.event_id, review.subject_type.value, review.subject_user_id, host_id)
+def dispatcher(cache: Cache, public_base_url: str, subscribers: Handlers | None = None) -> Handlers:
+    """What a review write (or reveal) causes: the subject's mail in the transaction, this domain's cache and the
+    ``subscribers`` after COMMIT. The worker's :class:`reveals.RevealJob` uses the same table."""
+    own = review_notifications.handlers(public_base_url).merged(review_cache.handlers(cache))
+    return own.merged(*([subscribers] if subscribers else []))

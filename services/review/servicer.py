@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 from cowatch.review.v1 import resources_pb2, service_pb2, service_pb2_grpc
+from google.protobuf import empty_pb2
 
 from services.common.context import current_user, require_user
 from services.review import mappers
@@ -37,6 +38,10 @@ class ReviewServicer(service_pb2_grpc.ReviewServiceServicer):
     async def UpdateReview(self, request: service_pb2.UpdateReviewRequest, context: Ctx) -> resources_pb2.Review:
         review = await self._reviews.update(mappers.to_update_command(request, require_user()))
         return mappers.review_to_proto(review)
+
+    async def DeleteReview(self, request: service_pb2.DeleteReviewRequest, context: Ctx) -> empty_pb2.Empty:
+        await self._reviews.delete(mappers.to_delete_command(request, require_user()))
+        return empty_pb2.Empty()
 
     async def ListReviews(
         self, request: service_pb2.ListReviewsRequest, context: Ctx

@@ -1,4 +1,7 @@
-"""ReviewService: CreateReview and UpdateReview rules and reasons, through real servers and database."""
+"""ReviewService: CreateReview and UpdateReview rules and reasons, through real servers and database.
+
+Reviews are blind (tests/api/test_reviews_blind.py): ratings count a review once it is revealed, so tests that
+check ratings close the review window first (the worker's reveal job, the clock moved 14 days)."""
 
 from __future__ import annotations
 
@@ -16,7 +19,16 @@ from google.protobuf import field_mask_pb2
 from services.common.clock import ManualClock
 from tests.support.api import expect_error, new_caller
 from tests.support.factories import book_directly
-from tests.support.reviews import EVENT, GUEST, HOST, complete, held_event, review_request, scheduled_event
+from tests.support.reviews import (
+    EVENT,
+    GUEST,
+    HOST,
+    close_review_window,
+    complete,
+    held_event,
+    review_request,
+    scheduled_event,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -43,7 +55,11 @@ def _update(name: str, *paths: str, rating: int = 0, text: str = "", etag: str =
 
 
 async def test_participants_review_the_event_the_host_and_each_guest(
-    events: event_grpc.EventServiceAsyncStub, reviews: review_grpc.ReviewServiceAsyncStub, clock: ManualClock, db_pool
+    events: event_grpc.EventServiceAsyncStub,
+    reviews: review_grpc.ReviewServiceAsyncStub,
+    clock: ManualClock,
+    db_pool,
+    database_url: str,
 ):
     host, ana, ben = new_caller("Host"), new_caller("Ana"), new_caller("Ben")
     event = await held_event(events, db_pool, clock, host, [ana, ben])
@@ -71,6 +87,7 @@ async def test_participants_review_the_event_the_host_and_each_guest(
     by_host = await reviews.CreateReview(review_request(event.name, EVENT, 4), metadata=host.metadata)
     assert by_host.author == host.resource
 
+    await close_review_window(db_pool, clock, database_url)
     assert (await _user_rating(reviews, host.resource)).as_host.count == 2
     assert (await _user_rating(reviews, host.resource)).as_host.average == 3.0
     assert (await _user_rating(reviews, ana.resource)).as_guest.count == 1
@@ -188,7 +205,11 @@ async def test_nobody_reviews_themselves(
 
 
 async def test_one_review_per_author_event_and_subject(
-    events: event_grpc.EventServiceAsyncStub, reviews: review_grpc.ReviewServiceAsyncStub, clock: ManualClock, db_pool
+    events: event_grpc.EventServiceAsyncStub,
+    reviews: review_grpc.ReviewServiceAsyncStub,
+    clock: ManualClock,
+    db_pool,
+    database_url: str,
 ):
     host, ana, ben = new_caller(), new_caller(), new_caller()
     event = await held_event(events, db_pool, clock, host, [ana, ben])
@@ -213,12 +234,17 @@ async def test_one_review_per_author_event_and_subject(
         reviews.CreateReview(review_request(event.name, GUEST, 2, subject_user=ben.resource), metadata=host.metadata)
     )
     assert err.reason == "ALREADY_REVIEWED"
+    await close_review_window(db_pool, clock, database_url)
     rating = await _user_rating(reviews, host.resource)
     assert (rating.as_host.count, rating.as_host.average) == (3, 3.67)
 
 
 async def test_concurrent_duplicates_create_one_review(
-    events: event_grpc.EventServiceAsyncStub, reviews: review_grpc.ReviewServiceAsyncStub, clock: ManualClock, db_pool
+    events: event_grpc.EventServiceAsyncStub,
+    reviews: review_grpc.ReviewServiceAsyncStub,
+    clock: ManualClock,
+    db_pool,
+    database_url: str,
 ):
     host, guest = new_caller(), new_caller()
     event = await held_event(events, db_pool, clock, host, [guest])
@@ -233,12 +259,17 @@ async def test_concurrent_duplicates_create_one_review(
     refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
     assert len(created) == 1 and len(refused) == 19
     assert {e.code() for e in refused} == {grpc.StatusCode.ALREADY_EXISTS}
+    await close_review_window(db_pool, clock, database_url)
     rating = (await _user_rating(reviews, host.resource)).as_host
     assert (rating.count, rating.average) == (1, created[0].rating)
 
 
 async def test_request_id_makes_retries_safe(
-    events: event_grpc.EventServiceAsyncStub, reviews: review_grpc.ReviewServiceAsyncStub, clock: ManualClock, db_pool
+    events: event_grpc.EventServiceAsyncStub,
+    reviews: review_grpc.ReviewServiceAsyncStub,
+    clock: ManualClock,
+    db_pool,
+    database_url: str,
 ):
     host, guest = new_caller(), new_caller()
     event = await held_event(events, db_pool, clock, host, [guest])
@@ -249,6 +280,7 @@ async def test_request_id_makes_retries_safe(
     racing = review_request(event.name, EVENT, 5, request_id=str(uuid.uuid4()))
     replies = await asyncio.gather(*(reviews.CreateReview(racing, metadata=guest.metadata) for _ in range(10)))
     assert len({r.name for r in replies}) == 1
+    await close_review_window(db_pool, clock, database_url)
     rating = (await _user_rating(reviews, host.resource)).as_host
     assert (rating.count, rating.average) == (1, 4.0)
 
@@ -326,7 +358,11 @@ async def test_writes_need_a_token_reads_do_not(reviews: review_grpc.ReviewServi
 
 
 async def test_private_events_are_reviewed_by_participants_only(
-    events: event_grpc.EventServiceAsyncStub, reviews: review_grpc.ReviewServiceAsyncStub, clock: ManualClock, db_pool
+    events: event_grpc.EventServiceAsyncStub,
+    reviews: review_grpc.ReviewServiceAsyncStub,
+    clock: ManualClock,
+    db_pool,
+    database_url: str,
 ):
     host, guest, stranger = new_caller(), new_caller(), new_caller()
     event = await scheduled_event(events, db_pool, clock, host, [guest], private=True)
@@ -339,6 +375,7 @@ async def test_private_events_are_reviewed_by_participants_only(
     err = await expect_error(reviews.CreateReview(review_request(event.name, EVENT, 5), metadata=stranger.metadata))
     assert (err.code, err.reason) == (grpc.StatusCode.NOT_FOUND, "EVENT_NOT_FOUND")
     review = await reviews.CreateReview(review_request(event.name, EVENT, 5), metadata=guest.metadata)
+    await close_review_window(db_pool, clock, database_url)
 
     listed = await reviews.ListReviews(service_pb2.ListReviewsRequest(event=event.name), metadata=host.metadata)
     assert [r.name for r in listed.reviews] == [review.name]
@@ -355,7 +392,11 @@ async def test_private_events_are_reviewed_by_participants_only(
 
 
 async def test_the_author_edits_and_ratings_follow(
-    events: event_grpc.EventServiceAsyncStub, reviews: review_grpc.ReviewServiceAsyncStub, clock: ManualClock, db_pool
+    events: event_grpc.EventServiceAsyncStub,
+    reviews: review_grpc.ReviewServiceAsyncStub,
+    clock: ManualClock,
+    db_pool,
+    database_url: str,
 ):
     host, guest = new_caller(), new_caller("Gina")
     event = await held_event(events, db_pool, clock, host, [guest])
@@ -370,7 +411,7 @@ async def test_the_author_edits_and_ratings_follow(
     assert edited.etag != review.etag
     assert edited.update_time.ToDatetime() > edited.create_time.ToDatetime() == review.create_time.ToDatetime()
     rating = (await _user_rating(reviews, host.resource)).as_host
-    assert (rating.count, rating.average) == (1, 2.0)
+    assert (rating.count, rating.average) == (0, 0.0)  # pending: counted nowhere yet
 
     # Empty mask: the populated fields only (here the text; rating 0 means "not given").
     edited = await reviews.UpdateReview(_update(review.name, text="Lovely, really"), metadata=guest.metadata)
@@ -383,6 +424,7 @@ async def test_the_author_edits_and_ratings_follow(
     # Nothing changes: the review (and its etag) stay as they are.
     same = await reviews.UpdateReview(_update(review.name, "rating", rating=3), metadata=guest.metadata)
     assert same.etag == edited.etag
+    await close_review_window(db_pool, clock, database_url)  # revealed as last edited
     rating = (await _user_rating(reviews, host.resource)).as_host
     assert (rating.count, rating.average) == (1, 3.0)
     event_rating = await db_pool.fetchval(
@@ -392,16 +434,24 @@ async def test_the_author_edits_and_ratings_follow(
 
 
 async def test_only_the_author_may_edit(
-    events: event_grpc.EventServiceAsyncStub, reviews: review_grpc.ReviewServiceAsyncStub, clock: ManualClock, db_pool
+    events: event_grpc.EventServiceAsyncStub,
+    reviews: review_grpc.ReviewServiceAsyncStub,
+    clock: ManualClock,
+    db_pool,
+    database_url: str,
 ):
     host, guest = new_caller(), new_caller()
     event = await held_event(events, db_pool, clock, host, [guest])
     review = await reviews.CreateReview(review_request(event.name, HOST, 5), metadata=guest.metadata)
-    for caller in (host, new_caller()):
-        err = await expect_error(
-            reviews.UpdateReview(_update(review.name, "rating", rating=1), metadata=caller.metadata)
-        )
-        assert (err.code, err.reason) == (DENIED, "NOT_REVIEW_AUTHOR")
+    for revealed in (False, True):  # pending: nobody else knows it exists; revealed: visible, not theirs
+        if revealed:
+            await close_review_window(db_pool, clock, database_url)
+        for caller in (host, new_caller()):
+            err = await expect_error(
+                reviews.UpdateReview(_update(review.name, "rating", rating=1), metadata=caller.metadata)
+            )
+            expected = (DENIED, "NOT_REVIEW_AUTHOR") if revealed else (grpc.StatusCode.NOT_FOUND, "REVIEW_NOT_FOUND")
+            assert (err.code, err.reason) == expected
     err = await expect_error(
         reviews.UpdateReview(_update(f"reviews/{uuid.uuid4()}", "rating", rating=1), metadata=guest.metadata)
     )
@@ -410,7 +460,11 @@ async def test_only_the_author_may_edit(
 
 
 async def test_stale_etag_is_aborted(
-    events: event_grpc.EventServiceAsyncStub, reviews: review_grpc.ReviewServiceAsyncStub, clock: ManualClock, db_pool
+    events: event_grpc.EventServiceAsyncStub,
+    reviews: review_grpc.ReviewServiceAsyncStub,
+    clock: ManualClock,
+    db_pool,
+    database_url: str,
 ):
     host, guest = new_caller(), new_caller()
     event = await held_event(events, db_pool, clock, host, [guest])
@@ -421,6 +475,7 @@ async def test_stale_etag_is_aborted(
     )
     assert (err.code, err.reason) == (grpc.StatusCode.ABORTED, "ETAG_MISMATCH")
     assert err.metadata["current_etag"] != review.etag
+    await close_review_window(db_pool, clock, database_url)
     assert (await _user_rating(reviews, host.resource)).as_host.average == 4.0
 
 
@@ -445,7 +500,11 @@ async def test_bad_edits_name_the_field(reviews: review_grpc.ReviewServiceAsyncS
 
 
 async def test_concurrent_edits_keep_the_aggregate_exact(
-    events: event_grpc.EventServiceAsyncStub, reviews: review_grpc.ReviewServiceAsyncStub, clock: ManualClock, db_pool
+    events: event_grpc.EventServiceAsyncStub,
+    reviews: review_grpc.ReviewServiceAsyncStub,
+    clock: ManualClock,
+    db_pool,
+    database_url: str,
 ):
     host, guests = new_caller(), [new_caller() for _ in range(5)]
     event = await held_event(events, db_pool, clock, host, guests)
@@ -456,6 +515,7 @@ async def test_concurrent_edits_keep_the_aggregate_exact(
         for i, (g, r) in enumerate(zip(guests, created, strict=True))
     ]
     await asyncio.gather(*edits)
+    await close_review_window(db_pool, clock, database_url)
     final = await db_pool.fetch("SELECT rating FROM review.reviews WHERE event_id = $1", _id(event.name))
     rating = (await _user_rating(reviews, host.resource)).as_host
     assert rating.count == 5

@@ -19,7 +19,15 @@ from hypothesis import strategies as st
 
 from services.common.clock import ManualClock
 from tests.support.api import Caller, expect_error, new_caller
-from tests.support.reviews import EVENT, GUEST, HOST, held_event, review_request, scheduled_event
+from tests.support.reviews import (
+    EVENT,
+    GUEST,
+    HOST,
+    close_review_window,
+    held_event,
+    review_request,
+    scheduled_event,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -48,7 +56,11 @@ async def _list_all(
 
 
 async def test_list_by_event_newest_first_in_pages(
-    events: event_grpc.EventServiceAsyncStub, reviews: review_grpc.ReviewServiceAsyncStub, clock: ManualClock, db_pool
+    events: event_grpc.EventServiceAsyncStub,
+    reviews: review_grpc.ReviewServiceAsyncStub,
+    clock: ManualClock,
+    db_pool,
+    database_url: str,
 ):
     host, guests = new_caller(), [new_caller(f"G{i}") for i in range(3)]
     event = await held_event(events, db_pool, clock, host, guests)
@@ -63,6 +75,7 @@ async def test_list_by_event_newest_first_in_pages(
             review_request(event.name, GUEST, 3, subject_user=guests[0].resource), metadata=host.metadata
         )
     )
+    await close_review_window(db_pool, clock, database_url)
     listed = await _list_all(reviews, event=event.name)
     assert [r.name for r in listed] == [r.name for r in reversed(written)]
     assert listed[-1].author_display_name == "G0"
@@ -79,19 +92,28 @@ async def test_list_by_event_newest_first_in_pages(
 
 
 async def test_reviews_with_equal_times_page_without_gaps_or_repeats(
-    events: event_grpc.EventServiceAsyncStub, reviews: review_grpc.ReviewServiceAsyncStub, clock: ManualClock, db_pool
+    events: event_grpc.EventServiceAsyncStub,
+    reviews: review_grpc.ReviewServiceAsyncStub,
+    clock: ManualClock,
+    db_pool,
+    database_url: str,
 ):
     host, guests = new_caller(), [new_caller() for _ in range(7)]
     event = await held_event(events, db_pool, clock, host, guests)  # the clock stands still: equal create_times
     names = {
         (await reviews.CreateReview(review_request(event.name, EVENT, 3), metadata=g.metadata)).name for g in guests
     }
+    await close_review_window(db_pool, clock, database_url)
     listed = [r.name for r in await _list_all(reviews, event=event.name)]
     assert len(listed) == len(names) and set(listed) == names
 
 
 async def test_list_about_a_user_across_events(
-    events: event_grpc.EventServiceAsyncStub, reviews: review_grpc.ReviewServiceAsyncStub, clock: ManualClock, db_pool
+    events: event_grpc.EventServiceAsyncStub,
+    reviews: review_grpc.ReviewServiceAsyncStub,
+    clock: ManualClock,
+    db_pool,
+    database_url: str,
 ):
     host, ana, ben = new_caller(), new_caller(), new_caller()
     first = await held_event(events, db_pool, clock, host, [ana, ben])
@@ -105,6 +127,7 @@ async def test_list_about_a_user_across_events(
     clock.advance(seconds=1)
     about_ben_as_host = await reviews.CreateReview(review_request(second.name, HOST, 4), metadata=ana.metadata)
 
+    await close_review_window(db_pool, clock, database_url)
     about_ben = await _list_all(reviews, subject_user=ben.resource)
     assert [r.name for r in about_ben] == [about_ben_as_host.name, about_ben_as_guest.name]
     as_guest = await _list_all(reviews, subject_user=ben.resource, subject_type=GUEST)
@@ -113,13 +136,18 @@ async def test_list_about_a_user_across_events(
 
 
 async def test_reviews_from_private_events_are_listed_only_to_their_participants(
-    events: event_grpc.EventServiceAsyncStub, reviews: review_grpc.ReviewServiceAsyncStub, clock: ManualClock, db_pool
+    events: event_grpc.EventServiceAsyncStub,
+    reviews: review_grpc.ReviewServiceAsyncStub,
+    clock: ManualClock,
+    db_pool,
+    database_url: str,
 ):
     host, guest = new_caller(), new_caller()
     private = await held_event(events, db_pool, clock, host, [guest], private=True)
     review = await reviews.CreateReview(
         review_request(private.name, GUEST, 4, subject_user=guest.resource), metadata=host.metadata
     )
+    await close_review_window(db_pool, clock, database_url)
     assert await _list_all(reviews, subject_user=guest.resource) == []  # anonymous
     assert await _list_all(reviews, subject_user=guest.resource, metadata=new_caller().metadata) == []
     seen = await _list_all(reviews, subject_user=guest.resource, metadata=guest.metadata)
@@ -170,7 +198,11 @@ async def test_list_of_an_unknown_event(reviews: review_grpc.ReviewServiceAsyncS
 
 
 async def test_user_rating_in_both_roles(
-    events: event_grpc.EventServiceAsyncStub, reviews: review_grpc.ReviewServiceAsyncStub, clock: ManualClock, db_pool
+    events: event_grpc.EventServiceAsyncStub,
+    reviews: review_grpc.ReviewServiceAsyncStub,
+    clock: ManualClock,
+    db_pool,
+    database_url: str,
 ):
     host, ana, ben = new_caller(), new_caller(), new_caller()
     empty = await reviews.GetUserRating(service_pb2.GetUserRatingRequest(name=f"{ana.resource}/rating"))
@@ -182,6 +214,7 @@ async def test_user_rating_in_both_roles(
     await reviews.CreateReview(review_request(first.name, GUEST, 4, subject_user=ana.resource), metadata=host.metadata)
     await reviews.CreateReview(review_request(second.name, HOST, 2), metadata=ben.metadata)
     await reviews.CreateReview(review_request(first.name, HOST, 5), metadata=ana.metadata)  # about the host
+    await close_review_window(db_pool, clock, database_url)
     rating = await reviews.GetUserRating(service_pb2.GetUserRatingRequest(name=f"{ana.resource}/rating"))
     assert (rating.as_guest.average, rating.as_guest.count) == (4.0, 1)
     assert (rating.as_host.average, rating.as_host.count) == (2.0, 1)
@@ -199,7 +232,11 @@ async def test_bad_user_rating_names(reviews: review_grpc.ReviewServiceAsyncStub
 
 
 async def test_host_profile_lists_public_held_events_with_their_ratings(
-    events: event_grpc.EventServiceAsyncStub, reviews: review_grpc.ReviewServiceAsyncStub, clock: ManualClock, db_pool
+    events: event_grpc.EventServiceAsyncStub,
+    reviews: review_grpc.ReviewServiceAsyncStub,
+    clock: ManualClock,
+    db_pool,
+    database_url: str,
 ):
     host, ana, ben = new_caller("Hanna Host"), new_caller(), new_caller()
     older = await held_event(events, db_pool, clock, host, [ana, ben], title="Older night", film_title="Stalker")
@@ -212,6 +249,7 @@ async def test_host_profile_lists_public_held_events_with_their_ratings(
     await reviews.CreateReview(review_request(private.name, HOST, 1), metadata=ana.metadata)
     await reviews.CreateReview(review_request(private.name, EVENT, 1), metadata=ana.metadata)
 
+    await close_review_window(db_pool, clock, database_url)
     profile = await reviews.GetHostProfile(service_pb2.GetHostProfileRequest(name=f"{host.resource}/hostProfile"))
     assert profile.name == f"{host.resource}/hostProfile"
     assert profile.display_name == "Hanna Host"
@@ -287,12 +325,17 @@ async def test_bad_host_profile_requests(reviews: review_grpc.ReviewServiceAsync
 
 
 async def test_host_rating_shows_on_events(
-    events: event_grpc.EventServiceAsyncStub, reviews: review_grpc.ReviewServiceAsyncStub, clock: ManualClock, db_pool
+    events: event_grpc.EventServiceAsyncStub,
+    reviews: review_grpc.ReviewServiceAsyncStub,
+    clock: ManualClock,
+    db_pool,
+    database_url: str,
 ):
     host, ana, ben = new_caller(), new_caller(), new_caller()
     held = await held_event(events, db_pool, clock, host, [ana, ben])
     await reviews.CreateReview(review_request(held.name, HOST, 5), metadata=ana.metadata)
     await reviews.CreateReview(review_request(held.name, HOST, 4), metadata=ben.metadata)
+    await close_review_window(db_pool, clock, database_url)
     upcoming = await scheduled_event(events, db_pool, clock, host, capacity=4)
 
     got = await events.GetEvent(event_service_pb2.GetEventRequest(name=upcoming.name))
@@ -302,7 +345,11 @@ async def test_host_rating_shows_on_events(
 
 
 async def test_guest_rating_shows_in_the_guest_list(
-    events: event_grpc.EventServiceAsyncStub, reviews: review_grpc.ReviewServiceAsyncStub, clock: ManualClock, db_pool
+    events: event_grpc.EventServiceAsyncStub,
+    reviews: review_grpc.ReviewServiceAsyncStub,
+    clock: ManualClock,
+    db_pool,
+    database_url: str,
 ):
     host, other_host, ana, ben = new_caller(), new_caller(), new_caller("Ana"), new_caller("Ben")
     first = await held_event(events, db_pool, clock, host, [ana, ben])
@@ -312,6 +359,7 @@ async def test_guest_rating_shows_in_the_guest_list(
     await reviews.CreateReview(
         review_request(second.name, GUEST, 2, subject_user=ana.resource), metadata=other_host.metadata
     )
+    await close_review_window(db_pool, clock, database_url)
     third_host = new_caller()
     upcoming = await scheduled_event(events, db_pool, clock, third_host, [ana, ben])
     page = await events.ListEventGuests(
@@ -326,9 +374,10 @@ async def test_guest_rating_shows_in_the_guest_list(
 AGGREGATES_MATCH_REVIEWS = """
 WITH users_recomputed AS (
     SELECT subject_user_id AS user_id, subject_type AS role, sum(rating) AS s, count(*) AS c
-    FROM review.reviews WHERE subject_type IN ('HOST', 'GUEST') GROUP BY 1, 2
+    FROM review.reviews WHERE subject_type IN ('HOST', 'GUEST') AND reveal_time IS NOT NULL GROUP BY 1, 2
 ), events_recomputed AS (
-    SELECT event_id, sum(rating) AS s, count(*) AS c FROM review.reviews WHERE subject_type = 'EVENT' GROUP BY 1
+    SELECT event_id, sum(rating) AS s, count(*) AS c FROM review.reviews
+    WHERE subject_type = 'EVENT' AND reveal_time IS NOT NULL GROUP BY 1
 )
 SELECT
     (SELECT count(*) FROM review.user_ratings ur FULL JOIN users_recomputed r USING (user_id, role)
@@ -350,11 +399,12 @@ _op = st.tuples(st.sampled_from(["create", "edit", "edit_text"]), st.integers(0,
 @given(ops=st.lists(_op, min_size=1, max_size=25))
 async def test_aggregates_equal_a_recomputation_from_the_reviews(
     events: event_grpc.EventServiceAsyncStub, reviews: review_grpc.ReviewServiceAsyncStub, clock: ManualClock, db_pool,
-    ops: list[tuple[str, int, int]],
+    database_url: str, ops: list[tuple[str, int, int]],
 ):  # fmt: skip
-    """A random sequence of creates (some refused as duplicates) and edits, over two events sharing a host and
-    guests; afterwards every aggregate equals the one recomputed from the review rows, and the API agrees with a
-    model of what was written."""
+    """A random sequence of creates (some refused as duplicates, some completing a pair and so revealing it) and
+    edits (refused once revealed), over two events sharing a host and guests; aggregates equal the recomputation
+    from the revealed reviews throughout, and once the window has closed the API agrees with a model of what was
+    written."""
     host, g = new_caller(), [new_caller() for _ in range(4)]
     first = await held_event(events, db_pool, clock, host, g[:3])
     second = await held_event(events, db_pool, clock, host, g[1:])
@@ -385,8 +435,17 @@ async def test_aggregates_equal_a_recomputation_from_the_reviews(
                 review=resources_pb2.Review(name=review.name, rating=stars, text=f"edit {pick}"),
                 update_mask=field_mask_pb2.FieldMask(paths=paths),
             )
-            written[slot] = (author, await reviews.UpdateReview(update, metadata=author.metadata))
+            revealed = await db_pool.fetchval(
+                "SELECT reveal_time IS NOT NULL FROM review.reviews WHERE id = $1", uuid.UUID(review.name[8:])
+            )
+            if revealed:  # by its pair since: frozen
+                err = await expect_error(reviews.UpdateReview(update, metadata=author.metadata))
+                assert err.reason == "REVIEW_FROZEN"
+            else:
+                written[slot] = (author, await reviews.UpdateReview(update, metadata=author.metadata))
 
+    await _assert_aggregates_match_reviews(db_pool)
+    await close_review_window(db_pool, clock, database_url)
     await _assert_aggregates_match_reviews(db_pool)
     expected: dict[tuple[str, resources_pb2.Review.SubjectType.ValueType], list[int]] = defaultdict(list)
     for _, review in written.values():
@@ -401,7 +460,11 @@ async def test_aggregates_equal_a_recomputation_from_the_reviews(
 
 
 async def test_200_concurrent_reviews_of_one_host_keep_the_rating_exact(
-    events: event_grpc.EventServiceAsyncStub, reviews: review_grpc.ReviewServiceAsyncStub, clock: ManualClock, db_pool
+    events: event_grpc.EventServiceAsyncStub,
+    reviews: review_grpc.ReviewServiceAsyncStub,
+    clock: ManualClock,
+    db_pool,
+    database_url: str,
 ):
     host, guests = new_caller(), [new_caller() for _ in range(200)]
     event = await held_event(events, db_pool, clock, host, guests, capacity=200)
@@ -415,6 +478,7 @@ async def test_200_concurrent_reviews_of_one_host_keep_the_rating_exact(
         )
     )
     assert len({r.name for r in created}) == 200
+    await close_review_window(db_pool, clock, database_url)
     rating = (await reviews.GetUserRating(service_pb2.GetUserRatingRequest(name=f"{host.resource}/rating"))).as_host
     assert (rating.count, rating.average) == (200, round(sum(stars) / 200, 2))
     row = await db_pool.fetchrow(

@@ -22,6 +22,7 @@ from cowatch.event.v1 import resources_pb2, service_pb2
 from cowatch.event.v1 import service_pb2_grpc as event_grpc
 from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2
+from icalendar import Calendar
 
 from tests.e2e.conftest import Gateway
 from tests.support.api import Caller, expect_error, new_caller
@@ -265,6 +266,46 @@ def test_json_create_get_and_list(gateway: Gateway) -> None:
     assert listed["nextPageToken"] == ""
 
 
+def test_an_events_ics_download_passes_envoys_transcoder_as_text_calendar(gateway: Gateway) -> None:
+    host = new_caller("Ida Ics")
+    status, _, body = post_json(f"{gateway.url}/v1/events", event_json(unique_city()), host)
+    assert status == 200, body
+    name = json.loads(body)["name"]
+    status, headers, body = http("GET", f"{gateway.url}/v1/{name}:exportCalendar")  # anonymous: a public event
+    assert status == 200, body
+    assert headers["content-type"] == "text/calendar; charset=utf-8"
+    (vevent,) = Calendar.from_ical(body).walk("VEVENT")
+    assert str(vevent["uid"]) == f"{name.split('/')[1]}@cowatch"
+    assert str(vevent["url"]).endswith(f"/{name}")
+    status, _, body = http("GET", f"{gateway.url}/v1/events/{uuid.uuid4()}:exportCalendar")
+    assert (status, error_info(json.loads(body))["reason"]) == (404, "EVENT_NOT_FOUND")
+
+
+def test_a_calendar_feed_through_envoy_and_its_token_in_no_log(gateway: Gateway) -> None:
+    host = new_caller("Cal Feed")
+    status, _, body = post_json(f"{gateway.url}/v1/events", event_json(unique_city()), host)
+    assert status == 200, body
+    event_id = json.loads(body)["name"].split("/")[1]
+    status, _, body = post_json(f"{gateway.url}/v1/calendar:rotateToken", {}, host)
+    assert status == 200, body
+    rotated = json.loads(body)
+    token = rotated["token"]
+    assert rotated["feedUrl"] == f"https://cowatch.test/v1/calendar?token={token}"
+    status, headers, body = http("GET", f"{gateway.url}/v1/calendar?token={token}")  # no bearer token
+    assert status == 200, body
+    assert headers["content-type"] == "text/calendar; charset=utf-8"
+    assert [str(v["uid"]) for v in Calendar.from_ical(body).walk("VEVENT")] == [f"{event_id}@cowatch"]
+    status, _, body = http("GET", f"{gateway.url}/v1/calendar?token=never-issued")
+    assert (status, error_info(json.loads(body))["reason"]) == (404, "CALENDAR_NOT_FOUND")
+    # Envoy logged both requests (paths without their query), and no process logged the token.
+    deadline = time.monotonic() + 10
+    while gateway.envoy.log_path.read_text(errors="replace").count("/v1/calendar") < 2:
+        assert time.monotonic() < deadline, gateway.diagnostics()
+        time.sleep(0.1)
+    for process in (gateway.envoy, *gateway.event_replicas):
+        assert token not in process.log_path.read_text(errors="replace"), process.name
+
+
 def test_json_malformed_body_is_400_naming_the_problem(gateway: Gateway) -> None:
     caller = new_caller()
     status, headers, body = post_json(f"{gateway.url}/v1/events", None, caller, raw=b'{"title": "x", ')
@@ -305,6 +346,15 @@ def test_json_unknown_event_is_404_with_error_info(gateway: Gateway) -> None:
     assert error["code"] == 5
     info = error_info(error)
     assert (info["reason"], info["domain"]) == ("EVENT_NOT_FOUND", "cowatch.io")
+
+
+def test_json_delete_review_is_routed_and_an_unknown_review_is_404(gateway: Gateway) -> None:
+    url = f"{gateway.url}/v1/reviews/{uuid.uuid4()}"
+    status, _, body = http("DELETE", url, headers={"authorization": f"Bearer {new_caller().token}"})
+    assert status == 404
+    assert error_info(json.loads(body))["reason"] == "REVIEW_NOT_FOUND"
+    status, _, body = http("DELETE", url)
+    assert (status, error_info(json.loads(body))["reason"]) == (401, "TOKEN_MISSING")
 
 
 def test_json_without_token_is_401(gateway: Gateway) -> None:

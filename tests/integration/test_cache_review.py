@@ -1,6 +1,7 @@
 """ReviewService, EventService and BookingService sharing a real Redis cache: ratings, host profiles, held-event
 pages and the host rating and name shown on events are served from the cache and are never stale after a review,
-an edit, a newly held event or a new display name."""
+an edit, a newly held event or a new display name (ratings change when reviews are revealed: by the second review
+of a pair, in ReviewService, or by the worker's reveal job at the end of the review window)."""
 
 from __future__ import annotations
 
@@ -23,14 +24,15 @@ from cowatch.review.v1 import service_pb2_grpc as review_grpc
 from google.protobuf import field_mask_pb2
 
 from services.booking.app import BookingApp, BookingSettings
-from services.common.cache import RedisCache
+from services.common.cache import RedisCache, cache_from_settings
 from services.common.clock import ManualClock
 from services.common.server import RunningServer
-from services.review.app import ReviewApp, ReviewSettings
+from services.review.app import ReviewApp, ReviewSettings, reveal_job
+from services.review.domain import DEFAULT_REVIEW_WINDOW
 from tests.support.api import Caller, new_caller
 from tests.support.factories import create_request
 from tests.support.reviews import EVENT, GUEST, HOST, held_event, review_request
-from tests.support.servers import app_server, event_server
+from tests.support.servers import app_server, event_server, settings_env
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -43,6 +45,7 @@ class Stack:
     clock: ManualClock
     bookings: booking_grpc.BookingServiceAsyncStub
     servers: tuple[RunningServer, ...]
+    settings: ReviewSettings
 
     async def settle(self) -> None:
         """Wait until what the reads loaded is in Redis."""
@@ -50,6 +53,15 @@ class Stack:
             cache = server.app.cache  # type: ignore[attr-defined]
             if isinstance(cache, RedisCache):
                 await cache.settle()
+
+    async def close_window(self, pool: asyncpg.Pool) -> None:
+        """The worker's reveal job at the end of the review window, with the same Redis as the servers."""
+        self.clock.advance(DEFAULT_REVIEW_WINDOW + timedelta(seconds=1))
+        cache = cache_from_settings(self.settings)
+        try:
+            assert (await reveal_job(pool, self.clock, cache, "https://x").run_once()).reviews
+        finally:
+            await cache.aclose()
 
     def hits(self, cache: str) -> float:
         return self.review_server.metrics.value("cowatch_cache_requests_total", {"cache": cache, "result": "hit"})
@@ -68,6 +80,7 @@ async def stack(database_url: str, redis_url: str, redis_key_prefix: str) -> Asy
         app_server(ReviewApp, ReviewSettings, database_url, clock=clock, **redis) as (review_server, channel),
         app_server(BookingApp, BookingSettings, database_url, clock=clock, **redis) as (booking_server, booking_ch),
     ):
+        settings = ReviewSettings(**settings_env(database_url, **redis))
         yield Stack(
             events,
             review_grpc.ReviewServiceStub(channel),
@@ -75,6 +88,7 @@ async def stack(database_url: str, redis_url: str, redis_key_prefix: str) -> Asy
             clock,
             booking_grpc.BookingServiceStub(booking_ch),
             (event_running, review_server, booking_server),
+            settings,
         )
 
 
@@ -110,32 +124,31 @@ async def test_ratings_and_profiles_are_cached_and_never_stale(stack: Stack, db_
     after = stack.hits("user_rating"), stack.hits("host_profile"), stack.hits("held_events")
     assert all(a == b + 1 for a, b in zip(after, before, strict=True)), (before, after)
 
-    # A HOST review: the rating, the profile and the host rating shown on the event change at once.
+    # A HOST review is pending (blind): nothing public changes; nor does its author's edit.
     review = await stack.reviews.CreateReview(review_request(first.name, HOST, 4), metadata=ana.metadata)
-    assert await host_rating() == (4.0, 1)
-    assert await profile() == (4.0, 1, 1)
-    assert await on_event() == (4.0, 1)
-
-    # An edit by its author: the same, with the new value.
     edit = service_pb2.UpdateReviewRequest(
         review=resources_pb2.Review(name=review.name, rating=2),
         update_mask=field_mask_pb2.FieldMask(paths=["rating"]),
     )
     await stack.reviews.UpdateReview(edit, metadata=ana.metadata)
-    assert await host_rating() == (2.0, 1)
-    assert await profile() == (2.0, 1, 1)
-    assert await on_event() == (2.0, 1)
+    assert await host_rating() == (0.0, 0)
 
-    # An EVENT review changes the event's rating on the held-events page.
-    await stack.reviews.CreateReview(review_request(first.name, EVENT, 5), metadata=ben.metadata)
-    assert await held() == [(first.name, 5.0, 1)]
-
-    # A GUEST review changes the guest's rating, not the host's.
+    # The host's GUEST review of Ana completes the pair: both revealed, and the rating, the profile, the host
+    # rating shown on the event and Ana's guest rating change at once.
     await stack.reviews.CreateReview(
         review_request(first.name, GUEST, 3, subject_user=ana.resource), metadata=host.metadata
     )
+    assert await host_rating() == (2.0, 1)
+    assert await profile() == (2.0, 1, 1)
+    assert await on_event() == (2.0, 1)
     ana_rating = await stack.reviews.GetUserRating(service_pb2.GetUserRatingRequest(name=f"{ana.resource}/rating"))
     assert (ana_rating.as_guest.average, ana_rating.as_guest.count) == (3.0, 1)
+
+    # An EVENT review waits for the window; the worker's reveal drops the held-events page it changes.
+    await stack.reviews.CreateReview(review_request(first.name, EVENT, 5), metadata=ben.metadata)
+    assert await held() == [(first.name, 0.0, 0)]
+    await stack.close_window(db_pool)
+    assert await held() == [(first.name, 5.0, 1)]
     assert await host_rating() == (2.0, 1)
 
     # Holding another event shows in the profile and the held-events page at once.

@@ -1,6 +1,7 @@
 """The worker as a real process (``python -m services.notification.worker``): killed with SIGKILL mid-batch it
 loses nothing, sends nothing twice and its claims are taken over one short lease later; alive, it keeps its claims
-through a batch longer than the lease (heartbeat); SIGTERM makes it finish the batch in hand and exit 0."""
+through a batch longer than the lease (heartbeat); SIGTERM makes it finish the batch in hand and exit 0; it runs the
+review domain's reveal job."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,8 @@ import pytest_asyncio
 
 from services.notification import outbox
 from services.notification.settings import WorkerSettings
+from services.review import repository as reviews
+from services.review.domain import SubjectType
 from tests.support.notify import NotifyEnv, assert_each_key_once, notify_env, params, signal_worker, wait_all_sent
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -163,3 +167,50 @@ async def test_sigterm_finishes_the_batch_in_hand_then_exits_cleanly(env: Notify
     finally:
         env.standin.delay_seconds = 0.0
     assert_each_key_once(env.inbox)
+
+
+async def test_the_worker_process_reveals_reviews_whose_window_closed_and_mails_their_subject(
+    env: NotifyEnv, tmp_path: Path
+):
+    """The review domain's reveal job runs in the real worker: a review whose window closed is revealed, counted
+    and its subject mailed (through the outbox, rendered by the stand-in), once."""
+    host, guest = f"it-{uuid.uuid4().hex[:10]}", f"it-{uuid.uuid4().hex[:10]}"
+    event_id, long_ago = uuid.uuid4(), datetime.now(UTC) - timedelta(days=30)
+    async with env.pool.acquire() as conn, conn.transaction():
+        for uid, name in ((host, "Hana"), (guest, "Gus")):
+            await conn.execute("INSERT INTO account.users (id, display_name) VALUES ($1, $2)", uid, name)
+        await conn.execute(
+            """
+            INSERT INTO event.events (id, host_id, film_id, film_title, title, start_time, end_time, time_zone,
+                place_name, place_address, place_city, capacity, visibility, state, invite_token, complete_time)
+            VALUES ($1, $2, 'f', 'Film', 'Old night', $3::timestamptz, $3::timestamptz + interval '2 hours', 'UTC',
+                'p', 'a', 'c', 5, 'PUBLIC', 'COMPLETED', '0123456789abcdef', $3::timestamptz + interval '3 hours')
+            """,
+            event_id,
+            host,
+            long_ago,
+        )
+        review = await reviews.insert(
+            conn,
+            reviews.NewReview(
+                uuid.uuid4(), event_id, guest, SubjectType.HOST, host, 4, "", long_ago, long_ago + timedelta(days=14)
+            ),
+        )
+    assert review is not None and review.reveal_time is None
+    log = tmp_path / "worker.log"
+    proc = env.spawn_worker(log, jobs_interval_seconds=0.2)
+    try:
+        deadline = time.monotonic() + 20
+        while f"review-revealed/{review.id}" not in env.inbox.by_key:
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+            await asyncio.sleep(0.1)
+    finally:
+        signal_worker(proc, signal.SIGTERM)
+        await asyncio.to_thread(proc.wait, 10)
+    delivery = env.inbox.by_key[f"review-revealed/{review.id}"]
+    assert (delivery.template_id, delivery.recipients) == ("review_revealed", (f"users/{host}",))
+    assert await env.pool.fetchval("SELECT reveal_time IS NOT NULL FROM review.reviews WHERE id = $1", review.id)
+    counted = await env.pool.fetchval(
+        "SELECT rating_count FROM review.user_ratings WHERE user_id = $1 AND role = 'HOST'", host
+    )
+    assert counted == 1

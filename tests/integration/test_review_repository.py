@@ -14,6 +14,7 @@ from services.review.domain import SubjectType
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 T0 = datetime(2031, 3, 1, 20, 0, tzinfo=UTC)
+WINDOW = timedelta(days=14)
 
 
 async def _user(conn, name: str = "U") -> str:
@@ -42,7 +43,7 @@ async def _event(conn, host: str, *, start: datetime = T0, state: str = "COMPLET
 
 
 def _new(event_id, author, subject_type=SubjectType.EVENT, subject=None, rating=4, at=T0) -> reviews.NewReview:
-    return reviews.NewReview(uuid.uuid4(), event_id, author, subject_type, subject, rating, "", at)
+    return reviews.NewReview(uuid.uuid4(), event_id, author, subject_type, subject, rating, "", at, at + WINDOW)
 
 
 async def test_a_duplicate_insert_returns_nothing_and_find_names_the_first(db_pool: asyncpg.Pool):
@@ -59,23 +60,33 @@ async def test_a_duplicate_insert_returns_nothing_and_find_names_the_first(db_po
         assert await reviews.find(conn, guest, event_id, SubjectType.EVENT, None) is not None
 
 
-async def test_aggregates_add_new_reviews_and_shift_on_edits(db_pool: asyncpg.Pool):
+async def test_a_review_is_revealed_once_and_aggregates_add_revealed_reviews(db_pool: asyncpg.Pool):
     async with db_pool.acquire() as conn, conn.transaction():
         host, a, b = await _user(conn), await _user(conn), await _user(conn)
         event_id = await _event(conn, host)
         ra = await reviews.insert(conn, _new(event_id, a, SubjectType.HOST, host, rating=5))
         rb = await reviews.insert(conn, _new(event_id, b, SubjectType.HOST, host, rating=2))
-        assert ra is not None and rb is not None
-        for r in (ra, rb):
+        assert ra is not None and rb is not None and ra.reveal_time is None
+        revealed = await reviews.reveal(conn, [ra.id, rb.id], T0)
+        assert {r.id for r in revealed} == {ra.id, rb.id} and all(r.reveal_time == T0 for r in revealed)
+        assert await reviews.reveal(conn, [ra.id], T0 + WINDOW) == []  # the second reveal finds nothing to do
+        for r in revealed:
             await reviews.apply_rating_change(conn, domain.rating_change_for_new(r))
-        await reviews.apply_rating_change(conn, domain.rating_change_for_edit(ra, 1))  # 5 → 1
-        ratings = await reviews.user_ratings(conn, host)
-        assert ratings == {domain.Role.HOST: domain.Rating(1.5, 2)}
-        # Edits never create an aggregate: one missing means a counted review lost its row.
-        ev = await reviews.insert(conn, _new(event_id, a, rating=3))
-        assert ev is not None
-        with pytest.raises(RuntimeError):
-            await reviews.apply_rating_change(conn, domain.rating_change_for_edit(ev, 4))
+        assert await reviews.user_ratings(conn, host) == {domain.Role.HOST: domain.Rating(3.5, 2)}
+
+
+async def test_the_due_claim_takes_one_events_pending_reviews_and_skips_a_locked_one(db_pool: asyncpg.Pool):
+    async with db_pool.acquire() as setup:
+        host, a = await _user(setup), await _user(setup)
+        first, second = await _event(setup, host), await _event(setup, host)
+        for event_id in (first, second):
+            assert await reviews.insert(setup, _new(event_id, a, at=T0 - timedelta(days=30))) is not None
+    now = T0 - timedelta(days=30) + WINDOW
+    async with db_pool.acquire() as c1, db_pool.acquire() as c2, c1.transaction(), c2.transaction():
+        one = await reviews.claim_due_event(c1, now)
+        two = await reviews.claim_due_event(c2, now)
+        assert len(one) == 1 and len(two) == 1 and one != two  # SKIP LOCKED: no event claimed twice
+        assert await reviews.claim_due_event(c1, now - timedelta(seconds=1)) == []  # nothing else due before
 
 
 async def test_keyset_pages_are_newest_first_even_with_equal_times(db_pool: asyncpg.Pool):
@@ -85,7 +96,9 @@ async def test_keyset_pages_are_newest_first_even_with_equal_times(db_pool: asyn
         authors = [await _user(conn) for _ in range(9)]
         times = [T0, T0, T0, T0 + timedelta(seconds=1), T0 + timedelta(seconds=1), T0 + timedelta(seconds=2)] * 2
         for author, at in zip(authors, times, strict=False):
-            await reviews.insert(conn, _new(event_id, author, at=at))
+            new = await reviews.insert(conn, _new(event_id, author, at=at))
+            assert new is not None
+            await reviews.reveal(conn, [new.id], at)  # pending reviews are listed to their author only
         seen = []
         after = None
         while True:

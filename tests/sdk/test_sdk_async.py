@@ -171,8 +171,16 @@ async def test_reviews_client_reads_ratings_and_profiles(target: str):
         with pytest.raises(NotFound) as unknown:
             [e async for e in sdk.reviews.held_events(user.id)]
         assert unknown.value.reason == "USER_NOT_FOUND"
-        await sdk.events.create(new_event())  # now a host, with nothing held yet
+        created = await sdk.events.create(new_event())  # now a host, with nothing held yet
+        ics = await sdk.events.export_calendar(created.name)
+        assert ics.startswith(b"BEGIN:VCALENDAR") and f"UID:{created.name[7:]}@cowatch".encode() in ics
+        feed_token = await sdk.events.rotate_calendar_token()
+        assert feed_token.token in feed_token.feed_url
+        assert f"UID:{created.name[7:]}@cowatch".encode() in await sdk.events.calendar(feed_token.token)
         rating = await sdk.reviews.user_rating(user.id)
         assert rating.name == f"users/{user.id}/rating"
         assert (rating.as_guest.count, rating.as_host.count) == (0, 0)
         assert [e async for e in sdk.reviews.held_events(user.id)] == []
+        with pytest.raises(NotFound) as gone:  # DeleteReview is wired (and someone else's review is unknown)
+            await sdk.reviews.delete(f"reviews/{uuid.uuid4()}")
+        assert gone.value.reason == "REVIEW_NOT_FOUND"

@@ -33,6 +33,8 @@ def test_only_reads_and_writes_with_a_request_id_are_retried():
     assert retried == {
         "EventService/CreateEvent",
         "EventService/GetEvent",
+        "EventService/ExportEventCalendar",
+        "EventService/GetCalendar",
         "EventService/ListEvents",
         "EventService/CancelEvent",
         "EventService/ListEventGuests",
@@ -46,7 +48,7 @@ def test_only_reads_and_writes_with_a_request_id_are_retried():
         "ReviewService/GetUserRating",
         "ReviewService/GetHostProfile",
         "ReviewService/ListHeldEvents",
-    }  # not UpdateEvent, CompleteEvent, RotateInviteToken, UpdateReview
+    }  # not UpdateEvent, CompleteEvent, RotateInviteToken, RotateCalendarToken, UpdateReview, DeleteReview
     (config,) = json.loads(service_config(RetryPolicy()))["methodConfig"]
     assert config["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
     assert json.loads(service_config(RetryPolicy(max_attempts=1))) == {"methodConfig": []}

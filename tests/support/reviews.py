@@ -11,7 +11,11 @@ from cowatch.event.v1 import service_pb2 as event_service_pb2
 from cowatch.event.v1 import service_pb2_grpc as event_grpc
 from cowatch.review.v1 import resources_pb2, service_pb2
 
+from services.common.cache import Cache, cache_from_settings
 from services.common.clock import ManualClock
+from services.review.app import ReviewSettings, reveal_job
+from services.review.domain import DEFAULT_REVIEW_WINDOW
+from tests.support import servers
 from tests.support.api import Caller
 from tests.support.factories import book_directly, create_request
 
@@ -76,3 +80,20 @@ def review_request(
         ),
         request_id=request_id,
     )
+
+
+def servers_cache(database_url: str) -> Cache:
+    """The cache the API test servers use (their settings: the environment's Redis, if any), for a reveal job
+    that must invalidate what they cached. Close it with ``aclose()``."""
+    return cache_from_settings(ReviewSettings(**servers.settings_env(database_url)))
+
+
+async def close_review_window(db_pool: asyncpg.Pool, clock: ManualClock, database_url: str) -> int:
+    """Move the shared clock past every open review window and run the worker's reveal job once (as the worker
+    does every ``jobs_interval_seconds``), with the cache the servers use; returns how many reviews it revealed."""
+    clock.advance(DEFAULT_REVIEW_WINDOW + timedelta(seconds=1))
+    cache = servers_cache(database_url)
+    try:
+        return (await reveal_job(db_pool, clock, cache, "https://cowatch.test").run_once()).reviews
+    finally:
+        await cache.aclose()

@@ -24,6 +24,9 @@ from services.notification.relay import backoff_delay
 from services.notification.reminders import skip_reason
 from services.notification.standin import Delivery, summary
 from services.notification.templates import TEMPLATES, missing_params
+from services.review import notifications as review_messages
+from services.review.domain import Review, SubjectType
+from services.review.domain_events import ReviewRevealed
 
 START = datetime(2027, 3, 28, 18, 0, tzinfo=UTC)  # 20:00 CEST, the day the clocks went forward
 
@@ -121,6 +124,12 @@ def _all_messages() -> Iterator[Message]:
     yield event_messages.event_changed(event, ["g"], [FieldChange("title", "a", "b")], link)
     yield event_messages.event_cancelled(event, ["g"], "", link)
     yield event_messages.invitation(event, ["f"], "hi", link, "batch")
+    review = Review(uuid.uuid4(), event.id, SubjectType.HOST, "host", "g", "Gus", 4, "", 1, START, START, START)
+    revealed = review_messages.review_revealed(
+        ReviewRevealed(review.id, event.id, "HOST", "host", "host", review, "Solaris night"), link
+    )
+    assert revealed is not None and revealed.recipients == ["host"]
+    yield revealed
     bookable = BookableEvent(
         id=event.id,
         host_id="host",

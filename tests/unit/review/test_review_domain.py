@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given
@@ -21,11 +21,12 @@ from services.common.errors import (
 )
 from services.event.domain import State, Visibility
 from services.review import domain
-from services.review.domain import Draft, Edit, Rating, Review, ReviewableEvent, Role, SubjectType
+from services.review.domain import Draft, Edit, Rating, Review, ReviewableEvent, ReviewState, Role, SubjectType
 
 EVENT_ID = uuid.uuid4()
 HOST, ANA, BEN = "host", "ana", "ben"
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
+WINDOW = timedelta(days=14)
 
 
 def facts(
@@ -44,7 +45,7 @@ def draft(subject_type: SubjectType, subject: str | None = None, rating: int = 4
 
 
 def review(subject_type: SubjectType = SubjectType.HOST, subject: str | None = HOST, rating: int = 4) -> Review:
-    return Review(uuid.uuid4(), EVENT_ID, subject_type, subject, ANA, "Ana", rating, "", 3, T0, T0)
+    return Review(uuid.uuid4(), EVENT_ID, subject_type, subject, ANA, "Ana", rating, "", 3, T0, T0, T0 + WINDOW)
 
 
 def reason(exc: pytest.ExceptionInfo[DomainError]) -> tuple[type[DomainError], str]:
@@ -215,9 +216,37 @@ def test_each_review_counts_towards_its_subjects_aggregate(subject_type, subject
     new = domain.rating_change_for_new(review(subject_type, subject, rating=5))
     assert (new.subject_type, new.event_id, new.user_id, new.role) == (subject_type, EVENT_ID, user, role)
     assert (new.rating_sum, new.rating_count) == (5, 1)
-    edit = domain.rating_change_for_edit(review(subject_type, subject, rating=5), 2)
-    assert (edit.user_id, edit.role, edit.rating_sum, edit.rating_count) == (user, role, -3, 0)
-    assert domain.rating_change_for_edit(review(subject_type, subject, rating=5), 5).is_noop
+
+
+# --------------------------------------------------------------------------- blind reveal
+
+
+def test_reviews_are_refused_once_the_window_has_closed():
+    held = replace(facts(Role.GUEST), complete_time=T0)
+    assert domain.ensure_window_open(held, WINDOW, T0 + WINDOW - timedelta(seconds=1)) == T0 + WINDOW
+    with pytest.raises(FailedPrecondition) as exc:
+        domain.ensure_window_open(held, WINDOW, T0 + WINDOW)
+    assert exc.value.reason == "REVIEW_WINDOW_CLOSED"
+    assert exc.value.metadata["closed_at"] == (T0 + WINDOW).isoformat()
+
+
+def test_a_pending_review_is_editable_until_revealed_or_its_window_closes():
+    pending = review()
+    assert pending.state is ReviewState.PENDING_REVEAL
+    domain.ensure_editable(pending, T0)
+    for frozen, now in ((replace(pending, reveal_time=T0), T0), (pending, T0 + WINDOW)):
+        with pytest.raises(FailedPrecondition) as exc:
+            domain.ensure_editable(frozen, now)
+        assert exc.value.reason == "REVIEW_FROZEN"
+    assert replace(pending, reveal_time=T0).state is ReviewState.REVEALED
+
+
+def test_person_reviews_pair_with_the_other_persons_review_of_the_author():
+    by_guest = replace(review(SubjectType.HOST, HOST), author_id=BEN)
+    assert domain.counterpart(by_guest, HOST) == (HOST, SubjectType.GUEST, BEN)
+    by_host = replace(review(SubjectType.GUEST, BEN), author_id=HOST)
+    assert domain.counterpart(by_host, HOST) == (BEN, SubjectType.HOST, HOST)
+    assert domain.counterpart(review(SubjectType.EVENT, None), HOST) is None
 
 
 @given(st.lists(st.integers(1, 5), max_size=50))

@@ -26,12 +26,13 @@ from cowatch.event.v1 import resources_pb2 as cowatch_dot_event_dot_v1_dot_resou
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import client_pb2 as google_dot_api_dot_client__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63owatch/event/v1/service.proto\x12\x10\x63owatch.event.v1\x1a cowatch/event/v1/resources.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\\\n\x12\x43reateEventRequest\x12,\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.cowatch.event.v1.EventB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"V\n\x0fGetEventRequest\x12\'\n\x04name\x18\x01 \x01(\tB\x19\xe2\x41\x01\x02\xfa\x41\x12\n\x10\x63owatch.io/Event\x12\x1a\n\x0cinvite_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"\xac\x02\n\x11ListEventsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x15\n\x07\x66ilm_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x12\n\x04\x63ity\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x39\n\x0fstart_time_from\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x37\n\rstart_time_to\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x1c\n\x0ehas_free_seats\x18\x07 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x12\n\x04host\x18\x08 \x01(\tB\x04\xe2\x41\x01\x01\x12\x13\n\x05query\x18\t \x01(\tB\x04\xe2\x41\x01\x01\"V\n\x12ListEventsResponse\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.cowatch.event.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"y\n\x12UpdateEventRequest\x12,\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.cowatch.event.v1.EventB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\"\x81\x01\n\x12\x43\x61ncelEventRequest\x12\'\n\x04name\x18\x01 \x01(\tB\x19\xe2\x41\x01\x02\xfa\x41\x12\n\x10\x63owatch.io/Event\x12\x12\n\x04\x65tag\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06reason\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"S\n\x14\x43ompleteEventRequest\x12\'\n\x04name\x18\x01 \x01(\tB\x19\xe2\x41\x01\x02\xfa\x41\x12\n\x10\x63owatch.io/Event\x12\x12\n\x04\x65tag\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"v\n\x16ListEventGuestsRequest\x12)\n\x06parent\x18\x01 \x01(\tB\x19\xe2\x41\x01\x02\xfa\x41\x12\n\x10\x63owatch.io/Event\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"[\n\x17ListEventGuestsResponse\x12\'\n\x06guests\x18\x01 \x03(\x0b\x32\x17.cowatch.event.v1.Guest\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x87\x01\n\x16SendInvitationsRequest\x12\'\n\x04name\x18\x01 \x01(\tB\x19\xe2\x41\x01\x02\xfa\x41\x12\n\x10\x63owatch.io/Event\x12\x13\n\x05users\x18\x02 \x03(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07message\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"<\n\x17SendInvitationsResponse\x12\r\n\x05users\x18\x01 \x03(\t\x12\x12\n\nshare_link\x18\x02 \x01(\t\"C\n\x18RotateInviteTokenRequest\x12\'\n\x04name\x18\x01 \x01(\tB\x19\xe2\x41\x01\x02\xfa\x41\x12\n\x10\x63owatch.io/Event2\xcb\t\n\x0c\x45ventService\x12o\n\x0b\x43reateEvent\x12$.cowatch.event.v1.CreateEventRequest\x1a\x17.cowatch.event.v1.Event\"!\xda\x41\x05\x65vent\x82\xd3\xe4\x93\x02\x13\"\n/v1/events:\x05\x65vent\x12j\n\x08GetEvent\x12!.cowatch.event.v1.GetEventRequest\x1a\x17.cowatch.event.v1.Event\"\"\xda\x41\x04name\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/{name=events/*}\x12k\n\nListEvents\x12#.cowatch.event.v1.ListEventsRequest\x1a$.cowatch.event.v1.ListEventsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/events\x12\x8a\x01\n\x0bUpdateEvent\x12$.cowatch.event.v1.UpdateEventRequest\x1a\x17.cowatch.event.v1.Event\"<\xda\x41\x11\x65vent,update_mask\x82\xd3\xe4\x93\x02\"2\x19/v1/{event.name=events/*}:\x05\x65vent\x12z\n\x0b\x43\x61ncelEvent\x12$.cowatch.event.v1.CancelEventRequest\x1a\x17.cowatch.event.v1.Event\",\xda\x41\x04name\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/{name=events/*}:cancel:\x01*\x12\x80\x01\n\rCompleteEvent\x12&.cowatch.event.v1.CompleteEventRequest\x1a\x17.cowatch.event.v1.Event\".\xda\x41\x04name\x82\xd3\xe4\x93\x02!\"\x1c/v1/{name=events/*}:complete:\x01*\x12\x95\x01\n\x0fListEventGuests\x12(.cowatch.event.v1.ListEventGuestsRequest\x1a).cowatch.event.v1.ListEventGuestsResponse\"-\xda\x41\x06parent\x82\xd3\xe4\x93\x02\x1e\x12\x1c/v1/{parent=events/*}/guests\x12\xa3\x01\n\x0fSendInvitations\x12(.cowatch.event.v1.SendInvitationsRequest\x1a).cowatch.event.v1.SendInvitationsResponse\";\xda\x41\nname,users\x82\xd3\xe4\x93\x02(\"#/v1/{name=events/*}:sendInvitations:\x01*\x12\x91\x01\n\x11RotateInviteToken\x12*.cowatch.event.v1.RotateInviteTokenRequest\x1a\x17.cowatch.event.v1.Event\"7\xda\x41\x04name\x82\xd3\xe4\x93\x02*\"%/v1/{name=events/*}:rotateInviteToken:\x01*\x1a\x13\xca\x41\x10\x65vent.cowatch.iob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63owatch/event/v1/service.proto\x12\x10\x63owatch.event.v1\x1a cowatch/event/v1/resources.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x19google/api/resource.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\\\n\x12\x43reateEventRequest\x12,\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.cowatch.event.v1.EventB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"a\n\x1a\x45xportEventCalendarRequest\x12\'\n\x04name\x18\x01 \x01(\tB\x19\xe2\x41\x01\x02\xfa\x41\x12\n\x10\x63owatch.io/Event\x12\x1a\n\x0cinvite_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\")\n\x12GetCalendarRequest\x12\x13\n\x05token\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x1c\n\x1aRotateCalendarTokenRequest\"<\n\rCalendarToken\x12\x13\n\x05token\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08\x66\x65\x65\x64_url\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\"V\n\x0fGetEventRequest\x12\'\n\x04name\x18\x01 \x01(\tB\x19\xe2\x41\x01\x02\xfa\x41\x12\n\x10\x63owatch.io/Event\x12\x1a\n\x0cinvite_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"\xac\x02\n\x11ListEventsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x15\n\x07\x66ilm_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x12\n\x04\x63ity\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x39\n\x0fstart_time_from\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x37\n\rstart_time_to\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x1c\n\x0ehas_free_seats\x18\x07 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x12\n\x04host\x18\x08 \x01(\tB\x04\xe2\x41\x01\x01\x12\x13\n\x05query\x18\t \x01(\tB\x04\xe2\x41\x01\x01\"V\n\x12ListEventsResponse\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.cowatch.event.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"y\n\x12UpdateEventRequest\x12,\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.cowatch.event.v1.EventB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\"\x81\x01\n\x12\x43\x61ncelEventRequest\x12\'\n\x04name\x18\x01 \x01(\tB\x19\xe2\x41\x01\x02\xfa\x41\x12\n\x10\x63owatch.io/Event\x12\x12\n\x04\x65tag\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06reason\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"S\n\x14\x43ompleteEventRequest\x12\'\n\x04name\x18\x01 \x01(\tB\x19\xe2\x41\x01\x02\xfa\x41\x12\n\x10\x63owatch.io/Event\x12\x12\n\x04\x65tag\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"v\n\x16ListEventGuestsRequest\x12)\n\x06parent\x18\x01 \x01(\tB\x19\xe2\x41\x01\x02\xfa\x41\x12\n\x10\x63owatch.io/Event\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"[\n\x17ListEventGuestsResponse\x12\'\n\x06guests\x18\x01 \x03(\x0b\x32\x17.cowatch.event.v1.Guest\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x87\x01\n\x16SendInvitationsRequest\x12\'\n\x04name\x18\x01 \x01(\tB\x19\xe2\x41\x01\x02\xfa\x41\x12\n\x10\x63owatch.io/Event\x12\x13\n\x05users\x18\x02 \x03(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07message\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"<\n\x17SendInvitationsResponse\x12\r\n\x05users\x18\x01 \x03(\t\x12\x12\n\nshare_link\x18\x02 \x01(\t\"C\n\x18RotateInviteTokenRequest\x12\'\n\x04name\x18\x01 \x01(\tB\x19\xe2\x41\x01\x02\xfa\x41\x12\n\x10\x63owatch.io/Event2\xc7\x0c\n\x0c\x45ventService\x12o\n\x0b\x43reateEvent\x12$.cowatch.event.v1.CreateEventRequest\x1a\x17.cowatch.event.v1.Event\"!\xda\x41\x05\x65vent\x82\xd3\xe4\x93\x02\x13\"\n/v1/events:\x05\x65vent\x12\x8c\x01\n\x13\x45xportEventCalendar\x12,.cowatch.event.v1.ExportEventCalendarRequest\x1a\x14.google.api.HttpBody\"1\xda\x41\x04name\x82\xd3\xe4\x93\x02$\x12\"/v1/{name=events/*}:exportCalendar\x12_\n\x0bGetCalendar\x12$.cowatch.event.v1.GetCalendarRequest\x1a\x14.google.api.HttpBody\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/calendar\x12\x89\x01\n\x13RotateCalendarToken\x12,.cowatch.event.v1.RotateCalendarTokenRequest\x1a\x1f.cowatch.event.v1.CalendarToken\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/calendar:rotateToken:\x01*\x12j\n\x08GetEvent\x12!.cowatch.event.v1.GetEventRequest\x1a\x17.cowatch.event.v1.Event\"\"\xda\x41\x04name\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/{name=events/*}\x12k\n\nListEvents\x12#.cowatch.event.v1.ListEventsRequest\x1a$.cowatch.event.v1.ListEventsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/events\x12\x8a\x01\n\x0bUpdateEvent\x12$.cowatch.event.v1.UpdateEventRequest\x1a\x17.cowatch.event.v1.Event\"<\xda\x41\x11\x65vent,update_mask\x82\xd3\xe4\x93\x02\"2\x19/v1/{event.name=events/*}:\x05\x65vent\x12z\n\x0b\x43\x61ncelEvent\x12$.cowatch.event.v1.CancelEventRequest\x1a\x17.cowatch.event.v1.Event\",\xda\x41\x04name\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/{name=events/*}:cancel:\x01*\x12\x80\x01\n\rCompleteEvent\x12&.cowatch.event.v1.CompleteEventRequest\x1a\x17.cowatch.event.v1.Event\".\xda\x41\x04name\x82\xd3\xe4\x93\x02!\"\x1c/v1/{name=events/*}:complete:\x01*\x12\x95\x01\n\x0fListEventGuests\x12(.cowatch.event.v1.ListEventGuestsRequest\x1a).cowatch.event.v1.ListEventGuestsResponse\"-\xda\x41\x06parent\x82\xd3\xe4\x93\x02\x1e\x12\x1c/v1/{parent=events/*}/guests\x12\xa3\x01\n\x0fSendInvitations\x12(.cowatch.event.v1.SendInvitationsRequest\x1a).cowatch.event.v1.SendInvitationsResponse\";\xda\x41\nname,users\x82\xd3\xe4\x93\x02(\"#/v1/{name=events/*}:sendInvitations:\x01*\x12\x91\x01\n\x11RotateInviteToken\x12*.cowatch.event.v1.RotateInviteTokenRequest\x1a\x17.cowatch.event.v1.Event\"7\xda\x41\x04name\x82\xd3\xe4\x93\x02*\"%/v1/{name=events/*}:rotateInviteToken:\x01*\x1a\x13\xca\x41\x10\x65vent.cowatch.iob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,6 +43,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEEVENTREQUEST'].fields_by_name['event']._serialized_options = b'\342A\001\002'
   _globals['_CREATEEVENTREQUEST'].fields_by_name['request_id']._loaded_options = None
   _globals['_CREATEEVENTREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001'
+  _globals['_EXPORTEVENTCALENDARREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_EXPORTEVENTCALENDARREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\022\n\020cowatch.io/Event'
+  _globals['_EXPORTEVENTCALENDARREQUEST'].fields_by_name['invite_token']._loaded_options = None
+  _globals['_EXPORTEVENTCALENDARREQUEST'].fields_by_name['invite_token']._serialized_options = b'\342A\001\001'
+  _globals['_GETCALENDARREQUEST'].fields_by_name['token']._loaded_options = None
+  _globals['_GETCALENDARREQUEST'].fields_by_name['token']._serialized_options = b'\342A\001\002'
+  _globals['_CALENDARTOKEN'].fields_by_name['token']._loaded_options = None
+  _globals['_CALENDARTOKEN'].fields_by_name['token']._serialized_options = b'\342A\001\003'
+  _globals['_CALENDARTOKEN'].fields_by_name['feed_url']._loaded_options = None
+  _globals['_CALENDARTOKEN'].fields_by_name['feed_url']._serialized_options = b'\342A\001\003'
   _globals['_GETEVENTREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_GETEVENTREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\022\n\020cowatch.io/Event'
   _globals['_GETEVENTREQUEST'].fields_by_name['invite_token']._loaded_options = None
@@ -100,6 +111,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVENTSERVICE']._serialized_options = b'\312A\020event.cowatch.io'
   _globals['_EVENTSERVICE'].methods_by_name['CreateEvent']._loaded_options = None
   _globals['_EVENTSERVICE'].methods_by_name['CreateEvent']._serialized_options = b'\332A\005event\202\323\344\223\002\023\"\n/v1/events:\005event'
+  _globals['_EVENTSERVICE'].methods_by_name['ExportEventCalendar']._loaded_options = None
+  _globals['_EVENTSERVICE'].methods_by_name['ExportEventCalendar']._serialized_options = b'\332A\004name\202\323\344\223\002$\022\"/v1/{name=events/*}:exportCalendar'
+  _globals['_EVENTSERVICE'].methods_by_name['GetCalendar']._loaded_options = None
+  _globals['_EVENTSERVICE'].methods_by_name['GetCalendar']._serialized_options = b'\202\323\344\223\002\016\022\014/v1/calendar'
+  _globals['_EVENTSERVICE'].methods_by_name['RotateCalendarToken']._loaded_options = None
+  _globals['_EVENTSERVICE'].methods_by_name['RotateCalendarToken']._serialized_options = b'\202\323\344\223\002\035\"\030/v1/calendar:rotateToken:\001*'
   _globals['_EVENTSERVICE'].methods_by_name['GetEvent']._loaded_options = None
   _globals['_EVENTSERVICE'].methods_by_name['GetEvent']._serialized_options = b'\332A\004name\202\323\344\223\002\025\022\023/v1/{name=events/*}'
   _globals['_EVENTSERVICE'].methods_by_name['ListEvents']._loaded_options = None
@@ -116,30 +133,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVENTSERVICE'].methods_by_name['SendInvitations']._serialized_options = b'\332A\nname,users\202\323\344\223\002(\"#/v1/{name=events/*}:sendInvitations:\001*'
   _globals['_EVENTSERVICE'].methods_by_name['RotateInviteToken']._loaded_options = None
   _globals['_EVENTSERVICE'].methods_by_name['RotateInviteToken']._serialized_options = b'\332A\004name\202\323\344\223\002*\"%/v1/{name=events/*}:rotateInviteToken:\001*'
-  _globals['_CREATEEVENTREQUEST']._serialized_start=268
-  _globals['_CREATEEVENTREQUEST']._serialized_end=360
-  _globals['_GETEVENTREQUEST']._serialized_start=362
-  _globals['_GETEVENTREQUEST']._serialized_end=448
-  _globals['_LISTEVENTSREQUEST']._serialized_start=451
-  _globals['_LISTEVENTSREQUEST']._serialized_end=751
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=753
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=839
-  _globals['_UPDATEEVENTREQUEST']._serialized_start=841
-  _globals['_UPDATEEVENTREQUEST']._serialized_end=962
-  _globals['_CANCELEVENTREQUEST']._serialized_start=965
-  _globals['_CANCELEVENTREQUEST']._serialized_end=1094
-  _globals['_COMPLETEEVENTREQUEST']._serialized_start=1096
-  _globals['_COMPLETEEVENTREQUEST']._serialized_end=1179
-  _globals['_LISTEVENTGUESTSREQUEST']._serialized_start=1181
-  _globals['_LISTEVENTGUESTSREQUEST']._serialized_end=1299
-  _globals['_LISTEVENTGUESTSRESPONSE']._serialized_start=1301
-  _globals['_LISTEVENTGUESTSRESPONSE']._serialized_end=1392
-  _globals['_SENDINVITATIONSREQUEST']._serialized_start=1395
-  _globals['_SENDINVITATIONSREQUEST']._serialized_end=1530
-  _globals['_SENDINVITATIONSRESPONSE']._serialized_start=1532
-  _globals['_SENDINVITATIONSRESPONSE']._serialized_end=1592
-  _globals['_ROTATEINVITETOKENREQUEST']._serialized_start=1594
-  _globals['_ROTATEINVITETOKENREQUEST']._serialized_end=1661
-  _globals['_EVENTSERVICE']._serialized_start=1664
-  _globals['_EVENTSERVICE']._serialized_end=2891
+  _globals['_CREATEEVENTREQUEST']._serialized_start=295
+  _globals['_CREATEEVENTREQUEST']._serialized_end=387
+  _globals['_EXPORTEVENTCALENDARREQUEST']._serialized_start=389
+  _globals['_EXPORTEVENTCALENDARREQUEST']._serialized_end=486
+  _globals['_GETCALENDARREQUEST']._serialized_start=488
+  _globals['_GETCALENDARREQUEST']._serialized_end=529
+  _globals['_ROTATECALENDARTOKENREQUEST']._serialized_start=531
+  _globals['_ROTATECALENDARTOKENREQUEST']._serialized_end=559
+  _globals['_CALENDARTOKEN']._serialized_start=561
+  _globals['_CALENDARTOKEN']._serialized_end=621
+  _globals['_GETEVENTREQUEST']._serialized_start=623
+  _globals['_GETEVENTREQUEST']._serialized_end=709
+  _globals['_LISTEVENTSREQUEST']._serialized_start=712
+  _globals['_LISTEVENTSREQUEST']._serialized_end=1012
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=1014
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=1100
+  _globals['_UPDATEEVENTREQUEST']._serialized_start=1102
+  _globals['_UPDATEEVENTREQUEST']._serialized_end=1223
+  _globals['_CANCELEVENTREQUEST']._serialized_start=1226
+  _globals['_CANCELEVENTREQUEST']._serialized_end=1355
+  _globals['_COMPLETEEVENTREQUEST']._serialized_start=1357
+  _globals['_COMPLETEEVENTREQUEST']._serialized_end=1440
+  _globals['_LISTEVENTGUESTSREQUEST']._serialized_start=1442
+  _globals['_LISTEVENTGUESTSREQUEST']._serialized_end=1560
+  _globals['_LISTEVENTGUESTSRESPONSE']._serialized_start=1562
+  _globals['_LISTEVENTGUESTSRESPONSE']._serialized_end=1653
+  _globals['_SENDINVITATIONSREQUEST']._serialized_start=1656
+  _globals['_SENDINVITATIONSREQUEST']._serialized_end=1791
+  _globals['_SENDINVITATIONSRESPONSE']._serialized_start=1793
+  _globals['_SENDINVITATIONSRESPONSE']._serialized_end=1853
+  _globals['_ROTATEINVITETOKENREQUEST']._serialized_start=1855
+  _globals['_ROTATEINVITETOKENREQUEST']._serialized_end=1922
+  _globals['_EVENTSERVICE']._serialized_start=1925
+  _globals['_EVENTSERVICE']._serialized_end=3532
 # @@protoc_insertion_point(module_scope)

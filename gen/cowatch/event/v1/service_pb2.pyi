@@ -54,6 +54,97 @@ class CreateEventRequest(_message.Message):
 Global___CreateEventRequest: _TypeAlias = CreateEventRequest  # noqa: Y015
 
 @_typing.final
+class ExportEventCalendarRequest(_message.Message):
+    """Request for ExportEventCalendar."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    INVITE_TOKEN_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The event, `events/{event}`."""
+    invite_token: _builtins.str
+    """Invite token of a private event, from its share link (as for GetEvent)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        invite_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invite_token", b"invite_token", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportEventCalendarRequest: _TypeAlias = ExportEventCalendarRequest  # noqa: Y015
+
+@_typing.final
+class GetCalendarRequest(_message.Message):
+    """Request for GetCalendar."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """The calendar token from RotateCalendarToken."""
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCalendarRequest: _TypeAlias = GetCalendarRequest  # noqa: Y015
+
+@_typing.final
+class RotateCalendarTokenRequest(_message.Message):
+    """Request for RotateCalendarToken."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateCalendarTokenRequest: _TypeAlias = RotateCalendarTokenRequest  # noqa: Y015
+
+@_typing.final
+class CalendarToken(_message.Message):
+    """A private calendar token and the feed URL that carries it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    FEED_URL_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """The token (shown once)."""
+    feed_url: _builtins.str
+    """The feed's URL, to paste into a calendar app."""
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+        feed_url: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feed_url", b"feed_url", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CalendarToken: _TypeAlias = CalendarToken  # noqa: Y015
+
+@_typing.final
 class GetEventRequest(_message.Message):
     """Request for GetEvent."""
 

@@ -5,6 +5,7 @@ import warnings
 
 from cowatch.event.v1 import resources_pb2 as cowatch_dot_event_dot_v1_dot_resources__pb2
 from cowatch.event.v1 import service_pb2 as cowatch_dot_event_dot_v1_dot_service__pb2
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -57,6 +58,21 @@ class EventServiceStub:
                 '/cowatch.event.v1.EventService/CreateEvent',
                 request_serializer=cowatch_dot_event_dot_v1_dot_service__pb2.CreateEventRequest.SerializeToString,
                 response_deserializer=cowatch_dot_event_dot_v1_dot_resources__pb2.Event.FromString,
+                _registered_method=True)
+        self.ExportEventCalendar = channel.unary_unary(
+                '/cowatch.event.v1.EventService/ExportEventCalendar',
+                request_serializer=cowatch_dot_event_dot_v1_dot_service__pb2.ExportEventCalendarRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+        self.GetCalendar = channel.unary_unary(
+                '/cowatch.event.v1.EventService/GetCalendar',
+                request_serializer=cowatch_dot_event_dot_v1_dot_service__pb2.GetCalendarRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+        self.RotateCalendarToken = channel.unary_unary(
+                '/cowatch.event.v1.EventService/RotateCalendarToken',
+                request_serializer=cowatch_dot_event_dot_v1_dot_service__pb2.RotateCalendarTokenRequest.SerializeToString,
+                response_deserializer=cowatch_dot_event_dot_v1_dot_service__pb2.CalendarToken.FromString,
                 _registered_method=True)
         self.GetEvent = channel.unary_unary(
                 '/cowatch.event.v1.EventService/GetEvent',
@@ -127,6 +143,44 @@ class EventServiceServicer:
         Errors: INVALID_ARGUMENT `INVALID_ARGUMENT` (any field; `start_time` in
         the past, unknown `time_zone`, capacity out of 1–1000), INVALID_ARGUMENT
         `REQUEST_ID_REUSED` (same `request_id` with a different request).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportEventCalendar(self, request, context):
+        """Downloads one event as an iCalendar file (RFC 5545, `text/calendar`) to
+        add to a calendar: one VEVENT with a stable UID, the start and end in
+        the event's own time zone (with its VTIMEZONE), the share link, alarms
+        24 h and 1 h before; `STATUS:CANCELLED` for a cancelled event. Who may
+        download it is who may get it (GetEvent); the exact address only for the
+        host and confirmed guests, the city for anyone else.
+
+        Errors: NOT_FOUND `EVENT_NOT_FOUND`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCalendar(self, request, context):
+        """The caller's private calendar feed (RFC 5545, `text/calendar`) for
+        calendar apps to subscribe to: the events the token's owner hosts and
+        those they booked, as ExportEventCalendar renders them; cancelled events
+        and cancelled bookings stay listed as `STATUS:CANCELLED` for 30 days so
+        subscribed calendars remove them. Authenticated by the calendar token in
+        the query string (`?token=`; never by an API token), which Envoy's access
+        log leaves out.
+
+        Errors: NOT_FOUND `CALENDAR_NOT_FOUND` (unknown or rotated token).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateCalendarToken(self, request, context):
+        """Issues a new private calendar token for the caller (the previous one
+        stops working at once) and returns it with the feed's URL. Only its hash
+        is stored: it cannot be read again, only rotated.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -252,6 +306,21 @@ def add_EventServiceServicer_to_server(servicer, server):
                     request_deserializer=cowatch_dot_event_dot_v1_dot_service__pb2.CreateEventRequest.FromString,
                     response_serializer=cowatch_dot_event_dot_v1_dot_resources__pb2.Event.SerializeToString,
             ),
+            'ExportEventCalendar': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportEventCalendar,
+                    request_deserializer=cowatch_dot_event_dot_v1_dot_service__pb2.ExportEventCalendarRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'GetCalendar': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCalendar,
+                    request_deserializer=cowatch_dot_event_dot_v1_dot_service__pb2.GetCalendarRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'RotateCalendarToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateCalendarToken,
+                    request_deserializer=cowatch_dot_event_dot_v1_dot_service__pb2.RotateCalendarTokenRequest.FromString,
+                    response_serializer=cowatch_dot_event_dot_v1_dot_service__pb2.CalendarToken.SerializeToString,
+            ),
             'GetEvent': grpc.unary_unary_rpc_method_handler(
                     servicer.GetEvent,
                     request_deserializer=cowatch_dot_event_dot_v1_dot_service__pb2.GetEventRequest.FromString,
@@ -338,6 +407,87 @@ class EventService:
             '/cowatch.event.v1.EventService/CreateEvent',
             cowatch_dot_event_dot_v1_dot_service__pb2.CreateEventRequest.SerializeToString,
             cowatch_dot_event_dot_v1_dot_resources__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportEventCalendar(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cowatch.event.v1.EventService/ExportEventCalendar',
+            cowatch_dot_event_dot_v1_dot_service__pb2.ExportEventCalendarRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCalendar(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cowatch.event.v1.EventService/GetCalendar',
+            cowatch_dot_event_dot_v1_dot_service__pb2.GetCalendarRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateCalendarToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cowatch.event.v1.EventService/RotateCalendarToken',
+            cowatch_dot_event_dot_v1_dot_service__pb2.RotateCalendarTokenRequest.SerializeToString,
+            cowatch_dot_event_dot_v1_dot_service__pb2.CalendarToken.FromString,
             options,
             channel_credentials,
             insecure,

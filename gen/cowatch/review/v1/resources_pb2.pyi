@@ -23,6 +23,15 @@ DESCRIPTOR: _descriptor.FileDescriptor
 class Review(_message.Message):
     """A rating (1–5) with optional text, written by a participant of a held
     event about the event, its host, or one of its guests.
+
+    Reviews are blind: a new review is `PENDING_REVEAL`, seen by its author
+    only and counted in no rating, until the other person has reviewed the
+    author too for the same event (a guest's HOST review and the host's GUEST
+    review of that guest), or the event's review window closes (14 days after
+    it was held by default). Then both are `REVEALED` at once, counted, and
+    their subjects are mailed. EVENT reviews are revealed when the window
+    closes. A pending review can be edited or withdrawn; a revealed one is
+    frozen.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -54,6 +63,33 @@ class Review(_message.Message):
     GUEST: Review.SubjectType.ValueType  # 3
     """One participating guest (`subject_user`); by the host."""
 
+    class _State:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Review._State.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATE_UNSPECIFIED: Review._State.ValueType  # 0
+        """Never returned."""
+        PENDING_REVEAL: Review._State.ValueType  # 1
+        """Seen by its author only and counted nowhere; may be edited or
+        withdrawn.
+        """
+        REVEALED: Review._State.ValueType  # 2
+        """Visible to everyone who may see the event, counted in ratings, frozen."""
+
+    class State(_State, metaclass=_StateEnumTypeWrapper):
+        """Whether a review is visible yet."""
+
+    STATE_UNSPECIFIED: Review.State.ValueType  # 0
+    """Never returned."""
+    PENDING_REVEAL: Review.State.ValueType  # 1
+    """Seen by its author only and counted nowhere; may be edited or
+    withdrawn.
+    """
+    REVEALED: Review.State.ValueType  # 2
+    """Visible to everyone who may see the event, counted in ratings, frozen."""
+
     NAME_FIELD_NUMBER: _builtins.int
     EVENT_FIELD_NUMBER: _builtins.int
     SUBJECT_TYPE_FIELD_NUMBER: _builtins.int
@@ -65,6 +101,9 @@ class Review(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REVEAL_TIME_FIELD_NUMBER: _builtins.int
+    WINDOW_CLOSE_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `reviews/{review}` (server-assigned UUID)."""
     event: _builtins.str
@@ -89,6 +128,8 @@ class Review(_message.Message):
     """Opaque version tag; a stale value on UpdateReview fails with ABORTED
     `ETAG_MISMATCH`. Empty: no check.
     """
+    state: Global___Review.State.ValueType
+    """Whether the review is visible yet."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """Creation time."""
@@ -96,6 +137,16 @@ class Review(_message.Message):
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Time of the last edit."""
+
+    @_builtins.property
+    def reveal_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was revealed; unset while pending."""
+
+    @_builtins.property
+    def window_close_time(self) -> _timestamp_pb2.Timestamp:
+        """When the event's review window closes: a review still pending is
+        revealed then, and no review of the event is accepted after it.
+        """
 
     def __init__(
         self,
@@ -111,10 +162,13 @@ class Review(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        state: Global___Review.State.ValueType = ...,
+        reveal_time: _timestamp_pb2.Timestamp | None = ...,
+        window_close_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "reveal_time", b"reveal_time", "update_time", b"update_time", "window_close_time", b"window_close_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["author", b"author", "author_display_name", b"author_display_name", "create_time", b"create_time", "etag", b"etag", "event", b"event", "name", b"name", "rating", b"rating", "subject_type", b"subject_type", "subject_user", b"subject_user", "text", b"text", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["author", b"author", "author_display_name", b"author_display_name", "create_time", b"create_time", "etag", b"etag", "event", b"event", "name", b"name", "rating", b"rating", "reveal_time", b"reveal_time", "state", b"state", "subject_type", b"subject_type", "subject_user", b"subject_user", "text", b"text", "update_time", b"update_time", "window_close_time", b"window_close_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

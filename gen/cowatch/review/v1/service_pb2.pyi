@@ -81,6 +81,34 @@ class UpdateReviewRequest(_message.Message):
 Global___UpdateReviewRequest: _TypeAlias = UpdateReviewRequest  # noqa: Y015
 
 @_typing.final
+class DeleteReviewRequest(_message.Message):
+    """Request for DeleteReview."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The review, `reviews/{review}`."""
+    etag: _builtins.str
+    """The review's `etag`; a stale one fails with ABORTED `ETAG_MISMATCH`.
+    Empty: no check.
+    """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteReviewRequest: _TypeAlias = DeleteReviewRequest  # noqa: Y015
+
+@_typing.final
 class ListReviewsRequest(_message.Message):
     """Request for ListReviews. Exactly one of `event` and `subject_user`."""
 

@@ -69,6 +69,18 @@ def get_event(name: str, invite_token: str) -> event_service.GetEventRequest:
     return event_service.GetEventRequest(name=name, invite_token=invite_token)
 
 
+def rotate_calendar_token() -> event_service.RotateCalendarTokenRequest:
+    return event_service.RotateCalendarTokenRequest()
+
+
+def get_calendar(token: str) -> event_service.GetCalendarRequest:
+    return event_service.GetCalendarRequest(token=token)
+
+
+def export_event_calendar(name: str, invite_token: str) -> event_service.ExportEventCalendarRequest:
+    return event_service.ExportEventCalendarRequest(name=name, invite_token=invite_token)
+
+
 def list_events(
     *,
     film_id: str,
@@ -152,6 +164,10 @@ def create_review(review: review_pb2.Review, rid: str | None) -> review_service.
 
 def update_review(review: review_pb2.Review, update_mask: Sequence[str] | None) -> review_service.UpdateReviewRequest:
     return review_service.UpdateReviewRequest(review=review, update_mask=_mask(update_mask))
+
+
+def delete_review(name: str, etag: str) -> review_service.DeleteReviewRequest:
+    return review_service.DeleteReviewRequest(name=name, etag=etag)
 
 
 def list_reviews(

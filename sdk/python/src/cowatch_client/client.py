@@ -78,6 +78,22 @@ class Events:
         """The event ``events/{id}`` (a private one needs the ``invite_token`` from its share link)."""
         return self._call(self._stub.GetEvent, req.get_event(name, invite_token), timeout)
 
+    def export_calendar(self, name: str, *, invite_token: str = "", timeout: float | None = None) -> bytes:
+        """The event as an iCalendar file (``text/calendar``, RFC 5545) to add to a calendar; who may get the event
+        may download it (the exact address only for its host and confirmed guests)."""
+        body = self._call(self._stub.ExportEventCalendar, req.export_event_calendar(name, invite_token), timeout)
+        return bytes(body.data)
+
+    def rotate_calendar_token(self, *, timeout: float | None = None) -> event_service.CalendarToken:
+        """A new private calendar token for the caller (the old one stops working) and the feed URL to subscribe
+        to. Keep it secret: it is the feed's only credential. Never retried."""
+        return self._call(self._stub.RotateCalendarToken, req.rotate_calendar_token(), timeout)
+
+    def calendar(self, token: str, *, timeout: float | None = None) -> bytes:
+        """The private calendar feed (``text/calendar``) of the token's owner: events hosted and booked."""
+        body = self._call(self._stub.GetCalendar, req.get_calendar(token), timeout)
+        return bytes(body.data)
+
     def list(
         self,
         *,
@@ -202,14 +218,21 @@ class Reviews:
     def create(
         self, review: review_pb2.Review, *, request_id: str | None = None, timeout: float | None = None
     ) -> review_pb2.Review:
-        """Reviews a guest or the host of a held event the caller took part in."""
+        """Reviews a guest or the host of a held event the caller took part in. Reviews are blind: the result is
+        ``PENDING_REVEAL`` (seen by its author only) until the other person has reviewed the author too (then
+        ``REVEALED``, both at once) or the review window closes (``window_close_time``)."""
         return self._call(self._stub.CreateReview, req.create_review(review, request_id), timeout)
 
     def update(
         self, review: review_pb2.Review, *, update_mask: Sequence[str] | None = None, timeout: float | None = None
     ) -> review_pb2.Review:
-        """Edits the caller's review (``etag`` checked when set). Never retried."""
+        """Edits the caller's review while it is pending (``etag`` checked when set). Never retried."""
         return self._call(self._stub.UpdateReview, req.update_review(review, update_mask), timeout)
+
+    def delete(self, name: str, *, etag: str = "", timeout: float | None = None) -> None:
+        """Withdraws the caller's review while it is still ``PENDING_REVEAL`` (``etag`` checked when set); a
+        revealed review is frozen (``REVIEW_FROZEN``). Never retried."""
+        self._call(self._stub.DeleteReview, req.delete_review(name, etag), timeout)
 
     def list(
         self,
@@ -220,7 +243,7 @@ class Reviews:
         page_size: int = 0,
         timeout: float | None = None,
     ) -> Iterator[review_pb2.Review]:
-        """Reviews of an event or of a user, page by page as iterated."""
+        """Revealed reviews of an event or of a user, and the caller's own pending ones, page by page."""
         request = req.list_reviews(event, subject_user, subject_type, page_size)
         return self._call.paginate(self._stub.ListReviews, request, lambda page: page.reviews, timeout)
 

@@ -61,12 +61,13 @@ class ClientOptions:
 
 
 def retried_methods() -> list[tuple[str, str]]:
-    """``(service, method)`` pairs safe to retry: reads, and writes whose request has a ``request_id``."""
+    """``(service, method)`` pairs safe to retry: reads (``Get``, ``List``, ``Export``), and writes whose request
+    has a ``request_id``."""
     return [
         (service.full_name, method.name)
         for service in SERVICES
         for method in service.methods
-        if method.name.startswith(("Get", "List")) or "request_id" in method.input_type.fields_by_name
+        if method.name.startswith(("Get", "List", "Export")) or "request_id" in method.input_type.fields_by_name
     ]
 
 

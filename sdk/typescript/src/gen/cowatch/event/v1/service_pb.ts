@@ -9,6 +9,8 @@ import { file_cowatch_event_v1_resources } from "./resources_pb.js";
 import { file_google_api_annotations } from "../../../google/api/annotations_pb.js";
 import { file_google_api_client } from "../../../google/api/client_pb.js";
 import { file_google_api_field_behavior } from "../../../google/api/field_behavior_pb.js";
+import type { HttpBodySchema } from "../../../google/api/httpbody_pb.js";
+import { file_google_api_httpbody } from "../../../google/api/httpbody_pb.js";
 import { file_google_api_resource } from "../../../google/api/resource_pb.js";
 import type { FieldMask, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_field_mask, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
@@ -18,7 +20,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cowatch/event/v1/service.proto.
  */
 export const file_cowatch_event_v1_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch5jb3dhdGNoL2V2ZW50L3YxL3NlcnZpY2UucHJvdG8SEGNvd2F0Y2guZXZlbnQudjEiXAoSQ3JlYXRlRXZlbnRSZXF1ZXN0EiwKBWV2ZW50GAEgASgLMhcuY293YXRjaC5ldmVudC52MS5FdmVudEIE4kEBAhIYCgpyZXF1ZXN0X2lkGAIgASgJQgTiQQEBIlYKD0dldEV2ZW50UmVxdWVzdBInCgRuYW1lGAEgASgJQhniQQEC+kESChBjb3dhdGNoLmlvL0V2ZW50EhoKDGludml0ZV90b2tlbhgCIAEoCUIE4kEBASKsAgoRTGlzdEV2ZW50c1JlcXVlc3QSFwoJcGFnZV9zaXplGAEgASgFQgTiQQEBEhgKCnBhZ2VfdG9rZW4YAiABKAlCBOJBAQESFQoHZmlsbV9pZBgDIAEoCUIE4kEBARISCgRjaXR5GAQgASgJQgTiQQEBEjkKD3N0YXJ0X3RpbWVfZnJvbRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQESNwoNc3RhcnRfdGltZV90bxgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQESHAoOaGFzX2ZyZWVfc2VhdHMYByABKAhCBOJBAQESEgoEaG9zdBgIIAEoCUIE4kEBARITCgVxdWVyeRgJIAEoCUIE4kEBASJWChJMaXN0RXZlbnRzUmVzcG9uc2USJwoGZXZlbnRzGAEgAygLMhcuY293YXRjaC5ldmVudC52MS5FdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkieQoSVXBkYXRlRXZlbnRSZXF1ZXN0EiwKBWV2ZW50GAEgASgLMhcuY293YXRjaC5ldmVudC52MS5FdmVudEIE4kEBAhI1Cgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2tCBOJBAQEigQEKEkNhbmNlbEV2ZW50UmVxdWVzdBInCgRuYW1lGAEgASgJQhniQQEC+kESChBjb3dhdGNoLmlvL0V2ZW50EhIKBGV0YWcYAiABKAlCBOJBAQESGAoKcmVxdWVzdF9pZBgDIAEoCUIE4kEBARIUCgZyZWFzb24YBCABKAlCBOJBAQEiUwoUQ29tcGxldGVFdmVudFJlcXVlc3QSJwoEbmFtZRgBIAEoCUIZ4kEBAvpBEgoQY293YXRjaC5pby9FdmVudBISCgRldGFnGAIgASgJQgTiQQEBInYKFkxpc3RFdmVudEd1ZXN0c1JlcXVlc3QSKQoGcGFyZW50GAEgASgJQhniQQEC+kESChBjb3dhdGNoLmlvL0V2ZW50EhcKCXBhZ2Vfc2l6ZRgCIAEoBUIE4kEBARIYCgpwYWdlX3Rva2VuGAMgASgJQgTiQQEBIlsKF0xpc3RFdmVudEd1ZXN0c1Jlc3BvbnNlEicKBmd1ZXN0cxgBIAMoCzIXLmNvd2F0Y2guZXZlbnQudjEuR3Vlc3QSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIocBChZTZW5kSW52aXRhdGlvbnNSZXF1ZXN0EicKBG5hbWUYASABKAlCGeJBAQL6QRIKEGNvd2F0Y2guaW8vRXZlbnQSEwoFdXNlcnMYAiADKAlCBOJBAQISFQoHbWVzc2FnZRgDIAEoCUIE4kEBARIYCgpyZXF1ZXN0X2lkGAQgASgJQgTiQQEBIjwKF1NlbmRJbnZpdGF0aW9uc1Jlc3BvbnNlEg0KBXVzZXJzGAEgAygJEhIKCnNoYXJlX2xpbmsYAiABKAkiQwoYUm90YXRlSW52aXRlVG9rZW5SZXF1ZXN0EicKBG5hbWUYASABKAlCGeJBAQL6QRIKEGNvd2F0Y2guaW8vRXZlbnQyywkKDEV2ZW50U2VydmljZRJvCgtDcmVhdGVFdmVudBIkLmNvd2F0Y2guZXZlbnQudjEuQ3JlYXRlRXZlbnRSZXF1ZXN0GhcuY293YXRjaC5ldmVudC52MS5FdmVudCIh2kEFZXZlbnSC0+STAhM6BWV2ZW50IgovdjEvZXZlbnRzEmoKCEdldEV2ZW50EiEuY293YXRjaC5ldmVudC52MS5HZXRFdmVudFJlcXVlc3QaFy5jb3dhdGNoLmV2ZW50LnYxLkV2ZW50IiLaQQRuYW1lgtPkkwIVEhMvdjEve25hbWU9ZXZlbnRzLyp9EmsKCkxpc3RFdmVudHMSIy5jb3dhdGNoLmV2ZW50LnYxLkxpc3RFdmVudHNSZXF1ZXN0GiQuY293YXRjaC5ldmVudC52MS5MaXN0RXZlbnRzUmVzcG9uc2UiEoLT5JMCDBIKL3YxL2V2ZW50cxKKAQoLVXBkYXRlRXZlbnQSJC5jb3dhdGNoLmV2ZW50LnYxLlVwZGF0ZUV2ZW50UmVxdWVzdBoXLmNvd2F0Y2guZXZlbnQudjEuRXZlbnQiPNpBEWV2ZW50LHVwZGF0ZV9tYXNrgtPkkwIiOgVldmVudDIZL3YxL3tldmVudC5uYW1lPWV2ZW50cy8qfRJ6CgtDYW5jZWxFdmVudBIkLmNvd2F0Y2guZXZlbnQudjEuQ2FuY2VsRXZlbnRSZXF1ZXN0GhcuY293YXRjaC5ldmVudC52MS5FdmVudCIs2kEEbmFtZYLT5JMCHzoBKiIaL3YxL3tuYW1lPWV2ZW50cy8qfTpjYW5jZWwSgAEKDUNvbXBsZXRlRXZlbnQSJi5jb3dhdGNoLmV2ZW50LnYxLkNvbXBsZXRlRXZlbnRSZXF1ZXN0GhcuY293YXRjaC5ldmVudC52MS5FdmVudCIu2kEEbmFtZYLT5JMCIToBKiIcL3YxL3tuYW1lPWV2ZW50cy8qfTpjb21wbGV0ZRKVAQoPTGlzdEV2ZW50R3Vlc3RzEiguY293YXRjaC5ldmVudC52MS5MaXN0RXZlbnRHdWVzdHNSZXF1ZXN0GikuY293YXRjaC5ldmVudC52MS5MaXN0RXZlbnRHdWVzdHNSZXNwb25zZSIt2kEGcGFyZW50gtPkkwIeEhwvdjEve3BhcmVudD1ldmVudHMvKn0vZ3Vlc3RzEqMBCg9TZW5kSW52aXRhdGlvbnMSKC5jb3dhdGNoLmV2ZW50LnYxLlNlbmRJbnZpdGF0aW9uc1JlcXVlc3QaKS5jb3dhdGNoLmV2ZW50LnYxLlNlbmRJbnZpdGF0aW9uc1Jlc3BvbnNlIjvaQQpuYW1lLHVzZXJzgtPkkwIoOgEqIiMvdjEve25hbWU9ZXZlbnRzLyp9OnNlbmRJbnZpdGF0aW9ucxKRAQoRUm90YXRlSW52aXRlVG9rZW4SKi5jb3dhdGNoLmV2ZW50LnYxLlJvdGF0ZUludml0ZVRva2VuUmVxdWVzdBoXLmNvd2F0Y2guZXZlbnQudjEuRXZlbnQiN9pBBG5hbWWC0+STAio6ASoiJS92MS97bmFtZT1ldmVudHMvKn06cm90YXRlSW52aXRlVG9rZW4aE8pBEGV2ZW50LmNvd2F0Y2guaW9iBnByb3RvMw", [file_cowatch_event_v1_resources, file_google_api_annotations, file_google_api_client, file_google_api_field_behavior, file_google_api_resource, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
+  fileDesc("Ch5jb3dhdGNoL2V2ZW50L3YxL3NlcnZpY2UucHJvdG8SEGNvd2F0Y2guZXZlbnQudjEiXAoSQ3JlYXRlRXZlbnRSZXF1ZXN0EiwKBWV2ZW50GAEgASgLMhcuY293YXRjaC5ldmVudC52MS5FdmVudEIE4kEBAhIYCgpyZXF1ZXN0X2lkGAIgASgJQgTiQQEBImEKGkV4cG9ydEV2ZW50Q2FsZW5kYXJSZXF1ZXN0EicKBG5hbWUYASABKAlCGeJBAQL6QRIKEGNvd2F0Y2guaW8vRXZlbnQSGgoMaW52aXRlX3Rva2VuGAIgASgJQgTiQQEBIikKEkdldENhbGVuZGFyUmVxdWVzdBITCgV0b2tlbhgBIAEoCUIE4kEBAiIcChpSb3RhdGVDYWxlbmRhclRva2VuUmVxdWVzdCI8Cg1DYWxlbmRhclRva2VuEhMKBXRva2VuGAEgASgJQgTiQQEDEhYKCGZlZWRfdXJsGAIgASgJQgTiQQEDIlYKD0dldEV2ZW50UmVxdWVzdBInCgRuYW1lGAEgASgJQhniQQEC+kESChBjb3dhdGNoLmlvL0V2ZW50EhoKDGludml0ZV90b2tlbhgCIAEoCUIE4kEBASKsAgoRTGlzdEV2ZW50c1JlcXVlc3QSFwoJcGFnZV9zaXplGAEgASgFQgTiQQEBEhgKCnBhZ2VfdG9rZW4YAiABKAlCBOJBAQESFQoHZmlsbV9pZBgDIAEoCUIE4kEBARISCgRjaXR5GAQgASgJQgTiQQEBEjkKD3N0YXJ0X3RpbWVfZnJvbRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQESNwoNc3RhcnRfdGltZV90bxgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQESHAoOaGFzX2ZyZWVfc2VhdHMYByABKAhCBOJBAQESEgoEaG9zdBgIIAEoCUIE4kEBARITCgVxdWVyeRgJIAEoCUIE4kEBASJWChJMaXN0RXZlbnRzUmVzcG9uc2USJwoGZXZlbnRzGAEgAygLMhcuY293YXRjaC5ldmVudC52MS5FdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkieQoSVXBkYXRlRXZlbnRSZXF1ZXN0EiwKBWV2ZW50GAEgASgLMhcuY293YXRjaC5ldmVudC52MS5FdmVudEIE4kEBAhI1Cgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2tCBOJBAQEigQEKEkNhbmNlbEV2ZW50UmVxdWVzdBInCgRuYW1lGAEgASgJQhniQQEC+kESChBjb3dhdGNoLmlvL0V2ZW50EhIKBGV0YWcYAiABKAlCBOJBAQESGAoKcmVxdWVzdF9pZBgDIAEoCUIE4kEBARIUCgZyZWFzb24YBCABKAlCBOJBAQEiUwoUQ29tcGxldGVFdmVudFJlcXVlc3QSJwoEbmFtZRgBIAEoCUIZ4kEBAvpBEgoQY293YXRjaC5pby9FdmVudBISCgRldGFnGAIgASgJQgTiQQEBInYKFkxpc3RFdmVudEd1ZXN0c1JlcXVlc3QSKQoGcGFyZW50GAEgASgJQhniQQEC+kESChBjb3dhdGNoLmlvL0V2ZW50EhcKCXBhZ2Vfc2l6ZRgCIAEoBUIE4kEBARIYCgpwYWdlX3Rva2VuGAMgASgJQgTiQQEBIlsKF0xpc3RFdmVudEd1ZXN0c1Jlc3BvbnNlEicKBmd1ZXN0cxgBIAMoCzIXLmNvd2F0Y2guZXZlbnQudjEuR3Vlc3QSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIocBChZTZW5kSW52aXRhdGlvbnNSZXF1ZXN0EicKBG5hbWUYASABKAlCGeJBAQL6QRIKEGNvd2F0Y2guaW8vRXZlbnQSEwoFdXNlcnMYAiADKAlCBOJBAQISFQoHbWVzc2FnZRgDIAEoCUIE4kEBARIYCgpyZXF1ZXN0X2lkGAQgASgJQgTiQQEBIjwKF1NlbmRJbnZpdGF0aW9uc1Jlc3BvbnNlEg0KBXVzZXJzGAEgAygJEhIKCnNoYXJlX2xpbmsYAiABKAkiQwoYUm90YXRlSW52aXRlVG9rZW5SZXF1ZXN0EicKBG5hbWUYASABKAlCGeJBAQL6QRIKEGNvd2F0Y2guaW8vRXZlbnQyxwwKDEV2ZW50U2VydmljZRJvCgtDcmVhdGVFdmVudBIkLmNvd2F0Y2guZXZlbnQudjEuQ3JlYXRlRXZlbnRSZXF1ZXN0GhcuY293YXRjaC5ldmVudC52MS5FdmVudCIh2kEFZXZlbnSC0+STAhM6BWV2ZW50IgovdjEvZXZlbnRzEowBChNFeHBvcnRFdmVudENhbGVuZGFyEiwuY293YXRjaC5ldmVudC52MS5FeHBvcnRFdmVudENhbGVuZGFyUmVxdWVzdBoULmdvb2dsZS5hcGkuSHR0cEJvZHkiMdpBBG5hbWWC0+STAiQSIi92MS97bmFtZT1ldmVudHMvKn06ZXhwb3J0Q2FsZW5kYXISXwoLR2V0Q2FsZW5kYXISJC5jb3dhdGNoLmV2ZW50LnYxLkdldENhbGVuZGFyUmVxdWVzdBoULmdvb2dsZS5hcGkuSHR0cEJvZHkiFILT5JMCDhIML3YxL2NhbGVuZGFyEokBChNSb3RhdGVDYWxlbmRhclRva2VuEiwuY293YXRjaC5ldmVudC52MS5Sb3RhdGVDYWxlbmRhclRva2VuUmVxdWVzdBofLmNvd2F0Y2guZXZlbnQudjEuQ2FsZW5kYXJUb2tlbiIjgtPkkwIdOgEqIhgvdjEvY2FsZW5kYXI6cm90YXRlVG9rZW4SagoIR2V0RXZlbnQSIS5jb3dhdGNoLmV2ZW50LnYxLkdldEV2ZW50UmVxdWVzdBoXLmNvd2F0Y2guZXZlbnQudjEuRXZlbnQiItpBBG5hbWWC0+STAhUSEy92MS97bmFtZT1ldmVudHMvKn0SawoKTGlzdEV2ZW50cxIjLmNvd2F0Y2guZXZlbnQudjEuTGlzdEV2ZW50c1JlcXVlc3QaJC5jb3dhdGNoLmV2ZW50LnYxLkxpc3RFdmVudHNSZXNwb25zZSISgtPkkwIMEgovdjEvZXZlbnRzEooBCgtVcGRhdGVFdmVudBIkLmNvd2F0Y2guZXZlbnQudjEuVXBkYXRlRXZlbnRSZXF1ZXN0GhcuY293YXRjaC5ldmVudC52MS5FdmVudCI82kERZXZlbnQsdXBkYXRlX21hc2uC0+STAiI6BWV2ZW50MhkvdjEve2V2ZW50Lm5hbWU9ZXZlbnRzLyp9EnoKC0NhbmNlbEV2ZW50EiQuY293YXRjaC5ldmVudC52MS5DYW5jZWxFdmVudFJlcXVlc3QaFy5jb3dhdGNoLmV2ZW50LnYxLkV2ZW50IizaQQRuYW1lgtPkkwIfOgEqIhovdjEve25hbWU9ZXZlbnRzLyp9OmNhbmNlbBKAAQoNQ29tcGxldGVFdmVudBImLmNvd2F0Y2guZXZlbnQudjEuQ29tcGxldGVFdmVudFJlcXVlc3QaFy5jb3dhdGNoLmV2ZW50LnYxLkV2ZW50Ii7aQQRuYW1lgtPkkwIhOgEqIhwvdjEve25hbWU9ZXZlbnRzLyp9OmNvbXBsZXRlEpUBCg9MaXN0RXZlbnRHdWVzdHMSKC5jb3dhdGNoLmV2ZW50LnYxLkxpc3RFdmVudEd1ZXN0c1JlcXVlc3QaKS5jb3dhdGNoLmV2ZW50LnYxLkxpc3RFdmVudEd1ZXN0c1Jlc3BvbnNlIi3aQQZwYXJlbnSC0+STAh4SHC92MS97cGFyZW50PWV2ZW50cy8qfS9ndWVzdHMSowEKD1NlbmRJbnZpdGF0aW9ucxIoLmNvd2F0Y2guZXZlbnQudjEuU2VuZEludml0YXRpb25zUmVxdWVzdBopLmNvd2F0Y2guZXZlbnQudjEuU2VuZEludml0YXRpb25zUmVzcG9uc2UiO9pBCm5hbWUsdXNlcnOC0+STAig6ASoiIy92MS97bmFtZT1ldmVudHMvKn06c2VuZEludml0YXRpb25zEpEBChFSb3RhdGVJbnZpdGVUb2tlbhIqLmNvd2F0Y2guZXZlbnQudjEuUm90YXRlSW52aXRlVG9rZW5SZXF1ZXN0GhcuY293YXRjaC5ldmVudC52MS5FdmVudCI32kEEbmFtZYLT5JMCKjoBKiIlL3YxL3tuYW1lPWV2ZW50cy8qfTpyb3RhdGVJbnZpdGVUb2tlbhoTykEQZXZlbnQuY293YXRjaC5pb2IGcHJvdG8z", [file_cowatch_event_v1_resources, file_google_api_annotations, file_google_api_client, file_google_api_field_behavior, file_google_api_httpbody, file_google_api_resource, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
 
 /**
  * Request for CreateEvent.
@@ -52,6 +54,98 @@ export const CreateEventRequestSchema: GenMessage<CreateEventRequest> = /*@__PUR
   messageDesc(file_cowatch_event_v1_service, 0);
 
 /**
+ * Request for ExportEventCalendar.
+ *
+ * @generated from message cowatch.event.v1.ExportEventCalendarRequest
+ */
+export type ExportEventCalendarRequest = Message<"cowatch.event.v1.ExportEventCalendarRequest"> & {
+  /**
+   * The event, `events/{event}`.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Invite token of a private event, from its share link (as for GetEvent).
+   *
+   * @generated from field: string invite_token = 2;
+   */
+  inviteToken: string;
+};
+
+/**
+ * Describes the message cowatch.event.v1.ExportEventCalendarRequest.
+ * Use `create(ExportEventCalendarRequestSchema)` to create a new message.
+ */
+export const ExportEventCalendarRequestSchema: GenMessage<ExportEventCalendarRequest> = /*@__PURE__*/
+  messageDesc(file_cowatch_event_v1_service, 1);
+
+/**
+ * Request for GetCalendar.
+ *
+ * @generated from message cowatch.event.v1.GetCalendarRequest
+ */
+export type GetCalendarRequest = Message<"cowatch.event.v1.GetCalendarRequest"> & {
+  /**
+   * The calendar token from RotateCalendarToken.
+   *
+   * @generated from field: string token = 1;
+   */
+  token: string;
+};
+
+/**
+ * Describes the message cowatch.event.v1.GetCalendarRequest.
+ * Use `create(GetCalendarRequestSchema)` to create a new message.
+ */
+export const GetCalendarRequestSchema: GenMessage<GetCalendarRequest> = /*@__PURE__*/
+  messageDesc(file_cowatch_event_v1_service, 2);
+
+/**
+ * Request for RotateCalendarToken.
+ *
+ * @generated from message cowatch.event.v1.RotateCalendarTokenRequest
+ */
+export type RotateCalendarTokenRequest = Message<"cowatch.event.v1.RotateCalendarTokenRequest"> & {
+};
+
+/**
+ * Describes the message cowatch.event.v1.RotateCalendarTokenRequest.
+ * Use `create(RotateCalendarTokenRequestSchema)` to create a new message.
+ */
+export const RotateCalendarTokenRequestSchema: GenMessage<RotateCalendarTokenRequest> = /*@__PURE__*/
+  messageDesc(file_cowatch_event_v1_service, 3);
+
+/**
+ * A private calendar token and the feed URL that carries it.
+ *
+ * @generated from message cowatch.event.v1.CalendarToken
+ */
+export type CalendarToken = Message<"cowatch.event.v1.CalendarToken"> & {
+  /**
+   * The token (shown once).
+   *
+   * @generated from field: string token = 1;
+   */
+  token: string;
+
+  /**
+   * The feed's URL, to paste into a calendar app.
+   *
+   * @generated from field: string feed_url = 2;
+   */
+  feedUrl: string;
+};
+
+/**
+ * Describes the message cowatch.event.v1.CalendarToken.
+ * Use `create(CalendarTokenSchema)` to create a new message.
+ */
+export const CalendarTokenSchema: GenMessage<CalendarToken> = /*@__PURE__*/
+  messageDesc(file_cowatch_event_v1_service, 4);
+
+/**
  * Request for GetEvent.
  *
  * @generated from message cowatch.event.v1.GetEventRequest
@@ -78,7 +172,7 @@ export type GetEventRequest = Message<"cowatch.event.v1.GetEventRequest"> & {
  * Use `create(GetEventRequestSchema)` to create a new message.
  */
 export const GetEventRequestSchema: GenMessage<GetEventRequest> = /*@__PURE__*/
-  messageDesc(file_cowatch_event_v1_service, 1);
+  messageDesc(file_cowatch_event_v1_service, 5);
 
 /**
  * Request for ListEvents. All filters combine with AND.
@@ -160,7 +254,7 @@ export type ListEventsRequest = Message<"cowatch.event.v1.ListEventsRequest"> & 
  * Use `create(ListEventsRequestSchema)` to create a new message.
  */
 export const ListEventsRequestSchema: GenMessage<ListEventsRequest> = /*@__PURE__*/
-  messageDesc(file_cowatch_event_v1_service, 2);
+  messageDesc(file_cowatch_event_v1_service, 6);
 
 /**
  * Response of ListEvents.
@@ -188,7 +282,7 @@ export type ListEventsResponse = Message<"cowatch.event.v1.ListEventsResponse"> 
  * Use `create(ListEventsResponseSchema)` to create a new message.
  */
 export const ListEventsResponseSchema: GenMessage<ListEventsResponse> = /*@__PURE__*/
-  messageDesc(file_cowatch_event_v1_service, 3);
+  messageDesc(file_cowatch_event_v1_service, 7);
 
 /**
  * Request for UpdateEvent.
@@ -220,7 +314,7 @@ export type UpdateEventRequest = Message<"cowatch.event.v1.UpdateEventRequest"> 
  * Use `create(UpdateEventRequestSchema)` to create a new message.
  */
 export const UpdateEventRequestSchema: GenMessage<UpdateEventRequest> = /*@__PURE__*/
-  messageDesc(file_cowatch_event_v1_service, 4);
+  messageDesc(file_cowatch_event_v1_service, 8);
 
 /**
  * Request for CancelEvent.
@@ -263,7 +357,7 @@ export type CancelEventRequest = Message<"cowatch.event.v1.CancelEventRequest"> 
  * Use `create(CancelEventRequestSchema)` to create a new message.
  */
 export const CancelEventRequestSchema: GenMessage<CancelEventRequest> = /*@__PURE__*/
-  messageDesc(file_cowatch_event_v1_service, 5);
+  messageDesc(file_cowatch_event_v1_service, 9);
 
 /**
  * Request for CompleteEvent.
@@ -291,7 +385,7 @@ export type CompleteEventRequest = Message<"cowatch.event.v1.CompleteEventReques
  * Use `create(CompleteEventRequestSchema)` to create a new message.
  */
 export const CompleteEventRequestSchema: GenMessage<CompleteEventRequest> = /*@__PURE__*/
-  messageDesc(file_cowatch_event_v1_service, 6);
+  messageDesc(file_cowatch_event_v1_service, 10);
 
 /**
  * Request for ListEventGuests.
@@ -326,7 +420,7 @@ export type ListEventGuestsRequest = Message<"cowatch.event.v1.ListEventGuestsRe
  * Use `create(ListEventGuestsRequestSchema)` to create a new message.
  */
 export const ListEventGuestsRequestSchema: GenMessage<ListEventGuestsRequest> = /*@__PURE__*/
-  messageDesc(file_cowatch_event_v1_service, 7);
+  messageDesc(file_cowatch_event_v1_service, 11);
 
 /**
  * Response of ListEventGuests.
@@ -354,7 +448,7 @@ export type ListEventGuestsResponse = Message<"cowatch.event.v1.ListEventGuestsR
  * Use `create(ListEventGuestsResponseSchema)` to create a new message.
  */
 export const ListEventGuestsResponseSchema: GenMessage<ListEventGuestsResponse> = /*@__PURE__*/
-  messageDesc(file_cowatch_event_v1_service, 8);
+  messageDesc(file_cowatch_event_v1_service, 12);
 
 /**
  * Request for SendInvitations.
@@ -396,7 +490,7 @@ export type SendInvitationsRequest = Message<"cowatch.event.v1.SendInvitationsRe
  * Use `create(SendInvitationsRequestSchema)` to create a new message.
  */
 export const SendInvitationsRequestSchema: GenMessage<SendInvitationsRequest> = /*@__PURE__*/
-  messageDesc(file_cowatch_event_v1_service, 9);
+  messageDesc(file_cowatch_event_v1_service, 13);
 
 /**
  * Response of SendInvitations.
@@ -424,7 +518,7 @@ export type SendInvitationsResponse = Message<"cowatch.event.v1.SendInvitationsR
  * Use `create(SendInvitationsResponseSchema)` to create a new message.
  */
 export const SendInvitationsResponseSchema: GenMessage<SendInvitationsResponse> = /*@__PURE__*/
-  messageDesc(file_cowatch_event_v1_service, 10);
+  messageDesc(file_cowatch_event_v1_service, 14);
 
 /**
  * Request for RotateInviteToken.
@@ -445,7 +539,7 @@ export type RotateInviteTokenRequest = Message<"cowatch.event.v1.RotateInviteTok
  * Use `create(RotateInviteTokenRequestSchema)` to create a new message.
  */
 export const RotateInviteTokenRequestSchema: GenMessage<RotateInviteTokenRequest> = /*@__PURE__*/
-  messageDesc(file_cowatch_event_v1_service, 11);
+  messageDesc(file_cowatch_event_v1_service, 15);
 
 /**
  * Hosts create and run co-watching events; anyone finds public ones.
@@ -483,6 +577,53 @@ export const EventService: GenService<{
     methodKind: "unary";
     input: typeof CreateEventRequestSchema;
     output: typeof EventSchema;
+  },
+  /**
+   * Downloads one event as an iCalendar file (RFC 5545, `text/calendar`) to
+   * add to a calendar: one VEVENT with a stable UID, the start and end in
+   * the event's own time zone (with its VTIMEZONE), the share link, alarms
+   * 24 h and 1 h before; `STATUS:CANCELLED` for a cancelled event. Who may
+   * download it is who may get it (GetEvent); the exact address only for the
+   * host and confirmed guests, the city for anyone else.
+   *
+   * Errors: NOT_FOUND `EVENT_NOT_FOUND`.
+   *
+   * @generated from rpc cowatch.event.v1.EventService.ExportEventCalendar
+   */
+  exportEventCalendar: {
+    methodKind: "unary";
+    input: typeof ExportEventCalendarRequestSchema;
+    output: typeof HttpBodySchema;
+  },
+  /**
+   * The caller's private calendar feed (RFC 5545, `text/calendar`) for
+   * calendar apps to subscribe to: the events the token's owner hosts and
+   * those they booked, as ExportEventCalendar renders them; cancelled events
+   * and cancelled bookings stay listed as `STATUS:CANCELLED` for 30 days so
+   * subscribed calendars remove them. Authenticated by the calendar token in
+   * the query string (`?token=`; never by an API token), which Envoy's access
+   * log leaves out.
+   *
+   * Errors: NOT_FOUND `CALENDAR_NOT_FOUND` (unknown or rotated token).
+   *
+   * @generated from rpc cowatch.event.v1.EventService.GetCalendar
+   */
+  getCalendar: {
+    methodKind: "unary";
+    input: typeof GetCalendarRequestSchema;
+    output: typeof HttpBodySchema;
+  },
+  /**
+   * Issues a new private calendar token for the caller (the previous one
+   * stops working at once) and returns it with the feed's URL. Only its hash
+   * is stored: it cannot be read again, only rotated.
+   *
+   * @generated from rpc cowatch.event.v1.EventService.RotateCalendarToken
+   */
+  rotateCalendarToken: {
+    methodKind: "unary";
+    input: typeof RotateCalendarTokenRequestSchema;
+    output: typeof CalendarTokenSchema;
   },
   /**
    * Gets an event. Anonymous callers may read public events. A private event

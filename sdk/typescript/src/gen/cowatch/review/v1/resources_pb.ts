@@ -16,11 +16,20 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cowatch/review/v1/resources.proto.
  */
 export const file_cowatch_review_v1_resources: GenFile = /*@__PURE__*/
-  fileDesc("CiFjb3dhdGNoL3Jldmlldy92MS9yZXNvdXJjZXMucHJvdG8SEWNvd2F0Y2gucmV2aWV3LnYxIpQECgZSZXZpZXcSEgoEbmFtZRgBIAEoCUIE4kEBCBIpCgVldmVudBgCIAEoCUIa4kECAgX6QRIKEGNvd2F0Y2guaW8vRXZlbnQSQgoMc3ViamVjdF90eXBlGAMgASgOMiUuY293YXRjaC5yZXZpZXcudjEuUmV2aWV3LlN1YmplY3RUeXBlQgXiQQICBRIaCgxzdWJqZWN0X3VzZXIYBCABKAlCBOJBAQUSFAoGYXV0aG9yGAUgASgJQgTiQQEDEiEKE2F1dGhvcl9kaXNwbGF5X25hbWUYBiABKAlCBOJBAQMSFAoGcmF0aW5nGAcgASgFQgTiQQECEhIKBHRleHQYCCABKAlCBOJBAQESNQoLY3JlYXRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEjUKC3VwZGF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxISCgRldGFnGAsgASgJQgTiQQEBIksKC1N1YmplY3RUeXBlEhwKGFNVQkpFQ1RfVFlQRV9VTlNQRUNJRklFRBAAEgkKBUVWRU5UEAESCAoESE9TVBACEgkKBUdVRVNUEAM6OepBNgoRY293YXRjaC5pby9SZXZpZXcSEHJldmlld3Mve3Jldmlld30qB3Jldmlld3MyBnJldmlldyLLAQoKVXNlclJhdGluZxISCgRuYW1lGAEgASgJQgTiQQEIEi4KB2FzX2hvc3QYAiABKAsyFy5jb3dhdGNoLnR5cGUudjEuUmF0aW5nQgTiQQEDEi8KCGFzX2d1ZXN0GAMgASgLMhcuY293YXRjaC50eXBlLnYxLlJhdGluZ0IE4kEBAzpI6kFFChVjb3dhdGNoLmlvL1VzZXJSYXRpbmcSE3VzZXJzL3t1c2VyfS9yYXRpbmcqC3VzZXJSYXRpbmdzMgp1c2VyUmF0aW5nIuMBCgtIb3N0UHJvZmlsZRISCgRuYW1lGAEgASgJQgTiQQEIEhoKDGRpc3BsYXlfbmFtZRgCIAEoCUIE4kEBAxIyCgtob3N0X3JhdGluZxgDIAEoCzIXLmNvd2F0Y2gudHlwZS52MS5SYXRpbmdCBOJBAQMSHgoQaGVsZF9ldmVudF9jb3VudBgEIAEoBUIE4kEBAzpQ6kFNChZjb3dhdGNoLmlvL0hvc3RQcm9maWxlEhh1c2Vycy97dXNlcn0vaG9zdFByb2ZpbGUqDGhvc3RQcm9maWxlczILaG9zdFByb2ZpbGUitAEKCUhlbGRFdmVudBITCgVldmVudBgBIAEoCUIE4kEBAxITCgV0aXRsZRgCIAEoCUIE4kEBAxIYCgpmaWxtX3RpdGxlGAMgASgJQgTiQQEDEjQKCnN0YXJ0X3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEi0KBnJhdGluZxgFIAEoCzIXLmNvd2F0Y2gudHlwZS52MS5SYXRpbmdCBOJBAQNiBnByb3RvMw", [file_cowatch_type_v1_rating, file_google_api_field_behavior, file_google_api_resource, file_google_protobuf_timestamp]);
+  fileDesc("CiFjb3dhdGNoL3Jldmlldy92MS9yZXNvdXJjZXMucHJvdG8SEWNvd2F0Y2gucmV2aWV3LnYxIoAGCgZSZXZpZXcSEgoEbmFtZRgBIAEoCUIE4kEBCBIpCgVldmVudBgCIAEoCUIa4kECAgX6QRIKEGNvd2F0Y2guaW8vRXZlbnQSQgoMc3ViamVjdF90eXBlGAMgASgOMiUuY293YXRjaC5yZXZpZXcudjEuUmV2aWV3LlN1YmplY3RUeXBlQgXiQQICBRIaCgxzdWJqZWN0X3VzZXIYBCABKAlCBOJBAQUSFAoGYXV0aG9yGAUgASgJQgTiQQEDEiEKE2F1dGhvcl9kaXNwbGF5X25hbWUYBiABKAlCBOJBAQMSFAoGcmF0aW5nGAcgASgFQgTiQQECEhIKBHRleHQYCCABKAlCBOJBAQESNQoLY3JlYXRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEjUKC3VwZGF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxISCgRldGFnGAsgASgJQgTiQQEBEjQKBXN0YXRlGAwgASgOMh8uY293YXRjaC5yZXZpZXcudjEuUmV2aWV3LlN0YXRlQgTiQQEDEjUKC3JldmVhbF90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxI7ChF3aW5kb3dfY2xvc2VfdGltZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMiSwoLU3ViamVjdFR5cGUSHAoYU1VCSkVDVF9UWVBFX1VOU1BFQ0lGSUVEEAASCQoFRVZFTlQQARIICgRIT1NUEAISCQoFR1VFU1QQAyJACgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEhIKDlBFTkRJTkdfUkVWRUFMEAESDAoIUkVWRUFMRUQQAjo56kE2ChFjb3dhdGNoLmlvL1JldmlldxIQcmV2aWV3cy97cmV2aWV3fSoHcmV2aWV3czIGcmV2aWV3IssBCgpVc2VyUmF0aW5nEhIKBG5hbWUYASABKAlCBOJBAQgSLgoHYXNfaG9zdBgCIAEoCzIXLmNvd2F0Y2gudHlwZS52MS5SYXRpbmdCBOJBAQMSLwoIYXNfZ3Vlc3QYAyABKAsyFy5jb3dhdGNoLnR5cGUudjEuUmF0aW5nQgTiQQEDOkjqQUUKFWNvd2F0Y2guaW8vVXNlclJhdGluZxITdXNlcnMve3VzZXJ9L3JhdGluZyoLdXNlclJhdGluZ3MyCnVzZXJSYXRpbmci4wEKC0hvc3RQcm9maWxlEhIKBG5hbWUYASABKAlCBOJBAQgSGgoMZGlzcGxheV9uYW1lGAIgASgJQgTiQQEDEjIKC2hvc3RfcmF0aW5nGAMgASgLMhcuY293YXRjaC50eXBlLnYxLlJhdGluZ0IE4kEBAxIeChBoZWxkX2V2ZW50X2NvdW50GAQgASgFQgTiQQEDOlDqQU0KFmNvd2F0Y2guaW8vSG9zdFByb2ZpbGUSGHVzZXJzL3t1c2VyfS9ob3N0UHJvZmlsZSoMaG9zdFByb2ZpbGVzMgtob3N0UHJvZmlsZSK0AQoJSGVsZEV2ZW50EhMKBWV2ZW50GAEgASgJQgTiQQEDEhMKBXRpdGxlGAIgASgJQgTiQQEDEhgKCmZpbG1fdGl0bGUYAyABKAlCBOJBAQMSNAoKc3RhcnRfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSLQoGcmF0aW5nGAUgASgLMhcuY293YXRjaC50eXBlLnYxLlJhdGluZ0IE4kEBA2IGcHJvdG8z", [file_cowatch_type_v1_rating, file_google_api_field_behavior, file_google_api_resource, file_google_protobuf_timestamp]);
 
 /**
  * A rating (1–5) with optional text, written by a participant of a held
  * event about the event, its host, or one of its guests.
+ *
+ * Reviews are blind: a new review is `PENDING_REVEAL`, seen by its author
+ * only and counted in no rating, until the other person has reviewed the
+ * author too for the same event (a guest's HOST review and the host's GUEST
+ * review of that guest), or the event's review window closes (14 days after
+ * it was held by default). Then both are `REVEALED` at once, counted, and
+ * their subjects are mailed. EVENT reviews are revealed when the window
+ * closes. A pending review can be edited or withdrawn; a revealed one is
+ * frozen.
  *
  * @generated from message cowatch.review.v1.Review
  */
@@ -104,6 +113,28 @@ export type Review = Message<"cowatch.review.v1.Review"> & {
    * @generated from field: string etag = 11;
    */
   etag: string;
+
+  /**
+   * Whether the review is visible yet.
+   *
+   * @generated from field: cowatch.review.v1.Review.State state = 12;
+   */
+  state: Review_State;
+
+  /**
+   * When it was revealed; unset while pending.
+   *
+   * @generated from field: google.protobuf.Timestamp reveal_time = 13;
+   */
+  revealTime?: Timestamp | undefined;
+
+  /**
+   * When the event's review window closes: a review still pending is
+   * revealed then, and no review of the event is accepted after it.
+   *
+   * @generated from field: google.protobuf.Timestamp window_close_time = 14;
+   */
+  windowCloseTime?: Timestamp | undefined;
 };
 
 /**
@@ -153,6 +184,41 @@ export enum Review_SubjectType {
  */
 export const Review_SubjectTypeSchema: GenEnum<Review_SubjectType> = /*@__PURE__*/
   enumDesc(file_cowatch_review_v1_resources, 0, 0);
+
+/**
+ * Whether a review is visible yet.
+ *
+ * @generated from enum cowatch.review.v1.Review.State
+ */
+export enum Review_State {
+  /**
+   * Never returned.
+   *
+   * @generated from enum value: STATE_UNSPECIFIED = 0;
+   */
+  STATE_UNSPECIFIED = 0,
+
+  /**
+   * Seen by its author only and counted nowhere; may be edited or
+   * withdrawn.
+   *
+   * @generated from enum value: PENDING_REVEAL = 1;
+   */
+  PENDING_REVEAL = 1,
+
+  /**
+   * Visible to everyone who may see the event, counted in ratings, frozen.
+   *
+   * @generated from enum value: REVEALED = 2;
+   */
+  REVEALED = 2,
+}
+
+/**
+ * Describes the enum cowatch.review.v1.Review.State.
+ */
+export const Review_StateSchema: GenEnum<Review_State> = /*@__PURE__*/
+  enumDesc(file_cowatch_review_v1_resources, 0, 1);
 
 /**
  * A user's ratings in both roles.

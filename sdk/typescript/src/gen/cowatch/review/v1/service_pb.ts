@@ -10,15 +10,15 @@ import { file_google_api_annotations } from "../../../google/api/annotations_pb.
 import { file_google_api_client } from "../../../google/api/client_pb.js";
 import { file_google_api_field_behavior } from "../../../google/api/field_behavior_pb.js";
 import { file_google_api_resource } from "../../../google/api/resource_pb.js";
-import type { FieldMask } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_field_mask } from "@bufbuild/protobuf/wkt";
+import type { EmptySchema, FieldMask } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_empty, file_google_protobuf_field_mask } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file cowatch/review/v1/service.proto.
  */
 export const file_cowatch_review_v1_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch9jb3dhdGNoL3Jldmlldy92MS9zZXJ2aWNlLnByb3RvEhFjb3dhdGNoLnJldmlldy52MSJgChNDcmVhdGVSZXZpZXdSZXF1ZXN0Ei8KBnJldmlldxgBIAEoCzIZLmNvd2F0Y2gucmV2aWV3LnYxLlJldmlld0IE4kEBAhIYCgpyZXF1ZXN0X2lkGAIgASgJQgTiQQEBIn0KE1VwZGF0ZVJldmlld1JlcXVlc3QSLwoGcmV2aWV3GAEgASgLMhkuY293YXRjaC5yZXZpZXcudjEuUmV2aWV3QgTiQQECEjUKC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFza0IE4kEBASK7AQoSTGlzdFJldmlld3NSZXF1ZXN0EhMKBWV2ZW50GAEgASgJQgTiQQEBEhoKDHN1YmplY3RfdXNlchgCIAEoCUIE4kEBARJBCgxzdWJqZWN0X3R5cGUYAyABKA4yJS5jb3dhdGNoLnJldmlldy52MS5SZXZpZXcuU3ViamVjdFR5cGVCBOJBAQESFwoJcGFnZV9zaXplGAQgASgFQgTiQQEBEhgKCnBhZ2VfdG9rZW4YBSABKAlCBOJBAQEiWgoTTGlzdFJldmlld3NSZXNwb25zZRIqCgdyZXZpZXdzGAEgAygLMhkuY293YXRjaC5yZXZpZXcudjEuUmV2aWV3EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJEChRHZXRVc2VyUmF0aW5nUmVxdWVzdBIsCgRuYW1lGAEgASgJQh7iQQEC+kEXChVjb3dhdGNoLmlvL1VzZXJSYXRpbmciRgoVR2V0SG9zdFByb2ZpbGVSZXF1ZXN0Ei0KBG5hbWUYASABKAlCH+JBAQL6QRgKFmNvd2F0Y2guaW8vSG9zdFByb2ZpbGUiewoVTGlzdEhlbGRFdmVudHNSZXF1ZXN0Ei8KBnBhcmVudBgBIAEoCUIf4kEBAvpBGAoWY293YXRjaC5pby9Ib3N0UHJvZmlsZRIXCglwYWdlX3NpemUYAiABKAVCBOJBAQESGAoKcGFnZV90b2tlbhgDIAEoCUIE4kEBASJkChZMaXN0SGVsZEV2ZW50c1Jlc3BvbnNlEjEKC2hlbGRfZXZlbnRzGAEgAygLMhwuY293YXRjaC5yZXZpZXcudjEuSGVsZEV2ZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCTLdBgoNUmV2aWV3U2VydmljZRJ3CgxDcmVhdGVSZXZpZXcSJi5jb3dhdGNoLnJldmlldy52MS5DcmVhdGVSZXZpZXdSZXF1ZXN0GhkuY293YXRjaC5yZXZpZXcudjEuUmV2aWV3IiTaQQZyZXZpZXeC0+STAhU6BnJldmlldyILL3YxL3Jldmlld3MSkwEKDFVwZGF0ZVJldmlldxImLmNvd2F0Y2gucmV2aWV3LnYxLlVwZGF0ZVJldmlld1JlcXVlc3QaGS5jb3dhdGNoLnJldmlldy52MS5SZXZpZXciQNpBEnJldmlldyx1cGRhdGVfbWFza4LT5JMCJToGcmV2aWV3MhsvdjEve3Jldmlldy5uYW1lPXJldmlld3MvKn0ScQoLTGlzdFJldmlld3MSJS5jb3dhdGNoLnJldmlldy52MS5MaXN0UmV2aWV3c1JlcXVlc3QaJi5jb3dhdGNoLnJldmlldy52MS5MaXN0UmV2aWV3c1Jlc3BvbnNlIhOC0+STAg0SCy92MS9yZXZpZXdzEoEBCg1HZXRVc2VyUmF0aW5nEicuY293YXRjaC5yZXZpZXcudjEuR2V0VXNlclJhdGluZ1JlcXVlc3QaHS5jb3dhdGNoLnJldmlldy52MS5Vc2VyUmF0aW5nIijaQQRuYW1lgtPkkwIbEhkvdjEve25hbWU9dXNlcnMvKi9yYXRpbmd9EokBCg5HZXRIb3N0UHJvZmlsZRIoLmNvd2F0Y2gucmV2aWV3LnYxLkdldEhvc3RQcm9maWxlUmVxdWVzdBoeLmNvd2F0Y2gucmV2aWV3LnYxLkhvc3RQcm9maWxlIi3aQQRuYW1lgtPkkwIgEh4vdjEve25hbWU9dXNlcnMvKi9ob3N0UHJvZmlsZX0SowEKDkxpc3RIZWxkRXZlbnRzEiguY293YXRjaC5yZXZpZXcudjEuTGlzdEhlbGRFdmVudHNSZXF1ZXN0GikuY293YXRjaC5yZXZpZXcudjEuTGlzdEhlbGRFdmVudHNSZXNwb25zZSI82kEGcGFyZW50gtPkkwItEisvdjEve3BhcmVudD11c2Vycy8qL2hvc3RQcm9maWxlfS9oZWxkRXZlbnRzGhTKQRFyZXZpZXcuY293YXRjaC5pb2IGcHJvdG8z", [file_cowatch_review_v1_resources, file_google_api_annotations, file_google_api_client, file_google_api_field_behavior, file_google_api_resource, file_google_protobuf_field_mask]);
+  fileDesc("Ch9jb3dhdGNoL3Jldmlldy92MS9zZXJ2aWNlLnByb3RvEhFjb3dhdGNoLnJldmlldy52MSJgChNDcmVhdGVSZXZpZXdSZXF1ZXN0Ei8KBnJldmlldxgBIAEoCzIZLmNvd2F0Y2gucmV2aWV3LnYxLlJldmlld0IE4kEBAhIYCgpyZXF1ZXN0X2lkGAIgASgJQgTiQQEBIn0KE1VwZGF0ZVJldmlld1JlcXVlc3QSLwoGcmV2aWV3GAEgASgLMhkuY293YXRjaC5yZXZpZXcudjEuUmV2aWV3QgTiQQECEjUKC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFza0IE4kEBASJNChNEZWxldGVSZXZpZXdSZXF1ZXN0EigKBG5hbWUYASABKAlCGuJBAQL6QRMKEWNvd2F0Y2guaW8vUmV2aWV3EgwKBGV0YWcYAiABKAkiuwEKEkxpc3RSZXZpZXdzUmVxdWVzdBITCgVldmVudBgBIAEoCUIE4kEBARIaCgxzdWJqZWN0X3VzZXIYAiABKAlCBOJBAQESQQoMc3ViamVjdF90eXBlGAMgASgOMiUuY293YXRjaC5yZXZpZXcudjEuUmV2aWV3LlN1YmplY3RUeXBlQgTiQQEBEhcKCXBhZ2Vfc2l6ZRgEIAEoBUIE4kEBARIYCgpwYWdlX3Rva2VuGAUgASgJQgTiQQEBIloKE0xpc3RSZXZpZXdzUmVzcG9uc2USKgoHcmV2aWV3cxgBIAMoCzIZLmNvd2F0Y2gucmV2aWV3LnYxLlJldmlldxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiRAoUR2V0VXNlclJhdGluZ1JlcXVlc3QSLAoEbmFtZRgBIAEoCUIe4kEBAvpBFwoVY293YXRjaC5pby9Vc2VyUmF0aW5nIkYKFUdldEhvc3RQcm9maWxlUmVxdWVzdBItCgRuYW1lGAEgASgJQh/iQQEC+kEYChZjb3dhdGNoLmlvL0hvc3RQcm9maWxlInsKFUxpc3RIZWxkRXZlbnRzUmVxdWVzdBIvCgZwYXJlbnQYASABKAlCH+JBAQL6QRgKFmNvd2F0Y2guaW8vSG9zdFByb2ZpbGUSFwoJcGFnZV9zaXplGAIgASgFQgTiQQEBEhgKCnBhZ2VfdG9rZW4YAyABKAlCBOJBAQEiZAoWTGlzdEhlbGRFdmVudHNSZXNwb25zZRIxCgtoZWxkX2V2ZW50cxgBIAMoCzIcLmNvd2F0Y2gucmV2aWV3LnYxLkhlbGRFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAky0gcKDVJldmlld1NlcnZpY2USdwoMQ3JlYXRlUmV2aWV3EiYuY293YXRjaC5yZXZpZXcudjEuQ3JlYXRlUmV2aWV3UmVxdWVzdBoZLmNvd2F0Y2gucmV2aWV3LnYxLlJldmlldyIk2kEGcmV2aWV3gtPkkwIVOgZyZXZpZXciCy92MS9yZXZpZXdzEpMBCgxVcGRhdGVSZXZpZXcSJi5jb3dhdGNoLnJldmlldy52MS5VcGRhdGVSZXZpZXdSZXF1ZXN0GhkuY293YXRjaC5yZXZpZXcudjEuUmV2aWV3IkDaQRJyZXZpZXcsdXBkYXRlX21hc2uC0+STAiU6BnJldmlldzIbL3YxL3tyZXZpZXcubmFtZT1yZXZpZXdzLyp9EnMKDERlbGV0ZVJldmlldxImLmNvd2F0Y2gucmV2aWV3LnYxLkRlbGV0ZVJldmlld1JlcXVlc3QaFi5nb29nbGUucHJvdG9idWYuRW1wdHkiI9pBBG5hbWWC0+STAhYqFC92MS97bmFtZT1yZXZpZXdzLyp9EnEKC0xpc3RSZXZpZXdzEiUuY293YXRjaC5yZXZpZXcudjEuTGlzdFJldmlld3NSZXF1ZXN0GiYuY293YXRjaC5yZXZpZXcudjEuTGlzdFJldmlld3NSZXNwb25zZSITgtPkkwINEgsvdjEvcmV2aWV3cxKBAQoNR2V0VXNlclJhdGluZxInLmNvd2F0Y2gucmV2aWV3LnYxLkdldFVzZXJSYXRpbmdSZXF1ZXN0Gh0uY293YXRjaC5yZXZpZXcudjEuVXNlclJhdGluZyIo2kEEbmFtZYLT5JMCGxIZL3YxL3tuYW1lPXVzZXJzLyovcmF0aW5nfRKJAQoOR2V0SG9zdFByb2ZpbGUSKC5jb3dhdGNoLnJldmlldy52MS5HZXRIb3N0UHJvZmlsZVJlcXVlc3QaHi5jb3dhdGNoLnJldmlldy52MS5Ib3N0UHJvZmlsZSIt2kEEbmFtZYLT5JMCIBIeL3YxL3tuYW1lPXVzZXJzLyovaG9zdFByb2ZpbGV9EqMBCg5MaXN0SGVsZEV2ZW50cxIoLmNvd2F0Y2gucmV2aWV3LnYxLkxpc3RIZWxkRXZlbnRzUmVxdWVzdBopLmNvd2F0Y2gucmV2aWV3LnYxLkxpc3RIZWxkRXZlbnRzUmVzcG9uc2UiPNpBBnBhcmVudILT5JMCLRIrL3YxL3twYXJlbnQ9dXNlcnMvKi9ob3N0UHJvZmlsZX0vaGVsZEV2ZW50cxoUykERcmV2aWV3LmNvd2F0Y2guaW9iBnByb3RvMw", [file_cowatch_review_v1_resources, file_google_api_annotations, file_google_api_client, file_google_api_field_behavior, file_google_api_resource, file_google_protobuf_empty, file_google_protobuf_field_mask]);
 
 /**
  * Request for CreateReview.
@@ -78,6 +78,35 @@ export const UpdateReviewRequestSchema: GenMessage<UpdateReviewRequest> = /*@__P
   messageDesc(file_cowatch_review_v1_service, 1);
 
 /**
+ * Request for DeleteReview.
+ *
+ * @generated from message cowatch.review.v1.DeleteReviewRequest
+ */
+export type DeleteReviewRequest = Message<"cowatch.review.v1.DeleteReviewRequest"> & {
+  /**
+   * The review, `reviews/{review}`.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The review's `etag`; a stale one fails with ABORTED `ETAG_MISMATCH`.
+   * Empty: no check.
+   *
+   * @generated from field: string etag = 2;
+   */
+  etag: string;
+};
+
+/**
+ * Describes the message cowatch.review.v1.DeleteReviewRequest.
+ * Use `create(DeleteReviewRequestSchema)` to create a new message.
+ */
+export const DeleteReviewRequestSchema: GenMessage<DeleteReviewRequest> = /*@__PURE__*/
+  messageDesc(file_cowatch_review_v1_service, 2);
+
+/**
  * Request for ListReviews. Exactly one of `event` and `subject_user`.
  *
  * @generated from message cowatch.review.v1.ListReviewsRequest
@@ -124,7 +153,7 @@ export type ListReviewsRequest = Message<"cowatch.review.v1.ListReviewsRequest">
  * Use `create(ListReviewsRequestSchema)` to create a new message.
  */
 export const ListReviewsRequestSchema: GenMessage<ListReviewsRequest> = /*@__PURE__*/
-  messageDesc(file_cowatch_review_v1_service, 2);
+  messageDesc(file_cowatch_review_v1_service, 3);
 
 /**
  * Response of ListReviews.
@@ -152,7 +181,7 @@ export type ListReviewsResponse = Message<"cowatch.review.v1.ListReviewsResponse
  * Use `create(ListReviewsResponseSchema)` to create a new message.
  */
 export const ListReviewsResponseSchema: GenMessage<ListReviewsResponse> = /*@__PURE__*/
-  messageDesc(file_cowatch_review_v1_service, 3);
+  messageDesc(file_cowatch_review_v1_service, 4);
 
 /**
  * Request for GetUserRating.
@@ -173,7 +202,7 @@ export type GetUserRatingRequest = Message<"cowatch.review.v1.GetUserRatingReque
  * Use `create(GetUserRatingRequestSchema)` to create a new message.
  */
 export const GetUserRatingRequestSchema: GenMessage<GetUserRatingRequest> = /*@__PURE__*/
-  messageDesc(file_cowatch_review_v1_service, 4);
+  messageDesc(file_cowatch_review_v1_service, 5);
 
 /**
  * Request for GetHostProfile.
@@ -194,7 +223,7 @@ export type GetHostProfileRequest = Message<"cowatch.review.v1.GetHostProfileReq
  * Use `create(GetHostProfileRequestSchema)` to create a new message.
  */
 export const GetHostProfileRequestSchema: GenMessage<GetHostProfileRequest> = /*@__PURE__*/
-  messageDesc(file_cowatch_review_v1_service, 5);
+  messageDesc(file_cowatch_review_v1_service, 6);
 
 /**
  * Request for ListHeldEvents.
@@ -229,7 +258,7 @@ export type ListHeldEventsRequest = Message<"cowatch.review.v1.ListHeldEventsReq
  * Use `create(ListHeldEventsRequestSchema)` to create a new message.
  */
 export const ListHeldEventsRequestSchema: GenMessage<ListHeldEventsRequest> = /*@__PURE__*/
-  messageDesc(file_cowatch_review_v1_service, 6);
+  messageDesc(file_cowatch_review_v1_service, 7);
 
 /**
  * Response of ListHeldEvents.
@@ -257,7 +286,7 @@ export type ListHeldEventsResponse = Message<"cowatch.review.v1.ListHeldEventsRe
  * Use `create(ListHeldEventsResponseSchema)` to create a new message.
  */
 export const ListHeldEventsResponseSchema: GenMessage<ListHeldEventsResponse> = /*@__PURE__*/
-  messageDesc(file_cowatch_review_v1_service, 7);
+  messageDesc(file_cowatch_review_v1_service, 8);
 
 /**
  * Two-way reviews after a held event, and the ratings they add up to.
@@ -286,11 +315,15 @@ export const ReviewService: GenService<{
    * Reviews a held event, its host, or one of its guests. The author must
    * have taken part: the host, or a guest whose booking was confirmed when
    * the event was completed; a reviewed guest must have taken part too. One
-   * review per (author, event, subject); nobody reviews themselves. Ratings
-   * are updated in the same transaction.
+   * review per (author, event, subject); nobody reviews themselves.
+   *
+   * The review is `PENDING_REVEAL` (see `Review`); when it completes a pair
+   * (the other person already reviewed the author), both are revealed in
+   * this call's transaction, ratings included, and it returns `REVEALED`.
    *
    * Errors: NOT_FOUND `EVENT_NOT_FOUND`, FAILED_PRECONDITION
-   * `EVENT_NOT_HELD`, PERMISSION_DENIED `NOT_A_PARTICIPANT` (author),
+   * `EVENT_NOT_HELD`, FAILED_PRECONDITION `REVIEW_WINDOW_CLOSED` (the
+   * event's review window has closed), PERMISSION_DENIED `NOT_A_PARTICIPANT` (author),
    * FAILED_PRECONDITION `SUBJECT_NOT_A_PARTICIPANT` (reviewed guest),
    * PERMISSION_DENIED `SUBJECT_NOT_ALLOWED` (e.g. a guest reviewing a guest,
    * the host reviewing the host), INVALID_ARGUMENT `CANNOT_REVIEW_SELF`,
@@ -304,11 +337,13 @@ export const ReviewService: GenService<{
     output: typeof ReviewSchema;
   },
   /**
-   * Edits the rating or text of the caller's own review; aggregates are
-   * adjusted in the same transaction.
+   * Edits the rating or text of the caller's own pending review (a pending
+   * review counts nowhere, so no rating changes).
    *
-   * Errors: NOT_FOUND `REVIEW_NOT_FOUND` (also a review at a private event
-   * the caller may not see), PERMISSION_DENIED `NOT_REVIEW_AUTHOR`, ABORTED
+   * Errors: NOT_FOUND `REVIEW_NOT_FOUND` (also someone else's pending review,
+   * or a review at a private event the caller may not see),
+   * PERMISSION_DENIED `NOT_REVIEW_AUTHOR`, FAILED_PRECONDITION
+   * `REVIEW_FROZEN` (revealed, or its review window has closed), ABORTED
    * `ETAG_MISMATCH`.
    *
    * @generated from rpc cowatch.review.v1.ReviewService.UpdateReview
@@ -319,7 +354,23 @@ export const ReviewService: GenService<{
     output: typeof ReviewSchema;
   },
   /**
-   * Lists reviews of one event or about one user, newest first. Reviews
+   * Withdraws the caller's own pending review (AIP-135); the author may then
+   * write a new one while the window is open.
+   *
+   * Errors: NOT_FOUND `REVIEW_NOT_FOUND` (as for UpdateReview),
+   * PERMISSION_DENIED `NOT_REVIEW_AUTHOR`, FAILED_PRECONDITION
+   * `REVIEW_FROZEN`, ABORTED `ETAG_MISMATCH`.
+   *
+   * @generated from rpc cowatch.review.v1.ReviewService.DeleteReview
+   */
+  deleteReview: {
+    methodKind: "unary";
+    input: typeof DeleteReviewRequestSchema;
+    output: typeof EmptySchema;
+  },
+  /**
+   * Lists revealed reviews of one event or about one user, newest first,
+   * and the caller's own pending ones among them. Reviews
    * written at a private event are listed only to that event's participants
    * (a private event's own list is NOT_FOUND `EVENT_NOT_FOUND` to others).
    *

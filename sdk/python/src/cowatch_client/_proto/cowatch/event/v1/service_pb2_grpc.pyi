@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from cowatch_client._proto.cowatch.event.v1 import resources_pb2 as _resources_pb2
 from cowatch_client._proto.cowatch.event.v1 import service_pb2 as _service_pb2
+from google.api import httpbody_pb2 as _httpbody_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -58,6 +59,32 @@ class EventServiceStub:
     Errors: INVALID_ARGUMENT `INVALID_ARGUMENT` (any field; `start_time` in
     the past, unknown `time_zone`, capacity out of 1–1000), INVALID_ARGUMENT
     `REQUEST_ID_REUSED` (same `request_id` with a different request).
+    """
+    ExportEventCalendar: _grpc.UnaryUnaryMultiCallable[_service_pb2.ExportEventCalendarRequest, _httpbody_pb2.HttpBody]
+    """Downloads one event as an iCalendar file (RFC 5545, `text/calendar`) to
+    add to a calendar: one VEVENT with a stable UID, the start and end in
+    the event's own time zone (with its VTIMEZONE), the share link, alarms
+    24 h and 1 h before; `STATUS:CANCELLED` for a cancelled event. Who may
+    download it is who may get it (GetEvent); the exact address only for the
+    host and confirmed guests, the city for anyone else.
+
+    Errors: NOT_FOUND `EVENT_NOT_FOUND`.
+    """
+    GetCalendar: _grpc.UnaryUnaryMultiCallable[_service_pb2.GetCalendarRequest, _httpbody_pb2.HttpBody]
+    """The caller's private calendar feed (RFC 5545, `text/calendar`) for
+    calendar apps to subscribe to: the events the token's owner hosts and
+    those they booked, as ExportEventCalendar renders them; cancelled events
+    and cancelled bookings stay listed as `STATUS:CANCELLED` for 30 days so
+    subscribed calendars remove them. Authenticated by the calendar token in
+    the query string (`?token=`; never by an API token), which Envoy's access
+    log leaves out.
+
+    Errors: NOT_FOUND `CALENDAR_NOT_FOUND` (unknown or rotated token).
+    """
+    RotateCalendarToken: _grpc.UnaryUnaryMultiCallable[_service_pb2.RotateCalendarTokenRequest, _service_pb2.CalendarToken]
+    """Issues a new private calendar token for the caller (the previous one
+    stops working at once) and returns it with the feed's URL. Only its hash
+    is stored: it cannot be read again, only rotated.
     """
     GetEvent: _grpc.UnaryUnaryMultiCallable[_service_pb2.GetEventRequest, _resources_pb2.Event]
     """Gets an event. Anonymous callers may read public events. A private event
@@ -169,6 +196,32 @@ class EventServiceAsyncStub(EventServiceStub):
     Errors: INVALID_ARGUMENT `INVALID_ARGUMENT` (any field; `start_time` in
     the past, unknown `time_zone`, capacity out of 1–1000), INVALID_ARGUMENT
     `REQUEST_ID_REUSED` (same `request_id` with a different request).
+    """
+    ExportEventCalendar: _aio.UnaryUnaryMultiCallable[_service_pb2.ExportEventCalendarRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """Downloads one event as an iCalendar file (RFC 5545, `text/calendar`) to
+    add to a calendar: one VEVENT with a stable UID, the start and end in
+    the event's own time zone (with its VTIMEZONE), the share link, alarms
+    24 h and 1 h before; `STATUS:CANCELLED` for a cancelled event. Who may
+    download it is who may get it (GetEvent); the exact address only for the
+    host and confirmed guests, the city for anyone else.
+
+    Errors: NOT_FOUND `EVENT_NOT_FOUND`.
+    """
+    GetCalendar: _aio.UnaryUnaryMultiCallable[_service_pb2.GetCalendarRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """The caller's private calendar feed (RFC 5545, `text/calendar`) for
+    calendar apps to subscribe to: the events the token's owner hosts and
+    those they booked, as ExportEventCalendar renders them; cancelled events
+    and cancelled bookings stay listed as `STATUS:CANCELLED` for 30 days so
+    subscribed calendars remove them. Authenticated by the calendar token in
+    the query string (`?token=`; never by an API token), which Envoy's access
+    log leaves out.
+
+    Errors: NOT_FOUND `CALENDAR_NOT_FOUND` (unknown or rotated token).
+    """
+    RotateCalendarToken: _aio.UnaryUnaryMultiCallable[_service_pb2.RotateCalendarTokenRequest, _service_pb2.CalendarToken]  # type: ignore[assignment]
+    """Issues a new private calendar token for the caller (the previous one
+    stops working at once) and returns it with the feed's URL. Only its hash
+    is stored: it cannot be read again, only rotated.
     """
     GetEvent: _aio.UnaryUnaryMultiCallable[_service_pb2.GetEventRequest, _resources_pb2.Event]  # type: ignore[assignment]
     """Gets an event. Anonymous callers may read public events. A private event
@@ -283,6 +336,50 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: INVALID_ARGUMENT `INVALID_ARGUMENT` (any field; `start_time` in
         the past, unknown `time_zone`, capacity out of 1–1000), INVALID_ARGUMENT
         `REQUEST_ID_REUSED` (same `request_id` with a different request).
+        """
+
+    @_abc_1.abstractmethod
+    def ExportEventCalendar(
+        self,
+        request: _service_pb2.ExportEventCalendarRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """Downloads one event as an iCalendar file (RFC 5545, `text/calendar`) to
+        add to a calendar: one VEVENT with a stable UID, the start and end in
+        the event's own time zone (with its VTIMEZONE), the share link, alarms
+        24 h and 1 h before; `STATUS:CANCELLED` for a cancelled event. Who may
+        download it is who may get it (GetEvent); the exact address only for the
+        host and confirmed guests, the city for anyone else.
+
+        Errors: NOT_FOUND `EVENT_NOT_FOUND`.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCalendar(
+        self,
+        request: _service_pb2.GetCalendarRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """The caller's private calendar feed (RFC 5545, `text/calendar`) for
+        calendar apps to subscribe to: the events the token's owner hosts and
+        those they booked, as ExportEventCalendar renders them; cancelled events
+        and cancelled bookings stay listed as `STATUS:CANCELLED` for 30 days so
+        subscribed calendars remove them. Authenticated by the calendar token in
+        the query string (`?token=`; never by an API token), which Envoy's access
+        log leaves out.
+
+        Errors: NOT_FOUND `CALENDAR_NOT_FOUND` (unknown or rotated token).
+        """
+
+    @_abc_1.abstractmethod
+    def RotateCalendarToken(
+        self,
+        request: _service_pb2.RotateCalendarTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.CalendarToken, _abc.Awaitable[_service_pb2.CalendarToken]]:
+        """Issues a new private calendar token for the caller (the previous one
+        stops working at once) and returns it with the feed's URL. Only its hash
+        is stored: it cannot be read again, only rotated.
         """
 
     @_abc_1.abstractmethod

@@ -28,7 +28,7 @@ from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!cowatch/review/v1/resources.proto\x12\x11\x63owatch.review.v1\x1a\x1c\x63owatch/type/v1/rating.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x94\x04\n\x06Review\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12)\n\x05\x65vent\x18\x02 \x01(\tB\x1a\xe2\x41\x02\x02\x05\xfa\x41\x12\n\x10\x63owatch.io/Event\x12\x42\n\x0csubject_type\x18\x03 \x01(\x0e\x32%.cowatch.review.v1.Review.SubjectTypeB\x05\xe2\x41\x02\x02\x05\x12\x1a\n\x0csubject_user\x18\x04 \x01(\tB\x04\xe2\x41\x01\x05\x12\x14\n\x06\x61uthor\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12!\n\x13\x61uthor_display_name\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12\x14\n\x06rating\x18\x07 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\x12\n\x04text\x18\x08 \x01(\tB\x04\xe2\x41\x01\x01\x12\x35\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x12\n\x04\x65tag\x18\x0b \x01(\tB\x04\xe2\x41\x01\x01\"K\n\x0bSubjectType\x12\x1c\n\x18SUBJECT_TYPE_UNSPECIFIED\x10\x00\x12\t\n\x05\x45VENT\x10\x01\x12\x08\n\x04HOST\x10\x02\x12\t\n\x05GUEST\x10\x03:9\xea\x41\x36\n\x11\x63owatch.io/Review\x12\x10reviews/{review}*\x07reviews2\x06review\"\xcb\x01\n\nUserRating\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12.\n\x07\x61s_host\x18\x02 \x01(\x0b\x32\x17.cowatch.type.v1.RatingB\x04\xe2\x41\x01\x03\x12/\n\x08\x61s_guest\x18\x03 \x01(\x0b\x32\x17.cowatch.type.v1.RatingB\x04\xe2\x41\x01\x03:H\xea\x41\x45\n\x15\x63owatch.io/UserRating\x12\x13users/{user}/rating*\x0buserRatings2\nuserRating\"\xe3\x01\n\x0bHostProfile\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x32\n\x0bhost_rating\x18\x03 \x01(\x0b\x32\x17.cowatch.type.v1.RatingB\x04\xe2\x41\x01\x03\x12\x1e\n\x10held_event_count\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x03:P\xea\x41M\n\x16\x63owatch.io/HostProfile\x12\x18users/{user}/hostProfile*\x0chostProfiles2\x0bhostProfile\"\xb4\x01\n\tHeldEvent\x12\x13\n\x05\x65vent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05title\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nfilm_title\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x34\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12-\n\x06rating\x18\x05 \x01(\x0b\x32\x17.cowatch.type.v1.RatingB\x04\xe2\x41\x01\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!cowatch/review/v1/resources.proto\x12\x11\x63owatch.review.v1\x1a\x1c\x63owatch/type/v1/rating.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x80\x06\n\x06Review\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12)\n\x05\x65vent\x18\x02 \x01(\tB\x1a\xe2\x41\x02\x02\x05\xfa\x41\x12\n\x10\x63owatch.io/Event\x12\x42\n\x0csubject_type\x18\x03 \x01(\x0e\x32%.cowatch.review.v1.Review.SubjectTypeB\x05\xe2\x41\x02\x02\x05\x12\x1a\n\x0csubject_user\x18\x04 \x01(\tB\x04\xe2\x41\x01\x05\x12\x14\n\x06\x61uthor\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12!\n\x13\x61uthor_display_name\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12\x14\n\x06rating\x18\x07 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\x12\n\x04text\x18\x08 \x01(\tB\x04\xe2\x41\x01\x01\x12\x35\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x12\n\x04\x65tag\x18\x0b \x01(\tB\x04\xe2\x41\x01\x01\x12\x34\n\x05state\x18\x0c \x01(\x0e\x32\x1f.cowatch.review.v1.Review.StateB\x04\xe2\x41\x01\x03\x12\x35\n\x0breveal_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12;\n\x11window_close_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"K\n\x0bSubjectType\x12\x1c\n\x18SUBJECT_TYPE_UNSPECIFIED\x10\x00\x12\t\n\x05\x45VENT\x10\x01\x12\x08\n\x04HOST\x10\x02\x12\t\n\x05GUEST\x10\x03\"@\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x12\n\x0ePENDING_REVEAL\x10\x01\x12\x0c\n\x08REVEALED\x10\x02:9\xea\x41\x36\n\x11\x63owatch.io/Review\x12\x10reviews/{review}*\x07reviews2\x06review\"\xcb\x01\n\nUserRating\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12.\n\x07\x61s_host\x18\x02 \x01(\x0b\x32\x17.cowatch.type.v1.RatingB\x04\xe2\x41\x01\x03\x12/\n\x08\x61s_guest\x18\x03 \x01(\x0b\x32\x17.cowatch.type.v1.RatingB\x04\xe2\x41\x01\x03:H\xea\x41\x45\n\x15\x63owatch.io/UserRating\x12\x13users/{user}/rating*\x0buserRatings2\nuserRating\"\xe3\x01\n\x0bHostProfile\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x32\n\x0bhost_rating\x18\x03 \x01(\x0b\x32\x17.cowatch.type.v1.RatingB\x04\xe2\x41\x01\x03\x12\x1e\n\x10held_event_count\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x03:P\xea\x41M\n\x16\x63owatch.io/HostProfile\x12\x18users/{user}/hostProfile*\x0chostProfiles2\x0bhostProfile\"\xb4\x01\n\tHeldEvent\x12\x13\n\x05\x65vent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05title\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nfilm_title\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x34\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12-\n\x06rating\x18\x05 \x01(\x0b\x32\x17.cowatch.type.v1.RatingB\x04\xe2\x41\x01\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -57,6 +57,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REVIEW'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
   _globals['_REVIEW'].fields_by_name['etag']._loaded_options = None
   _globals['_REVIEW'].fields_by_name['etag']._serialized_options = b'\342A\001\001'
+  _globals['_REVIEW'].fields_by_name['state']._loaded_options = None
+  _globals['_REVIEW'].fields_by_name['state']._serialized_options = b'\342A\001\003'
+  _globals['_REVIEW'].fields_by_name['reveal_time']._loaded_options = None
+  _globals['_REVIEW'].fields_by_name['reveal_time']._serialized_options = b'\342A\001\003'
+  _globals['_REVIEW'].fields_by_name['window_close_time']._loaded_options = None
+  _globals['_REVIEW'].fields_by_name['window_close_time']._serialized_options = b'\342A\001\003'
   _globals['_REVIEW']._loaded_options = None
   _globals['_REVIEW']._serialized_options = b'\352A6\n\021cowatch.io/Review\022\020reviews/{review}*\007reviews2\006review'
   _globals['_USERRATING'].fields_by_name['name']._loaded_options = None
@@ -88,13 +94,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HELDEVENT'].fields_by_name['rating']._loaded_options = None
   _globals['_HELDEVENT'].fields_by_name['rating']._serialized_options = b'\342A\001\003'
   _globals['_REVIEW']._serialized_start=180
-  _globals['_REVIEW']._serialized_end=712
-  _globals['_REVIEW_SUBJECTTYPE']._serialized_start=578
-  _globals['_REVIEW_SUBJECTTYPE']._serialized_end=653
-  _globals['_USERRATING']._serialized_start=715
-  _globals['_USERRATING']._serialized_end=918
-  _globals['_HOSTPROFILE']._serialized_start=921
-  _globals['_HOSTPROFILE']._serialized_end=1148
-  _globals['_HELDEVENT']._serialized_start=1151
-  _globals['_HELDEVENT']._serialized_end=1331
+  _globals['_REVIEW']._serialized_end=948
+  _globals['_REVIEW_SUBJECTTYPE']._serialized_start=748
+  _globals['_REVIEW_SUBJECTTYPE']._serialized_end=823
+  _globals['_REVIEW_STATE']._serialized_start=825
+  _globals['_REVIEW_STATE']._serialized_end=889
+  _globals['_USERRATING']._serialized_start=951
+  _globals['_USERRATING']._serialized_end=1154
+  _globals['_HOSTPROFILE']._serialized_start=1157
+  _globals['_HOSTPROFILE']._serialized_end=1384
+  _globals['_HELDEVENT']._serialized_start=1387
+  _globals['_HELDEVENT']._serialized_end=1567
 # @@protoc_insertion_point(module_scope)

@@ -27,10 +27,11 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import client_pb2 as google_dot_api_dot_client__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63owatch/review/v1/service.proto\x12\x11\x63owatch.review.v1\x1a!cowatch/review/v1/resources.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a google/protobuf/field_mask.proto\"`\n\x13\x43reateReviewRequest\x12/\n\x06review\x18\x01 \x01(\x0b\x32\x19.cowatch.review.v1.ReviewB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"}\n\x13UpdateReviewRequest\x12/\n\x06review\x18\x01 \x01(\x0b\x32\x19.cowatch.review.v1.ReviewB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\"\xbb\x01\n\x12ListReviewsRequest\x12\x13\n\x05\x65vent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1a\n\x0csubject_user\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x41\n\x0csubject_type\x18\x03 \x01(\x0e\x32%.cowatch.review.v1.Review.SubjectTypeB\x04\xe2\x41\x01\x01\x12\x17\n\tpage_size\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\"Z\n\x13ListReviewsResponse\x12*\n\x07reviews\x18\x01 \x03(\x0b\x32\x19.cowatch.review.v1.Review\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"D\n\x14GetUserRatingRequest\x12,\n\x04name\x18\x01 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15\x63owatch.io/UserRating\"F\n\x15GetHostProfileRequest\x12-\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16\x63owatch.io/HostProfile\"{\n\x15ListHeldEventsRequest\x12/\n\x06parent\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16\x63owatch.io/HostProfile\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"d\n\x16ListHeldEventsResponse\x12\x31\n\x0bheld_events\x18\x01 \x03(\x0b\x32\x1c.cowatch.review.v1.HeldEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xdd\x06\n\rReviewService\x12w\n\x0c\x43reateReview\x12&.cowatch.review.v1.CreateReviewRequest\x1a\x19.cowatch.review.v1.Review\"$\xda\x41\x06review\x82\xd3\xe4\x93\x02\x15\"\x0b/v1/reviews:\x06review\x12\x93\x01\n\x0cUpdateReview\x12&.cowatch.review.v1.UpdateReviewRequest\x1a\x19.cowatch.review.v1.Review\"@\xda\x41\x12review,update_mask\x82\xd3\xe4\x93\x02%2\x1b/v1/{review.name=reviews/*}:\x06review\x12q\n\x0bListReviews\x12%.cowatch.review.v1.ListReviewsRequest\x1a&.cowatch.review.v1.ListReviewsResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\x0b/v1/reviews\x12\x81\x01\n\rGetUserRating\x12\'.cowatch.review.v1.GetUserRatingRequest\x1a\x1d.cowatch.review.v1.UserRating\"(\xda\x41\x04name\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/{name=users/*/rating}\x12\x89\x01\n\x0eGetHostProfile\x12(.cowatch.review.v1.GetHostProfileRequest\x1a\x1e.cowatch.review.v1.HostProfile\"-\xda\x41\x04name\x82\xd3\xe4\x93\x02 \x12\x1e/v1/{name=users/*/hostProfile}\x12\xa3\x01\n\x0eListHeldEvents\x12(.cowatch.review.v1.ListHeldEventsRequest\x1a).cowatch.review.v1.ListHeldEventsResponse\"<\xda\x41\x06parent\x82\xd3\xe4\x93\x02-\x12+/v1/{parent=users/*/hostProfile}/heldEvents\x1a\x14\xca\x41\x11review.cowatch.iob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63owatch/review/v1/service.proto\x12\x11\x63owatch.review.v1\x1a!cowatch/review/v1/resources.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\"`\n\x13\x43reateReviewRequest\x12/\n\x06review\x18\x01 \x01(\x0b\x32\x19.cowatch.review.v1.ReviewB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"}\n\x13UpdateReviewRequest\x12/\n\x06review\x18\x01 \x01(\x0b\x32\x19.cowatch.review.v1.ReviewB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\"M\n\x13\x44\x65leteReviewRequest\x12(\n\x04name\x18\x01 \x01(\tB\x1a\xe2\x41\x01\x02\xfa\x41\x13\n\x11\x63owatch.io/Review\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\xbb\x01\n\x12ListReviewsRequest\x12\x13\n\x05\x65vent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1a\n\x0csubject_user\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x41\n\x0csubject_type\x18\x03 \x01(\x0e\x32%.cowatch.review.v1.Review.SubjectTypeB\x04\xe2\x41\x01\x01\x12\x17\n\tpage_size\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\"Z\n\x13ListReviewsResponse\x12*\n\x07reviews\x18\x01 \x03(\x0b\x32\x19.cowatch.review.v1.Review\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"D\n\x14GetUserRatingRequest\x12,\n\x04name\x18\x01 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15\x63owatch.io/UserRating\"F\n\x15GetHostProfileRequest\x12-\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16\x63owatch.io/HostProfile\"{\n\x15ListHeldEventsRequest\x12/\n\x06parent\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16\x63owatch.io/HostProfile\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"d\n\x16ListHeldEventsResponse\x12\x31\n\x0bheld_events\x18\x01 \x03(\x0b\x32\x1c.cowatch.review.v1.HeldEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xd2\x07\n\rReviewService\x12w\n\x0c\x43reateReview\x12&.cowatch.review.v1.CreateReviewRequest\x1a\x19.cowatch.review.v1.Review\"$\xda\x41\x06review\x82\xd3\xe4\x93\x02\x15\"\x0b/v1/reviews:\x06review\x12\x93\x01\n\x0cUpdateReview\x12&.cowatch.review.v1.UpdateReviewRequest\x1a\x19.cowatch.review.v1.Review\"@\xda\x41\x12review,update_mask\x82\xd3\xe4\x93\x02%2\x1b/v1/{review.name=reviews/*}:\x06review\x12s\n\x0c\x44\x65leteReview\x12&.cowatch.review.v1.DeleteReviewRequest\x1a\x16.google.protobuf.Empty\"#\xda\x41\x04name\x82\xd3\xe4\x93\x02\x16*\x14/v1/{name=reviews/*}\x12q\n\x0bListReviews\x12%.cowatch.review.v1.ListReviewsRequest\x1a&.cowatch.review.v1.ListReviewsResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\x0b/v1/reviews\x12\x81\x01\n\rGetUserRating\x12\'.cowatch.review.v1.GetUserRatingRequest\x1a\x1d.cowatch.review.v1.UserRating\"(\xda\x41\x04name\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/{name=users/*/rating}\x12\x89\x01\n\x0eGetHostProfile\x12(.cowatch.review.v1.GetHostProfileRequest\x1a\x1e.cowatch.review.v1.HostProfile\"-\xda\x41\x04name\x82\xd3\xe4\x93\x02 \x12\x1e/v1/{name=users/*/hostProfile}\x12\xa3\x01\n\x0eListHeldEvents\x12(.cowatch.review.v1.ListHeldEventsRequest\x1a).cowatch.review.v1.ListHeldEventsResponse\"<\xda\x41\x06parent\x82\xd3\xe4\x93\x02-\x12+/v1/{parent=users/*/hostProfile}/heldEvents\x1a\x14\xca\x41\x11review.cowatch.iob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,6 +46,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPDATEREVIEWREQUEST'].fields_by_name['review']._serialized_options = b'\342A\001\002'
   _globals['_UPDATEREVIEWREQUEST'].fields_by_name['update_mask']._loaded_options = None
   _globals['_UPDATEREVIEWREQUEST'].fields_by_name['update_mask']._serialized_options = b'\342A\001\001'
+  _globals['_DELETEREVIEWREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_DELETEREVIEWREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\023\n\021cowatch.io/Review'
   _globals['_LISTREVIEWSREQUEST'].fields_by_name['event']._loaded_options = None
   _globals['_LISTREVIEWSREQUEST'].fields_by_name['event']._serialized_options = b'\342A\001\001'
   _globals['_LISTREVIEWSREQUEST'].fields_by_name['subject_user']._loaded_options = None
@@ -71,6 +74,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REVIEWSERVICE'].methods_by_name['CreateReview']._serialized_options = b'\332A\006review\202\323\344\223\002\025\"\013/v1/reviews:\006review'
   _globals['_REVIEWSERVICE'].methods_by_name['UpdateReview']._loaded_options = None
   _globals['_REVIEWSERVICE'].methods_by_name['UpdateReview']._serialized_options = b'\332A\022review,update_mask\202\323\344\223\002%2\033/v1/{review.name=reviews/*}:\006review'
+  _globals['_REVIEWSERVICE'].methods_by_name['DeleteReview']._loaded_options = None
+  _globals['_REVIEWSERVICE'].methods_by_name['DeleteReview']._serialized_options = b'\332A\004name\202\323\344\223\002\026*\024/v1/{name=reviews/*}'
   _globals['_REVIEWSERVICE'].methods_by_name['ListReviews']._loaded_options = None
   _globals['_REVIEWSERVICE'].methods_by_name['ListReviews']._serialized_options = b'\202\323\344\223\002\r\022\013/v1/reviews'
   _globals['_REVIEWSERVICE'].methods_by_name['GetUserRating']._loaded_options = None
@@ -79,22 +84,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REVIEWSERVICE'].methods_by_name['GetHostProfile']._serialized_options = b'\332A\004name\202\323\344\223\002 \022\036/v1/{name=users/*/hostProfile}'
   _globals['_REVIEWSERVICE'].methods_by_name['ListHeldEvents']._loaded_options = None
   _globals['_REVIEWSERVICE'].methods_by_name['ListHeldEvents']._serialized_options = b'\332A\006parent\202\323\344\223\002-\022+/v1/{parent=users/*/hostProfile}/heldEvents'
-  _globals['_CREATEREVIEWREQUEST']._serialized_start=238
-  _globals['_CREATEREVIEWREQUEST']._serialized_end=334
-  _globals['_UPDATEREVIEWREQUEST']._serialized_start=336
-  _globals['_UPDATEREVIEWREQUEST']._serialized_end=461
-  _globals['_LISTREVIEWSREQUEST']._serialized_start=464
-  _globals['_LISTREVIEWSREQUEST']._serialized_end=651
-  _globals['_LISTREVIEWSRESPONSE']._serialized_start=653
-  _globals['_LISTREVIEWSRESPONSE']._serialized_end=743
-  _globals['_GETUSERRATINGREQUEST']._serialized_start=745
-  _globals['_GETUSERRATINGREQUEST']._serialized_end=813
-  _globals['_GETHOSTPROFILEREQUEST']._serialized_start=815
-  _globals['_GETHOSTPROFILEREQUEST']._serialized_end=885
-  _globals['_LISTHELDEVENTSREQUEST']._serialized_start=887
-  _globals['_LISTHELDEVENTSREQUEST']._serialized_end=1010
-  _globals['_LISTHELDEVENTSRESPONSE']._serialized_start=1012
-  _globals['_LISTHELDEVENTSRESPONSE']._serialized_end=1112
-  _globals['_REVIEWSERVICE']._serialized_start=1115
-  _globals['_REVIEWSERVICE']._serialized_end=1976
+  _globals['_CREATEREVIEWREQUEST']._serialized_start=267
+  _globals['_CREATEREVIEWREQUEST']._serialized_end=363
+  _globals['_UPDATEREVIEWREQUEST']._serialized_start=365
+  _globals['_UPDATEREVIEWREQUEST']._serialized_end=490
+  _globals['_DELETEREVIEWREQUEST']._serialized_start=492
+  _globals['_DELETEREVIEWREQUEST']._serialized_end=569
+  _globals['_LISTREVIEWSREQUEST']._serialized_start=572
+  _globals['_LISTREVIEWSREQUEST']._serialized_end=759
+  _globals['_LISTREVIEWSRESPONSE']._serialized_start=761
+  _globals['_LISTREVIEWSRESPONSE']._serialized_end=851
+  _globals['_GETUSERRATINGREQUEST']._serialized_start=853
+  _globals['_GETUSERRATINGREQUEST']._serialized_end=921
+  _globals['_GETHOSTPROFILEREQUEST']._serialized_start=923
+  _globals['_GETHOSTPROFILEREQUEST']._serialized_end=993
+  _globals['_LISTHELDEVENTSREQUEST']._serialized_start=995
+  _globals['_LISTHELDEVENTSREQUEST']._serialized_end=1118
+  _globals['_LISTHELDEVENTSRESPONSE']._serialized_start=1120
+  _globals['_LISTHELDEVENTSRESPONSE']._serialized_end=1220
+  _globals['_REVIEWSERVICE']._serialized_start=1223
+  _globals['_REVIEWSERVICE']._serialized_end=2201
 # @@protoc_insertion_point(module_scope)

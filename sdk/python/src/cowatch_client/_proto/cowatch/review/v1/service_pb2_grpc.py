@@ -5,6 +5,7 @@ import warnings
 
 from cowatch_client._proto.cowatch.review.v1 import resources_pb2 as cowatch_dot_review_dot_v1_dot_resources__pb2
 from cowatch_client._proto.cowatch.review.v1 import service_pb2 as cowatch_dot_review_dot_v1_dot_service__pb2
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -63,6 +64,11 @@ class ReviewServiceStub:
                 request_serializer=cowatch_dot_review_dot_v1_dot_service__pb2.UpdateReviewRequest.SerializeToString,
                 response_deserializer=cowatch_dot_review_dot_v1_dot_resources__pb2.Review.FromString,
                 _registered_method=True)
+        self.DeleteReview = channel.unary_unary(
+                '/cowatch.review.v1.ReviewService/DeleteReview',
+                request_serializer=cowatch_dot_review_dot_v1_dot_service__pb2.DeleteReviewRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
         self.ListReviews = channel.unary_unary(
                 '/cowatch.review.v1.ReviewService/ListReviews',
                 request_serializer=cowatch_dot_review_dot_v1_dot_service__pb2.ListReviewsRequest.SerializeToString,
@@ -110,11 +116,15 @@ class ReviewServiceServicer:
         """Reviews a held event, its host, or one of its guests. The author must
         have taken part: the host, or a guest whose booking was confirmed when
         the event was completed; a reviewed guest must have taken part too. One
-        review per (author, event, subject); nobody reviews themselves. Ratings
-        are updated in the same transaction.
+        review per (author, event, subject); nobody reviews themselves.
+
+        The review is `PENDING_REVEAL` (see `Review`); when it completes a pair
+        (the other person already reviewed the author), both are revealed in
+        this call's transaction, ratings included, and it returns `REVEALED`.
 
         Errors: NOT_FOUND `EVENT_NOT_FOUND`, FAILED_PRECONDITION
-        `EVENT_NOT_HELD`, PERMISSION_DENIED `NOT_A_PARTICIPANT` (author),
+        `EVENT_NOT_HELD`, FAILED_PRECONDITION `REVIEW_WINDOW_CLOSED` (the
+        event's review window has closed), PERMISSION_DENIED `NOT_A_PARTICIPANT` (author),
         FAILED_PRECONDITION `SUBJECT_NOT_A_PARTICIPANT` (reviewed guest),
         PERMISSION_DENIED `SUBJECT_NOT_ALLOWED` (e.g. a guest reviewing a guest,
         the host reviewing the host), INVALID_ARGUMENT `CANNOT_REVIEW_SELF`,
@@ -125,19 +135,34 @@ class ReviewServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateReview(self, request, context):
-        """Edits the rating or text of the caller's own review; aggregates are
-        adjusted in the same transaction.
+        """Edits the rating or text of the caller's own pending review (a pending
+        review counts nowhere, so no rating changes).
 
-        Errors: NOT_FOUND `REVIEW_NOT_FOUND` (also a review at a private event
-        the caller may not see), PERMISSION_DENIED `NOT_REVIEW_AUTHOR`, ABORTED
+        Errors: NOT_FOUND `REVIEW_NOT_FOUND` (also someone else's pending review,
+        or a review at a private event the caller may not see),
+        PERMISSION_DENIED `NOT_REVIEW_AUTHOR`, FAILED_PRECONDITION
+        `REVIEW_FROZEN` (revealed, or its review window has closed), ABORTED
         `ETAG_MISMATCH`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteReview(self, request, context):
+        """Withdraws the caller's own pending review (AIP-135); the author may then
+        write a new one while the window is open.
+
+        Errors: NOT_FOUND `REVIEW_NOT_FOUND` (as for UpdateReview),
+        PERMISSION_DENIED `NOT_REVIEW_AUTHOR`, FAILED_PRECONDITION
+        `REVIEW_FROZEN`, ABORTED `ETAG_MISMATCH`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListReviews(self, request, context):
-        """Lists reviews of one event or about one user, newest first. Reviews
+        """Lists revealed reviews of one event or about one user, newest first,
+        and the caller's own pending ones among them. Reviews
         written at a private event are listed only to that event's participants
         (a private event's own list is NOT_FOUND `EVENT_NOT_FOUND` to others).
 
@@ -189,6 +214,11 @@ def add_ReviewServiceServicer_to_server(servicer, server):
                     servicer.UpdateReview,
                     request_deserializer=cowatch_dot_review_dot_v1_dot_service__pb2.UpdateReviewRequest.FromString,
                     response_serializer=cowatch_dot_review_dot_v1_dot_resources__pb2.Review.SerializeToString,
+            ),
+            'DeleteReview': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteReview,
+                    request_deserializer=cowatch_dot_review_dot_v1_dot_service__pb2.DeleteReviewRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
             'ListReviews': grpc.unary_unary_rpc_method_handler(
                     servicer.ListReviews,
@@ -283,6 +313,33 @@ class ReviewService:
             '/cowatch.review.v1.ReviewService/UpdateReview',
             cowatch_dot_review_dot_v1_dot_service__pb2.UpdateReviewRequest.SerializeToString,
             cowatch_dot_review_dot_v1_dot_resources__pb2.Review.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteReview(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cowatch.review.v1.ReviewService/DeleteReview',
+            cowatch_dot_review_dot_v1_dot_service__pb2.DeleteReviewRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

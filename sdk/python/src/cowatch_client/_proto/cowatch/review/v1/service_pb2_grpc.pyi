@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from cowatch_client._proto.cowatch.review.v1 import resources_pb2 as _resources_pb2
 from cowatch_client._proto.cowatch.review.v1 import service_pb2 as _service_pb2
+from google.protobuf import empty_pb2 as _empty_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -56,26 +57,41 @@ class ReviewServiceStub:
     """Reviews a held event, its host, or one of its guests. The author must
     have taken part: the host, or a guest whose booking was confirmed when
     the event was completed; a reviewed guest must have taken part too. One
-    review per (author, event, subject); nobody reviews themselves. Ratings
-    are updated in the same transaction.
+    review per (author, event, subject); nobody reviews themselves.
+
+    The review is `PENDING_REVEAL` (see `Review`); when it completes a pair
+    (the other person already reviewed the author), both are revealed in
+    this call's transaction, ratings included, and it returns `REVEALED`.
 
     Errors: NOT_FOUND `EVENT_NOT_FOUND`, FAILED_PRECONDITION
-    `EVENT_NOT_HELD`, PERMISSION_DENIED `NOT_A_PARTICIPANT` (author),
+    `EVENT_NOT_HELD`, FAILED_PRECONDITION `REVIEW_WINDOW_CLOSED` (the
+    event's review window has closed), PERMISSION_DENIED `NOT_A_PARTICIPANT` (author),
     FAILED_PRECONDITION `SUBJECT_NOT_A_PARTICIPANT` (reviewed guest),
     PERMISSION_DENIED `SUBJECT_NOT_ALLOWED` (e.g. a guest reviewing a guest,
     the host reviewing the host), INVALID_ARGUMENT `CANNOT_REVIEW_SELF`,
     ALREADY_EXISTS `ALREADY_REVIEWED`, INVALID_ARGUMENT `REQUEST_ID_REUSED`.
     """
     UpdateReview: _grpc.UnaryUnaryMultiCallable[_service_pb2.UpdateReviewRequest, _resources_pb2.Review]
-    """Edits the rating or text of the caller's own review; aggregates are
-    adjusted in the same transaction.
+    """Edits the rating or text of the caller's own pending review (a pending
+    review counts nowhere, so no rating changes).
 
-    Errors: NOT_FOUND `REVIEW_NOT_FOUND` (also a review at a private event
-    the caller may not see), PERMISSION_DENIED `NOT_REVIEW_AUTHOR`, ABORTED
+    Errors: NOT_FOUND `REVIEW_NOT_FOUND` (also someone else's pending review,
+    or a review at a private event the caller may not see),
+    PERMISSION_DENIED `NOT_REVIEW_AUTHOR`, FAILED_PRECONDITION
+    `REVIEW_FROZEN` (revealed, or its review window has closed), ABORTED
     `ETAG_MISMATCH`.
     """
+    DeleteReview: _grpc.UnaryUnaryMultiCallable[_service_pb2.DeleteReviewRequest, _empty_pb2.Empty]
+    """Withdraws the caller's own pending review (AIP-135); the author may then
+    write a new one while the window is open.
+
+    Errors: NOT_FOUND `REVIEW_NOT_FOUND` (as for UpdateReview),
+    PERMISSION_DENIED `NOT_REVIEW_AUTHOR`, FAILED_PRECONDITION
+    `REVIEW_FROZEN`, ABORTED `ETAG_MISMATCH`.
+    """
     ListReviews: _grpc.UnaryUnaryMultiCallable[_service_pb2.ListReviewsRequest, _service_pb2.ListReviewsResponse]
-    """Lists reviews of one event or about one user, newest first. Reviews
+    """Lists revealed reviews of one event or about one user, newest first,
+    and the caller's own pending ones among them. Reviews
     written at a private event are listed only to that event's participants
     (a private event's own list is NOT_FOUND `EVENT_NOT_FOUND` to others).
 
@@ -126,26 +142,41 @@ class ReviewServiceAsyncStub(ReviewServiceStub):
     """Reviews a held event, its host, or one of its guests. The author must
     have taken part: the host, or a guest whose booking was confirmed when
     the event was completed; a reviewed guest must have taken part too. One
-    review per (author, event, subject); nobody reviews themselves. Ratings
-    are updated in the same transaction.
+    review per (author, event, subject); nobody reviews themselves.
+
+    The review is `PENDING_REVEAL` (see `Review`); when it completes a pair
+    (the other person already reviewed the author), both are revealed in
+    this call's transaction, ratings included, and it returns `REVEALED`.
 
     Errors: NOT_FOUND `EVENT_NOT_FOUND`, FAILED_PRECONDITION
-    `EVENT_NOT_HELD`, PERMISSION_DENIED `NOT_A_PARTICIPANT` (author),
+    `EVENT_NOT_HELD`, FAILED_PRECONDITION `REVIEW_WINDOW_CLOSED` (the
+    event's review window has closed), PERMISSION_DENIED `NOT_A_PARTICIPANT` (author),
     FAILED_PRECONDITION `SUBJECT_NOT_A_PARTICIPANT` (reviewed guest),
     PERMISSION_DENIED `SUBJECT_NOT_ALLOWED` (e.g. a guest reviewing a guest,
     the host reviewing the host), INVALID_ARGUMENT `CANNOT_REVIEW_SELF`,
     ALREADY_EXISTS `ALREADY_REVIEWED`, INVALID_ARGUMENT `REQUEST_ID_REUSED`.
     """
     UpdateReview: _aio.UnaryUnaryMultiCallable[_service_pb2.UpdateReviewRequest, _resources_pb2.Review]  # type: ignore[assignment]
-    """Edits the rating or text of the caller's own review; aggregates are
-    adjusted in the same transaction.
+    """Edits the rating or text of the caller's own pending review (a pending
+    review counts nowhere, so no rating changes).
 
-    Errors: NOT_FOUND `REVIEW_NOT_FOUND` (also a review at a private event
-    the caller may not see), PERMISSION_DENIED `NOT_REVIEW_AUTHOR`, ABORTED
+    Errors: NOT_FOUND `REVIEW_NOT_FOUND` (also someone else's pending review,
+    or a review at a private event the caller may not see),
+    PERMISSION_DENIED `NOT_REVIEW_AUTHOR`, FAILED_PRECONDITION
+    `REVIEW_FROZEN` (revealed, or its review window has closed), ABORTED
     `ETAG_MISMATCH`.
     """
+    DeleteReview: _aio.UnaryUnaryMultiCallable[_service_pb2.DeleteReviewRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Withdraws the caller's own pending review (AIP-135); the author may then
+    write a new one while the window is open.
+
+    Errors: NOT_FOUND `REVIEW_NOT_FOUND` (as for UpdateReview),
+    PERMISSION_DENIED `NOT_REVIEW_AUTHOR`, FAILED_PRECONDITION
+    `REVIEW_FROZEN`, ABORTED `ETAG_MISMATCH`.
+    """
     ListReviews: _aio.UnaryUnaryMultiCallable[_service_pb2.ListReviewsRequest, _service_pb2.ListReviewsResponse]  # type: ignore[assignment]
-    """Lists reviews of one event or about one user, newest first. Reviews
+    """Lists revealed reviews of one event or about one user, newest first,
+    and the caller's own pending ones among them. Reviews
     written at a private event are listed only to that event's participants
     (a private event's own list is NOT_FOUND `EVENT_NOT_FOUND` to others).
 
@@ -199,11 +230,15 @@ class ReviewServiceServicer(metaclass=_abc_1.ABCMeta):
         """Reviews a held event, its host, or one of its guests. The author must
         have taken part: the host, or a guest whose booking was confirmed when
         the event was completed; a reviewed guest must have taken part too. One
-        review per (author, event, subject); nobody reviews themselves. Ratings
-        are updated in the same transaction.
+        review per (author, event, subject); nobody reviews themselves.
+
+        The review is `PENDING_REVEAL` (see `Review`); when it completes a pair
+        (the other person already reviewed the author), both are revealed in
+        this call's transaction, ratings included, and it returns `REVEALED`.
 
         Errors: NOT_FOUND `EVENT_NOT_FOUND`, FAILED_PRECONDITION
-        `EVENT_NOT_HELD`, PERMISSION_DENIED `NOT_A_PARTICIPANT` (author),
+        `EVENT_NOT_HELD`, FAILED_PRECONDITION `REVIEW_WINDOW_CLOSED` (the
+        event's review window has closed), PERMISSION_DENIED `NOT_A_PARTICIPANT` (author),
         FAILED_PRECONDITION `SUBJECT_NOT_A_PARTICIPANT` (reviewed guest),
         PERMISSION_DENIED `SUBJECT_NOT_ALLOWED` (e.g. a guest reviewing a guest,
         the host reviewing the host), INVALID_ARGUMENT `CANNOT_REVIEW_SELF`,
@@ -216,12 +251,28 @@ class ReviewServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _service_pb2.UpdateReviewRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.Review, _abc.Awaitable[_resources_pb2.Review]]:
-        """Edits the rating or text of the caller's own review; aggregates are
-        adjusted in the same transaction.
+        """Edits the rating or text of the caller's own pending review (a pending
+        review counts nowhere, so no rating changes).
 
-        Errors: NOT_FOUND `REVIEW_NOT_FOUND` (also a review at a private event
-        the caller may not see), PERMISSION_DENIED `NOT_REVIEW_AUTHOR`, ABORTED
+        Errors: NOT_FOUND `REVIEW_NOT_FOUND` (also someone else's pending review,
+        or a review at a private event the caller may not see),
+        PERMISSION_DENIED `NOT_REVIEW_AUTHOR`, FAILED_PRECONDITION
+        `REVIEW_FROZEN` (revealed, or its review window has closed), ABORTED
         `ETAG_MISMATCH`.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteReview(
+        self,
+        request: _service_pb2.DeleteReviewRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Withdraws the caller's own pending review (AIP-135); the author may then
+        write a new one while the window is open.
+
+        Errors: NOT_FOUND `REVIEW_NOT_FOUND` (as for UpdateReview),
+        PERMISSION_DENIED `NOT_REVIEW_AUTHOR`, FAILED_PRECONDITION
+        `REVIEW_FROZEN`, ABORTED `ETAG_MISMATCH`.
         """
 
     @_abc_1.abstractmethod
@@ -230,7 +281,8 @@ class ReviewServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _service_pb2.ListReviewsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_service_pb2.ListReviewsResponse, _abc.Awaitable[_service_pb2.ListReviewsResponse]]:
-        """Lists reviews of one event or about one user, newest first. Reviews
+        """Lists revealed reviews of one event or about one user, newest first,
+        and the caller's own pending ones among them. Reviews
         written at a private event are listed only to that event's participants
         (a private event's own list is NOT_FOUND `EVENT_NOT_FOUND` to others).
 
