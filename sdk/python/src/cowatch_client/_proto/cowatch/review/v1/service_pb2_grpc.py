@@ -108,8 +108,9 @@ class ReviewServiceServicer:
         """Edits the rating or text of the caller's own review; aggregates are
         adjusted in the same transaction.
 
-        Errors: NOT_FOUND `REVIEW_NOT_FOUND`, PERMISSION_DENIED
-        `NOT_REVIEW_AUTHOR`, ABORTED `ETAG_MISMATCH`.
+        Errors: NOT_FOUND `REVIEW_NOT_FOUND` (also a review at a private event
+        the caller may not see), PERMISSION_DENIED `NOT_REVIEW_AUTHOR`, ABORTED
+        `ETAG_MISMATCH`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -136,6 +137,9 @@ class ReviewServiceServicer:
 
     def GetHostProfile(self, request, context):
         """Gets a host's profile: display name, rating as host, events held.
+        Only users who host or have hosted at least one PUBLIC event (in any
+        state: scheduled, held or cancelled) have a profile; for anyone else,
+        private hosts and mere guests included, it does not exist.
 
         Errors: NOT_FOUND `USER_NOT_FOUND`.
         """
@@ -145,7 +149,7 @@ class ReviewServiceServicer:
 
     def ListHeldEvents(self, request, context):
         """Lists the public events a host has held, most recent first, each with
-        its rating.
+        its rating. Exists for the same users as their host profile.
 
         Errors: NOT_FOUND `USER_NOT_FOUND`, INVALID_ARGUMENT `INVALID_PAGE_TOKEN`.
         """

@@ -60,8 +60,9 @@ class ReviewServiceStub:
     """Edits the rating or text of the caller's own review; aggregates are
     adjusted in the same transaction.
 
-    Errors: NOT_FOUND `REVIEW_NOT_FOUND`, PERMISSION_DENIED
-    `NOT_REVIEW_AUTHOR`, ABORTED `ETAG_MISMATCH`.
+    Errors: NOT_FOUND `REVIEW_NOT_FOUND` (also a review at a private event
+    the caller may not see), PERMISSION_DENIED `NOT_REVIEW_AUTHOR`, ABORTED
+    `ETAG_MISMATCH`.
     """
     ListReviews: _grpc.UnaryUnaryMultiCallable[_service_pb2.ListReviewsRequest, _service_pb2.ListReviewsResponse]
     """Lists reviews of one event or about one user, newest first. Reviews
@@ -75,12 +76,15 @@ class ReviewServiceStub:
     """Gets a user's ratings as host and as guest (zero counts when none)."""
     GetHostProfile: _grpc.UnaryUnaryMultiCallable[_service_pb2.GetHostProfileRequest, _resources_pb2.HostProfile]
     """Gets a host's profile: display name, rating as host, events held.
+    Only users who host or have hosted at least one PUBLIC event (in any
+    state: scheduled, held or cancelled) have a profile; for anyone else,
+    private hosts and mere guests included, it does not exist.
 
     Errors: NOT_FOUND `USER_NOT_FOUND`.
     """
     ListHeldEvents: _grpc.UnaryUnaryMultiCallable[_service_pb2.ListHeldEventsRequest, _service_pb2.ListHeldEventsResponse]
     """Lists the public events a host has held, most recent first, each with
-    its rating.
+    its rating. Exists for the same users as their host profile.
 
     Errors: NOT_FOUND `USER_NOT_FOUND`, INVALID_ARGUMENT `INVALID_PAGE_TOKEN`.
     """
@@ -116,8 +120,9 @@ class ReviewServiceAsyncStub(ReviewServiceStub):
     """Edits the rating or text of the caller's own review; aggregates are
     adjusted in the same transaction.
 
-    Errors: NOT_FOUND `REVIEW_NOT_FOUND`, PERMISSION_DENIED
-    `NOT_REVIEW_AUTHOR`, ABORTED `ETAG_MISMATCH`.
+    Errors: NOT_FOUND `REVIEW_NOT_FOUND` (also a review at a private event
+    the caller may not see), PERMISSION_DENIED `NOT_REVIEW_AUTHOR`, ABORTED
+    `ETAG_MISMATCH`.
     """
     ListReviews: _aio.UnaryUnaryMultiCallable[_service_pb2.ListReviewsRequest, _service_pb2.ListReviewsResponse]  # type: ignore[assignment]
     """Lists reviews of one event or about one user, newest first. Reviews
@@ -131,12 +136,15 @@ class ReviewServiceAsyncStub(ReviewServiceStub):
     """Gets a user's ratings as host and as guest (zero counts when none)."""
     GetHostProfile: _aio.UnaryUnaryMultiCallable[_service_pb2.GetHostProfileRequest, _resources_pb2.HostProfile]  # type: ignore[assignment]
     """Gets a host's profile: display name, rating as host, events held.
+    Only users who host or have hosted at least one PUBLIC event (in any
+    state: scheduled, held or cancelled) have a profile; for anyone else,
+    private hosts and mere guests included, it does not exist.
 
     Errors: NOT_FOUND `USER_NOT_FOUND`.
     """
     ListHeldEvents: _aio.UnaryUnaryMultiCallable[_service_pb2.ListHeldEventsRequest, _service_pb2.ListHeldEventsResponse]  # type: ignore[assignment]
     """Lists the public events a host has held, most recent first, each with
-    its rating.
+    its rating. Exists for the same users as their host profile.
 
     Errors: NOT_FOUND `USER_NOT_FOUND`, INVALID_ARGUMENT `INVALID_PAGE_TOKEN`.
     """
@@ -181,8 +189,9 @@ class ReviewServiceServicer(metaclass=_abc_1.ABCMeta):
         """Edits the rating or text of the caller's own review; aggregates are
         adjusted in the same transaction.
 
-        Errors: NOT_FOUND `REVIEW_NOT_FOUND`, PERMISSION_DENIED
-        `NOT_REVIEW_AUTHOR`, ABORTED `ETAG_MISMATCH`.
+        Errors: NOT_FOUND `REVIEW_NOT_FOUND` (also a review at a private event
+        the caller may not see), PERMISSION_DENIED `NOT_REVIEW_AUTHOR`, ABORTED
+        `ETAG_MISMATCH`.
         """
 
     @_abc_1.abstractmethod
@@ -214,6 +223,9 @@ class ReviewServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.HostProfile, _abc.Awaitable[_resources_pb2.HostProfile]]:
         """Gets a host's profile: display name, rating as host, events held.
+        Only users who host or have hosted at least one PUBLIC event (in any
+        state: scheduled, held or cancelled) have a profile; for anyone else,
+        private hosts and mere guests included, it does not exist.
 
         Errors: NOT_FOUND `USER_NOT_FOUND`.
         """
@@ -225,7 +237,7 @@ class ReviewServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_service_pb2.ListHeldEventsResponse, _abc.Awaitable[_service_pb2.ListHeldEventsResponse]]:
         """Lists the public events a host has held, most recent first, each with
-        its rating.
+        its rating. Exists for the same users as their host profile.
 
         Errors: NOT_FOUND `USER_NOT_FOUND`, INVALID_ARGUMENT `INVALID_PAGE_TOKEN`.
         """
