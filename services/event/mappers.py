@@ -281,6 +281,7 @@ def event_to_proto(view: EventView, share_link: str) -> resources_pb2.Event:
         capacity=d.capacity,
         seats_taken=e.seats_taken,
         seats_available=e.seats_available,
+        waitlist_size=e.waitlist_size,
         visibility=_VISIBILITY_TO_PROTO[d.visibility],
         state=_STATE[e.state],
         share_link=share_link,

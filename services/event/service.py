@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypeAlias
 from uuid import UUID
 
@@ -166,7 +166,9 @@ class EventService:
         cache_ttl: float = 60.0,
         list_ttl: float = 15.0,
         subscribers: Handlers | None = None,
+        claim_window: timedelta | None = None,
     ) -> None:
+        self._claim_window = claim_window or timedelta(hours=2)
         self._pool = pool
         self._clock = clock
         self._base_url = public_base_url
@@ -324,6 +326,15 @@ class EventService:
                 return EventView(event, access)
             await users.remember(tx.conn, cmd.user)
             await events.update_details(tx.conn, event.id, new, now)
+            # the waitlist follows: offers re-timed to a moved start, seats a raised capacity freed offered
+            await bookings.after_event_update(
+                tx.conn,
+                event.id,
+                now,
+                public_base_url=self._base_url,
+                trace_id=cmd.trace_id,
+                claim_window=self._claim_window,
+            )
             updated = await self._load(tx.conn, event.id)
             guests = await bookings.confirmed_guest_ids(tx.conn, event.id)
             if new.start_time != event.details.start_time:
@@ -345,7 +356,9 @@ class EventService:
                 return EventView(event, access)
             domain.ensure_etag(event, cmd.etag)
             domain.ensure_cancellable(event)
-            guests = await bookings.cancel_all_for_event(tx.conn, event.id, now)
+            guests = await bookings.cancel_all_for_event(
+                tx.conn, event.id, now, public_base_url=self._base_url, trace_id=cmd.trace_id
+            )
             await events.mark_cancelled(tx.conn, event.id, now)
             cancelled = await self._load(tx.conn, event.id)
             tx.emit(EventCancelled(event.id, True, cancelled, guests, cmd.reason.strip()))

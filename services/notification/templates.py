@@ -43,6 +43,12 @@ TEMPLATES: Final[Mapping[str, tuple[str, ...]]] = {
     # to the host and every confirmed guest
     "reminder_24h": (*EVENT_PARAMS, "place_address", "role"),
     "reminder_1h": (*EVENT_PARAMS, "place_address", "role"),
+    # to a waitlisted guest: seats are held for you until offer_expire_time / it closes soon / it expired
+    "waitlist_offer": (*EVENT_PARAMS, "seats", "waitlist_entry", "offer_expire_time", "offer_expire_local"),
+    "waitlist_offer_closing": (*EVENT_PARAMS, "seats", "waitlist_entry", "offer_expire_time", "offer_expire_local"),
+    "waitlist_offer_expired": (*EVENT_PARAMS, "seats", "waitlist_entry"),
+    # to a waitlisted guest: the waitlist ended without seats for you (the event started or was cancelled)
+    "waitlist_closed": (*EVENT_PARAMS, "seats", "waitlist_entry", "reason"),
 }
 
 
