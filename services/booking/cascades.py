@@ -17,9 +17,8 @@ from services.booking import repository as bookings
 from services.booking import waitlist_repository as entries
 from services.booking.domain_events import WaitlistChanged
 from services.booking.eligibility import has_confirmed_booking
-from services.booking.waitlist import Reliability
 from services.common.dbtypes import Conn
-from services.common.vocabulary import Rating
+from services.common.vocabulary import Rating, Reliability
 from services.notification import outbox
 
 __all__ = [

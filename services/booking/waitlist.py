@@ -19,7 +19,7 @@ from uuid import UUID
 from services.common import errors, names
 from services.common.errors import AlreadyExists, FailedPrecondition, PermissionDenied
 from services.common.identity import User
-from services.common.vocabulary import Rating
+from services.common.vocabulary import Rating, Reliability
 
 DEFAULT_CLAIM_WINDOW = timedelta(hours=2)
 
@@ -36,23 +36,6 @@ class EntryState(StrEnum):
     @property
     def is_open(self) -> bool:
         return self in (EntryState.WAITING, EntryState.OFFERED)
-
-
-@dataclass(frozen=True, slots=True)
-class Reliability:
-    """How reliably a guest comes: attended ÷ (attended + no-show). No marks = no history, never 0 %."""
-
-    attended: int = 0
-    no_show: int = 0
-
-    @property
-    def has_history(self) -> bool:
-        return self.attended + self.no_show > 0
-
-    @property
-    def ratio(self) -> float:
-        total = self.attended + self.no_show
-        return round(self.attended / total, 2) if total else 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from cowatch.booking.v1 import resources_pb2, service_pb2
-from cowatch.type.v1 import rating_pb2
 
 from services.booking import domain
-from services.booking.waitlist import EntryState, Reliability, WaitlistEntry
+from services.booking.waitlist import EntryState, WaitlistEntry
 from services.booking.waitlist_service import EntryAction, GetEntry, JoinWaitlist, ListWaitlist
 from services.common import context, names
 from services.common.errors import InvalidArgument, Violations
 from services.common.identity import User
-from services.common.protos import rating_to_proto, request_key, to_timestamp
+from services.common.protos import rating_to_proto, reliability_to_proto, request_key, to_timestamp
 
 _STATE_TO_PROTO = {
     EntryState.WAITING: resources_pb2.WaitlistEntry.WAITING,
@@ -92,10 +91,6 @@ def to_list_query(request: service_pb2.ListWaitlistRequest, user: User) -> ListW
     v.raise_if_any()
     assert event_id is not None
     return ListWaitlist(user, event_id, request.page_size, request.page_token)
-
-
-def reliability_to_proto(r: Reliability) -> rating_pb2.Reliability:
-    return rating_pb2.Reliability(attended=r.attended, no_show=r.no_show, has_history=r.has_history, ratio=r.ratio)
 
 
 def entry_to_proto(e: WaitlistEntry) -> resources_pb2.WaitlistEntry:

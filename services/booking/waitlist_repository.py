@@ -14,9 +14,9 @@ from uuid import UUID
 import asyncpg
 
 from services.booking.repository import NO_OVERLAPPING_BOOKING
-from services.booking.waitlist import Ended, EntryState, Offer, OfferWarning, Reliability, WaitlistEntry
+from services.booking.waitlist import Ended, EntryState, Offer, OfferWarning, WaitlistEntry
 from services.common.dbtypes import Conn
-from services.common.vocabulary import Rating
+from services.common.vocabulary import Rating, Reliability
 
 _ENTRY_COLUMNS = """
     w.id, w.seq, w.event_id, e.host_id, w.guest_id, u.display_name AS guest_display_name, w.seats, w.state,

@@ -10,7 +10,15 @@ from google.protobuf import duration_pb2
 from services.common import context, names
 from services.common.errors import InvalidArgument, Violations
 from services.common.identity import User
-from services.common.protos import from_duration, from_timestamp, rating_to_proto, request_key, timestamp, to_timestamp
+from services.common.protos import (
+    from_duration,
+    from_timestamp,
+    rating_to_proto,
+    reliability_to_proto,
+    request_key,
+    timestamp,
+    to_timestamp,
+)
 from services.event import domain
 from services.event.domain import EventDetails, Film, Place, Visibility
 from services.event.service import (
@@ -306,4 +314,5 @@ def guest_to_proto(g: Guest) -> resources_pb2.Guest:
         booking=names.booking(g.booking_id),
         book_time=to_timestamp(g.book_time),
         guest_rating=rating_to_proto(g.rating),
+        guest_reliability=reliability_to_proto(g.reliability),
     )

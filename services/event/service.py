@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TypeAlias
 from uuid import UUID
@@ -26,7 +26,7 @@ from services.common.idempotency import RequestKey
 from services.common.identity import User
 from services.common.paging import Keyset, Page, keyset
 from services.common.uow import Handlers, UnitOfWork, uow
-from services.common.vocabulary import Rating
+from services.common.vocabulary import Rating, Reliability
 from services.event import cache as event_cache
 from services.event import domain, notifications
 from services.event import repository as events
@@ -128,6 +128,7 @@ class Guest:
     booking_id: UUID
     book_time: datetime
     rating: Rating
+    reliability: Reliability = field(default_factory=Reliability)
 
 
 GuestPage: TypeAlias = Page[Guest]
@@ -385,7 +386,10 @@ class EventService:
             domain.ensure_host(event, await self._access(conn, event, q.user))
             rows = await bookings.list_guests(conn, q.event_id, ks.after, ks.fetch)
         page = ks.page(rows, lambda r: (r.book_time, r.booking_id))
-        items = [Guest(r.guest_id, r.display_name, r.seats, r.booking_id, r.book_time, r.rating) for r in page.items]
+        items = [
+            Guest(r.guest_id, r.display_name, r.seats, r.booking_id, r.book_time, r.rating, r.reliability)
+            for r in page.items
+        ]
         return Page(items, page.next_page_token)
 
     async def send_invitations(self, cmd: SendInvitations) -> Invitations:
