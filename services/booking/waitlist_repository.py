@@ -67,7 +67,6 @@ ORDER BY w.seq
 LIMIT $3
 """
 
-RELIABILITY = f"SELECT {RELIABILITY_COLUMNS.format(g='$1')}"
 
 # One offer: the first waiting entry (join order) whose seats fit in what is bookable now, its seats held in the
 # same statement. The event row is locked by the caller; the CHECK on seats_taken + seats_held is the backstop.
@@ -241,12 +240,6 @@ async def insert_entry(
 async def list_entries(conn: Conn, event_id: UUID, after_seq: int | None, limit: int) -> list[WaitlistEntry]:
     rows = await conn.fetch(LIST_ENTRIES, event_id, after_seq, limit)
     return [to_entry(r, with_guest_figures=True) for r in rows]
-
-
-async def reliability(conn: Conn, guest_id: str) -> Reliability:
-    row = await conn.fetchrow(RELIABILITY, guest_id)
-    assert row is not None
-    return Reliability(row["attended"], row["no_show"])
 
 
 async def offer_free_seats(conn: Conn, event_id: UUID, now: datetime, window: timedelta) -> list[Offer]:

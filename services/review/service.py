@@ -7,7 +7,7 @@ the one every concurrent review of the same subject waits for, so it is held onl
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeAlias
 from uuid import UUID
@@ -23,7 +23,7 @@ from services.common.idempotency import RequestKey
 from services.common.identity import User
 from services.common.paging import Page, keyset
 from services.common.uow import Handlers, uow
-from services.common.vocabulary import Rating, Visibility
+from services.common.vocabulary import Rating, Reliability, Visibility
 from services.review import cache as review_cache
 from services.review import domain
 from services.review import repository as reviews
@@ -65,6 +65,7 @@ class UserRating:
     user_id: str
     as_host: Rating
     as_guest: Rating
+    guest_reliability: Reliability = field(default_factory=Reliability)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +234,10 @@ class ReviewService:
         ratings = await self._cache.get_or_load(
             review_cache.rating_key(user_id), load, review_cache.RATINGS_CODEC, ttl=self._ttl
         )
-        return UserRating(user_id, ratings.get(Role.HOST.value, Rating()), ratings.get(Role.GUEST.value, Rating()))
+        async with db.connection(self._pool) as conn:  # not cached: marks change outside the review domain
+            reliability = await bookings.reliability(conn, user_id)
+        as_host, as_guest = ratings.get(Role.HOST.value, Rating()), ratings.get(Role.GUEST.value, Rating())
+        return UserRating(user_id, as_host, as_guest, reliability)
 
     async def host_profile(self, user_id: str) -> HostProfile:
         async def load() -> reviews.HostProfileRow:

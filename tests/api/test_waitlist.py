@@ -17,6 +17,7 @@ from cowatch.booking.v1 import service_pb2_grpc as booking_grpc
 from cowatch.event.v1 import resources_pb2 as event_pb2
 from cowatch.event.v1 import service_pb2 as es
 from cowatch.event.v1 import service_pb2_grpc as event_grpc
+from cowatch.review.v1 import service_pb2 as rs
 from cowatch.review.v1 import service_pb2_grpc as review_grpc
 from google.protobuf import field_mask_pb2
 
@@ -468,6 +469,9 @@ async def test_attendance_is_the_hosts_after_the_event_and_feeds_reliability(
     assert (by_user[f"users/{came.id}"].attended, by_user[f"users/{came.id}"].ratio) == (1, 1.0)
     home = by_user[f"users/{stayed_home.id}"]
     assert (home.attended, home.no_show, home.has_history, home.ratio) == (0, 1, True, 0.0)
+
+    rating = await reviews.GetUserRating(rs.GetUserRatingRequest(name=f"users/{stayed_home.id}/rating"))
+    assert (rating.guest_reliability.no_show, rating.guest_reliability.has_history) == (1, True)
 
     # a no-show mark does not keep the guest from reviewing
     await reviews.CreateReview(review_request(event.name, EVENT, 2), metadata=stayed_home.metadata)
