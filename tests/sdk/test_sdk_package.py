@@ -41,12 +41,18 @@ def test_only_reads_and_writes_with_a_request_id_are_retried():
         "BookingService/GetBooking",
         "BookingService/ListBookings",
         "BookingService/CancelBooking",
+        "BookingService/JoinWaitlist",
+        "BookingService/GetWaitlistEntry",
+        "BookingService/ListWaitlist",
+        "BookingService/LeaveWaitlist",
+        "BookingService/ClaimOffer",
+        "BookingService/DeclineOffer",
         "ReviewService/CreateReview",
         "ReviewService/ListReviews",
         "ReviewService/GetUserRating",
         "ReviewService/GetHostProfile",
         "ReviewService/ListHeldEvents",
-    }  # not UpdateEvent, CompleteEvent, RotateInviteToken, UpdateReview
+    }  # not UpdateEvent, CompleteEvent, RotateInviteToken, UpdateReview, MarkAttendance
     (config,) = json.loads(service_config(RetryPolicy()))["methodConfig"]
     assert config["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
     assert json.loads(service_config(RetryPolicy(max_attempts=1))) == {"methodConfig": []}
