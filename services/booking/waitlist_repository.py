@@ -73,7 +73,8 @@ LIMIT $3
 OFFER_NEXT = """
 WITH ev AS (
     SELECT capacity - seats_taken - seats_held AS free, start_time
-    FROM event.events WHERE id = $1 AND state = 'SCHEDULED' AND start_time > $2
+    FROM event.events
+    WHERE id = $1 AND state = 'SCHEDULED' AND start_time > $2 AND capacity - seats_taken - seats_held > 0
 ), pick AS (
     SELECT w.id FROM booking.waitlist w, ev
     WHERE w.event_id = $1 AND w.state = 'WAITING' AND w.seats <= ev.free
@@ -92,7 +93,7 @@ WITH ev AS (
 ), held AS (
     UPDATE event.events e SET seats_held = e.seats_held + o.seats FROM offered o WHERE e.id = $1
 )
-SELECT id, guest_id, seats, offer_expire_time FROM offered
+SELECT o.id, o.guest_id, o.seats, o.offer_expire_time, ev.free - o.seats AS still_free FROM offered o, ev
 """
 
 # An open offer ends (declined, left, expired): state change and seats back in one statement, exactly once.
@@ -243,13 +244,17 @@ async def list_entries(conn: Conn, event_id: UUID, after_seq: int | None, limit:
 
 
 async def offer_free_seats(conn: Conn, event_id: UUID, now: datetime, window: timedelta) -> list[Offer]:
-    """Offer what is bookable now to the waiting entries, in join order, first fit; the event row must be locked."""
+    """Offer what is bookable now to the waiting entries, in join order, first fit; the event row must be locked.
+
+    Stops as soon as no seat is left (no statement then scans a long queue for nothing)."""
     offers: list[Offer] = []
     while True:
         row = await conn.fetchrow(OFFER_NEXT, event_id, now, window)
         if row is None:
             return offers
         offers.append(Offer(row["id"], row["guest_id"], row["seats"], row["offer_expire_time"]))
+        if row["still_free"] <= 0:
+            return offers
 
 
 async def end_offer(
