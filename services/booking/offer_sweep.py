@@ -28,11 +28,13 @@ from services.booking import waitlist_repository as entries
 from services.booking.domain_events import WaitlistChanged
 from services.booking.waitlist import EntryState
 from services.common import db, links
+from services.common.cache import cache_from_settings
 from services.common.clock import Clock, SystemClock
 from services.common.dbtypes import Pool
 from services.common.logging import configure_logging, get_logger
 from services.common.settings import CommonSettings, load_settings
 from services.common.uow import Handlers, uow
+from services.event import cache as event_cache
 from services.notification import outbox
 
 _log = get_logger("cowatch.booking.offer_sweep")
@@ -124,11 +126,15 @@ class OfferSweepSettings(CommonSettings):
 async def serve(settings: OfferSweepSettings, *, clock: Clock | None = None) -> int:
     """Sweep every ``sweep_interval_seconds`` until SIGTERM/SIGINT (the pass in hand finishes)."""
     pool = await db.create_pool(settings, application_name=settings.service_name)
+    # EventService caches event rows (seats_available, waitlist_size): its cache hears every seat change made here
+    cache = cache_from_settings(settings)
+    subscribers = event_cache.handlers(cache, pool)
     sweep = OfferSweep(
         pool,
         clock or SystemClock(),
         settings.public_base_url,
         timedelta(seconds=settings.waitlist_claim_window_seconds),
+        subscribers=subscribers,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -146,6 +152,7 @@ async def serve(settings: OfferSweepSettings, *, clock: Clock | None = None) -> 
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), settings.sweep_interval_seconds)
     finally:
+        await cache.aclose()
         await db.close_pool(pool)
     return 0
 

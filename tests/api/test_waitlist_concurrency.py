@@ -215,6 +215,8 @@ async def test_a_sweeper_killed_mid_sweep_loses_no_expiry_and_releases_nothing_t
         "COWATCH_LOG_LEVEL": "WARNING",
     }
     env.update(COWATCH_JWT_ISSUER=ISSUER, COWATCH_JWT_AUDIENCE=AUDIENCE, COWATCH_JWT_HS256_SECRET=HS256_SECRET)
+    for name in ("REDIS_URL", "COWATCH_REDIS_URL"):  # no cache: nothing of the shared Redis is touched
+        env.pop(name, None)
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.booking.offer_sweep", env=env)
     try:
         done = 0
