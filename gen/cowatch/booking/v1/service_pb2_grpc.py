@@ -111,7 +111,8 @@ class BookingServiceServicer:
 
     def CreateBooking(self, request, context):
         """Books seats of a scheduled, future event for the caller. Never more seats
-        than the event's capacity, whatever the concurrency.
+        than the event's capacity, whatever the concurrency; seats held for
+        waitlist offers are not bookable (see JoinWaitlist).
 
         Errors: NOT_FOUND `EVENT_NOT_FOUND` (also a private event without a
         valid `invite_token` to a caller who holds no booking there: it does not

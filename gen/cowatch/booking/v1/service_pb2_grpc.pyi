@@ -43,7 +43,8 @@ class BookingServiceStub:
     def __new__(cls, channel: _aio.Channel) -> BookingServiceAsyncStub: ...
     CreateBooking: _grpc.UnaryUnaryMultiCallable[_service_pb2.CreateBookingRequest, _resources_pb2.Booking]
     """Books seats of a scheduled, future event for the caller. Never more seats
-    than the event's capacity, whatever the concurrency.
+    than the event's capacity, whatever the concurrency; seats held for
+    waitlist offers are not bookable (see JoinWaitlist).
 
     Errors: NOT_FOUND `EVENT_NOT_FOUND` (also a private event without a
     valid `invite_token` to a caller who holds no booking there: it does not
@@ -155,7 +156,8 @@ class BookingServiceAsyncStub(BookingServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateBooking: _aio.UnaryUnaryMultiCallable[_service_pb2.CreateBookingRequest, _resources_pb2.Booking]  # type: ignore[assignment]
     """Books seats of a scheduled, future event for the caller. Never more seats
-    than the event's capacity, whatever the concurrency.
+    than the event's capacity, whatever the concurrency; seats held for
+    waitlist offers are not bookable (see JoinWaitlist).
 
     Errors: NOT_FOUND `EVENT_NOT_FOUND` (also a private event without a
     valid `invite_token` to a caller who holds no booking there: it does not
@@ -270,7 +272,8 @@ class BookingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.Booking, _abc.Awaitable[_resources_pb2.Booking]]:
         """Books seats of a scheduled, future event for the caller. Never more seats
-        than the event's capacity, whatever the concurrency.
+        than the event's capacity, whatever the concurrency; seats held for
+        waitlist offers are not bookable (see JoinWaitlist).
 
         Errors: NOT_FOUND `EVENT_NOT_FOUND` (also a private event without a
         valid `invite_token` to a caller who holds no booking there: it does not

@@ -128,7 +128,8 @@ class Event(_message.Message):
     """True when `place.address` was withheld from this caller."""
     capacity: _builtins.int
     """Number of seats, 1–1000. On update it can never drop below
-    `seats_taken`.
+    `seats_taken` plus the seats held for open waitlist offers; raising it
+    offers the new seats to the waitlist.
     """
     seats_taken: _builtins.int
     """Seats held by confirmed bookings."""
