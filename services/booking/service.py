@@ -28,7 +28,7 @@ from typing import TypeAlias
 from uuid import UUID
 
 from services.account import users
-from services.booking import domain, notifications, waitlist, waitlist_service
+from services.booking import domain, notifications, waitlist, waitlist_repository, waitlist_service
 from services.booking import repository as bookings
 from services.booking.domain import BookableEvent, Booking, BookingAccess, TimeFilter
 from services.booking.domain_events import BookingCancelled, BookingMade
@@ -154,6 +154,7 @@ class BookingService:
             raise domain.already_booked_error(event) from None
         if created is None:
             raise domain.overlap(await bookings.overlapping_booking(conn, cmd.user.id, event))
+        await waitlist_repository.leave_on_booking(conn, event.id, cmd.user.id, now)  # booked: no longer waiting
         booking = Booking(
             id=booking_id,
             event_id=event.id,

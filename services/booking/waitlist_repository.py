@@ -109,6 +109,13 @@ WITH ended AS (
 SELECT id, guest_id, seats FROM ended
 """
 
+# A guest who books the event directly stops waiting for it (an OFFERED entry keeps its seats until it is
+# declined or expires: releasing them needs the event row's lock, which CreateBooking takes only last).
+LEAVE_ON_BOOKING = """
+UPDATE booking.waitlist SET state = 'LEFT', update_time = $3
+WHERE event_id = $1 AND guest_id = $2 AND state = 'WAITING'
+"""
+
 LEAVE_WAITING = """
 UPDATE booking.waitlist SET state = 'LEFT', update_time = $2
 WHERE id = $1 AND state = 'WAITING'
@@ -264,6 +271,10 @@ async def end_offer(
     with ``only_if_due``, its deadline has not passed)."""
     row = await conn.fetchrow(END_OFFER, entry_id, event_id, state.value, now, only_if_due)
     return Ended(row["id"], row["guest_id"], row["seats"]) if row else None
+
+
+async def leave_on_booking(conn: Conn, event_id: UUID, guest_id: str, now: datetime) -> None:
+    await conn.execute(LEAVE_ON_BOOKING, event_id, guest_id, now)
 
 
 async def leave_waiting(conn: Conn, entry_id: UUID, now: datetime) -> bool:

@@ -135,7 +135,13 @@ async def test_no_joining_while_seats_can_be_booked(
         "1",
     )
     # asking for more than is free is allowed
-    assert (await bookings.JoinWaitlist(join(event, 2), metadata=new_caller().metadata)).state == E.WAITING
+    waiter = new_caller()
+    e = await bookings.JoinWaitlist(join(event, 2), metadata=waiter.metadata)
+    assert e.state == E.WAITING
+    # booking the one free seat instead ends the wait
+    await bookings.CreateBooking(book(event, 1), metadata=waiter.metadata)
+    assert (await entry(bookings, e.name, waiter)).state == E.LEFT
+    assert (await events.GetEvent(es.GetEventRequest(name=event.name))).waitlist_size == 0
 
 
 async def test_private_event_needs_its_invite_like_booking(
