@@ -38,13 +38,13 @@ help: ## list the targets
 install: ## create/refresh .venv from uv.lock (installs uv first if needed)
 	@$(find_uv); $$uv sync --frozen --quiet
 
-gen: install ## regenerate gen/, the Python SDK's stubs (and the googleapis copies in protos/google) from protos/
+gen: install ## regenerate gen/, protos/google, the Python SDK's stubs, the TypeScript SDK's src/gen and web/dist (the last two need Node)
 	$(PY) protos/generate.py
 
 gen-check: gen ## fail if the committed generated code differs from a fresh `make gen`
-	@git diff --exit-code --stat -- gen/ protos/google/ $(SDK_PROTO) \
+	@git diff --exit-code --stat -- gen/ protos/google/ $(SDK_PROTO) sdk/typescript/src/gen/ web/dist/ \
 	  || { echo "generated code is stale: run 'make gen' and commit the result" >&2; exit 1; }
-	@untracked="$$(git ls-files --others --exclude-standard -- gen/ protos/google/ $(SDK_PROTO))"; \
+	@untracked="$$(git ls-files --others --exclude-standard -- gen/ protos/google/ $(SDK_PROTO) sdk/typescript/src/gen/ web/dist/)"; \
 	if [ -n "$$untracked" ]; then \
 	  echo "generated files not committed:" >&2; echo "$$untracked" >&2; exit 1; \
 	fi

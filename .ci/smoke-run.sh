@@ -101,7 +101,8 @@ stop_stack() {
     fail "processes left behind after SIG$sig"
   fi
   for port in "$HTTP_PORT" "${COWATCH_DEV_ADMIN_PORT:-9901}" "${COWATCH_DEV_PG_PORT:-54329}" \
-    "${COWATCH_DEV_EVENT_PORT:-50051}" "${COWATCH_DEV_BOOKING_PORT:-50052}" "${COWATCH_DEV_REVIEW_PORT:-50053}"; do
+    "${COWATCH_DEV_EVENT_PORT:-50051}" "${COWATCH_DEV_BOOKING_PORT:-50052}" "${COWATCH_DEV_REVIEW_PORT:-50053}" \
+    "${COWATCH_DEV_WEB_PORT:-8090}"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then fail "port $port still accepts connections"; fi
   done
   grep -q "stopped PostgreSQL" "$log" || fail "no clean PostgreSQL stop in the output"
@@ -129,6 +130,12 @@ assert event["name"] == sys.argv[1], event
 assert event["title"] == "Smoke test night" and event["state"] == "SCHEDULED", event
 ' "$name" || fail "GET /v1/$name returned something else: $fetched"
 say "GET /v1/$name (JSON through Envoy) -> 200, same event"
+
+# the share link opens the web page, served on the same origin (web/dist, no Node needed)
+share="$(printf '%s' "$created" | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["shareLink"])')"
+page="$(curl -sS --fail-with-body "$share")" || fail "GET $share failed: $page"
+case "$page" in *'id="main"'*) ;; *) fail "the share link $share did not serve the web page: $page" ;; esac
+say "GET $share (the share link) -> the web page"
 
 stop_stack INT
 

@@ -6,6 +6,11 @@
 - The same code for the Python SDK into sdk/python/src/cowatch_client/_proto/, imports rewritten to
   ``cowatch_client._proto.cowatch.*`` (Temporal's approach) so the SDK installs alone and never shadows or clashes
   with the services' top-level ``cowatch`` package in one environment.
+- TypeScript messages and service descriptors for @cowatch/client into
+  sdk/typescript/src/gen/ (protoc-gen-es as a local plugin of `buf generate`), and
+  the web page's bundle into web/dist/ (committed so `make run` needs no Node).
+  Both need Node >= 20; without it they are skipped with a warning (an error when
+  CI is set, so the drift check never passes by skipping).
 - A descriptor set (with imports, including google/rpc/error_details.proto so
   errors transcode) into gen/descriptors/cowatch.binpb for Envoy's
   grpc_json_transcoder.
@@ -16,6 +21,7 @@ CI regenerates it and fails on drift (`make gen-check`).
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -33,6 +39,8 @@ SDK_PROTO = ROOT / "sdk" / "python" / "src" / "cowatch_client" / "_proto"
 SDK_PACKAGE = "cowatch_client._proto"
 # The services the SDK talks to, and the types they use (not the internal notification contract).
 SDK_PROTO_DIRS = ["event", "booking", "review", "type"]
+TS_SDK = ROOT / "sdk" / "typescript"
+WEB = ROOT / "web"
 
 # googleapis files our protos import (directly or transitively), plus
 # error_details.proto so the descriptor set can render error details as JSON.
@@ -114,12 +122,46 @@ def build_descriptor_set() -> None:
     )
 
 
+def _npm_ci(package: Path, npm: str) -> None:
+    """Install a package's locked dependencies once (``npm ci``); later runs reuse node_modules."""
+    if not (package / "node_modules" / ".package-lock.json").is_file():
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], check=True, cwd=package)
+
+
+def generate_typescript() -> bool:
+    """sdk/typescript/src/gen (protoc-gen-es) and web/dist (vite build); False when Node is missing."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        message = (
+            "node/npm not found: skipped the TypeScript SDK (sdk/typescript/src/gen) and the web bundle "
+            "(web/dist). Install Node >= 20 to regenerate or drift-check them."
+        )
+        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+            sys.exit(f"error: {message}")
+        print(f"warning: {message}", file=sys.stderr)
+        return False
+    _npm_ci(TS_SDK, npm)
+    buf = Path(sys.executable).parent / "buf"
+    subprocess.run(
+        [str(buf), "generate", "--template", str((TS_SDK / "buf.gen.yaml").relative_to(ROOT))],
+        check=True,
+        cwd=ROOT,
+    )
+    _npm_ci(WEB, npm)
+    subprocess.run([npm, "run", "--silent", "build"], check=True, cwd=WEB, stdout=subprocess.DEVNULL)
+    return True
+
+
 def main() -> None:
     vendor_googleapis()
     generate_python(GEN)
     generate_sdk()
     build_descriptor_set()
-    print(f"generated {GEN.relative_to(ROOT)}/, {SDK_PROTO.relative_to(ROOT)}/ and {DESCRIPTOR.relative_to(ROOT)}")
+    typescript = generate_typescript()
+    done = [f"{GEN.relative_to(ROOT)}/", f"{SDK_PROTO.relative_to(ROOT)}/", str(DESCRIPTOR.relative_to(ROOT))]
+    if typescript:
+        done += ["sdk/typescript/src/gen/", "web/dist/"]
+    print("generated " + ", ".join(done))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from services.common.app import ServiceApp
 from services.common.cache import Cache
 from services.common.settings import CommonSettings
 from services.event import cache as event_cache
+from services.review import cache as review_cache
 
 __all__ = ["SERVICE_NAME", "BookingApp", "BookingSettings"]
 
@@ -34,7 +35,8 @@ class BookingSettings(CommonSettings):
 
 class BookingApp(ServiceApp[BookingService]):
     """The BookingService process (lifecycle in :class:`services.common.app.ServiceApp`). Every method needs a
-    token. The cache is only invalidated here (EventService's cached event rows show the seats), never read."""
+    token. The cache is only invalidated here (EventService's cached event rows show the seats, and both
+    EventService's and ReviewService's caches show a host's name), never read."""
 
     name = "booking"
     proto_service = SERVICE_NAME
@@ -49,8 +51,9 @@ class BookingApp(ServiceApp[BookingService]):
     def build(self, pool: db.Pool, cache: Cache) -> BookingService:
         s = self._settings
         max_seats = s.max_seats_per_booking if isinstance(s, BookingSettings) else DEFAULT_MAX_SEATS
-        # EventService caches event rows, seats included: its cache hears every seat change made here.
-        subscribers = event_cache.handlers(cache, pool)
+        # EventService caches event rows, seats included: its cache hears every seat change made here; both
+        # caches show a host's name, which a booking's write may change (users.remember).
+        subscribers = event_cache.handlers(cache).merged(review_cache.handlers(cache))
         window = timedelta(seconds=s.waitlist_claim_window_seconds)
         period = timedelta(days=s.attendance_period_days if isinstance(s, BookingSettings) else 7)
         return BookingService(

@@ -1,9 +1,10 @@
 """The bookings side of event actions, run inside the EventService's transaction (the event → booking port).
 
 Cancelling an event cancels its bookings and gives their seats back; the host's guest list; who the confirmed
-guests are (they get the event's change and cancellation mails; they may see a private event). Everything the
-event domain reads from or writes to booking.bookings and event.events.seats_taken goes through here, so the
-booking domain stays the one writer of both.
+guests are (they get the event's change and cancellation mails; they may see a private event); when an event
+moves, which of its guests' other bookings it now overlaps (:func:`lock_guests_for_move`, :func:`overlaps`).
+Everything the event domain reads from or writes to booking.bookings and event.events.seats_taken goes through
+here, so the booking domain stays the one writer of both.
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ from services.notification import outbox
 
 __all__ = [
     "GuestRow",
+    "Overlap",
     "after_event_update",
     "cancel_all_for_event",
     "confirmed_guest_ids",
     "has_confirmed_booking",
     "list_guests",
+    "lock_guests_for_move",
+    "overlaps",
 ]
 
 CONFIRMED_GUEST_IDS = """
@@ -37,6 +41,58 @@ SELECT guest_id FROM booking.bookings WHERE event_id = $1 AND state = 'CONFIRMED
 
 async def confirmed_guest_ids(conn: Conn, event_id: UUID) -> list[str]:
     return [r["guest_id"] for r in await conn.fetch(CONFIRMED_GUEST_IDS, event_id)]
+
+
+# The booking lock of every confirmed guest (the one CreateBooking takes before its overlap check), in one fixed
+# order (so two moves sharing guests can't deadlock). Until the move's transaction ends, none of them can book
+# anything: a booking racing the move either sees the new time (and is refused as an overlap) or committed first
+# (and the move sees it in overlaps()).
+GUEST_LOCK_CLASS = bookings.GUEST_LOCK_CLASS  # "booking: one guest's bookings" (the repository's LOCK_GUEST)
+LOCK_GUESTS = f"""
+SELECT count(pg_advisory_xact_lock({GUEST_LOCK_CLASS}, k))
+FROM (
+    SELECT DISTINCT hashtext(guest_id) AS k FROM booking.bookings WHERE event_id = $1 AND state = 'CONFIRMED'
+    ORDER BY k
+) AS guests
+"""
+
+# For each confirmed guest of the (already moved) event: their confirmed bookings of other scheduled events that
+# now overlap it (half-open intervals, as in the booking's own overlap check).
+OVERLAPS = """
+SELECT b.guest_id, o.id AS booking_id, e.id AS event_id, e.title, e.start_time, e.end_time
+FROM booking.bookings b
+JOIN event.events moved ON moved.id = b.event_id
+JOIN booking.bookings o ON o.guest_id = b.guest_id AND o.state = 'CONFIRMED' AND o.event_id <> b.event_id
+JOIN event.events e ON e.id = o.event_id
+WHERE b.event_id = $1 AND b.state = 'CONFIRMED'
+  AND e.state = 'SCHEDULED' AND e.start_time < moved.end_time AND e.end_time > moved.start_time
+ORDER BY b.guest_id, e.start_time, o.id
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Overlap:
+    """A guest's other booking that a moved event now overlaps."""
+
+    guest_id: str
+    booking_id: UUID
+    event_id: UUID
+    event_title: str
+    start_time: datetime
+    end_time: datetime
+
+
+async def lock_guests_for_move(conn: Conn, event_id: UUID) -> None:
+    """Before an event's time changes: no confirmed guest of it can book anything until this transaction ends."""
+    await conn.fetchval(LOCK_GUESTS, event_id)
+
+
+async def overlaps(conn: Conn, event_id: UUID) -> list[Overlap]:
+    """After an event's time changed (guests locked first): the guests' bookings it now overlaps."""
+    return [
+        Overlap(r["guest_id"], r["booking_id"], r["event_id"], r["title"], r["start_time"], r["end_time"])
+        for r in await conn.fetch(OVERLAPS, event_id)
+    ]
 
 
 # One statement: the bookings and the seats they held go together (the event row is already locked by the caller).

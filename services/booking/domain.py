@@ -9,27 +9,24 @@ checks below only refuse early what that statement would refuse anyway.
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from uuid import UUID
 
-from services.common import errors, names
+from services.common import errors, links, names
 from services.common.errors import (
     Aborted,
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     PermissionDenied,
-    ResourceExhausted,
 )
 from services.common.identity import User
 
 DEFAULT_MAX_SEATS = 4
 # The schema's CHECK on booking.bookings.seats; a configured maximum above it could never be stored.
 SEATS_CEILING = 100
-INVITE_TOKEN_MAX = 64
 
 
 class State(StrEnum):
@@ -188,7 +185,7 @@ def ensure_event_visible(
 
 
 def _valid_invite(event: BookableEvent, token: str) -> bool:
-    return bool(token) and secrets.compare_digest(token.encode(), event.invite_token.encode())
+    return links.invite_matches(token, event.invite_token)
 
 
 def host_cannot_book() -> FailedPrecondition:
@@ -204,8 +201,9 @@ def already_booked_error(event: BookableEvent) -> AlreadyExists:
     return AlreadyExists("ALREADY_BOOKED", f"you already hold a booking for {event.name}")
 
 
-def sold_out(seats_available: int) -> ResourceExhausted:
-    return ResourceExhausted(
+def sold_out(seats_available: int) -> FailedPrecondition:
+    """A business refusal, not overload: FAILED_PRECONDITION (HTTP 400), which no client or proxy retries."""
+    return FailedPrecondition(
         "EVENT_SOLD_OUT",
         f"not enough free seats ({seats_available} left)" if seats_available else "the event is sold out",
         metadata={"seats_available": str(max(seats_available, 0))},

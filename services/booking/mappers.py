@@ -10,6 +10,7 @@ from services.booking.service import CancelBooking, CreateBooking, GetBooking, L
 from services.common import context, names
 from services.common.errors import InvalidArgument, Violations
 from services.common.identity import User
+from services.common.links import parse_invite_token
 from services.common.protos import request_key, to_timestamp
 
 _STATE_TO_PROTO = {
@@ -46,8 +47,10 @@ def to_create_command(request: service_pb2.CreateBookingRequest, user: User, max
         seats = domain.resolve_seats(request.booking.seats, max_seats)
     except InvalidArgument as exc:
         v.add(*exc.field_violations[0])
-    if len(request.invite_token) > domain.INVITE_TOKEN_MAX:
-        v.add("invite_token", f"must be at most {domain.INVITE_TOKEN_MAX} characters")
+    try:
+        parse_invite_token(request.invite_token)
+    except InvalidArgument as exc:
+        v.add(*exc.field_violations[0])
     try:
         key = request_key(user, "CreateBooking", _canonical_create(request, seats), request.request_id)
     except InvalidArgument as exc:

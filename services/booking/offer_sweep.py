@@ -128,7 +128,7 @@ async def serve(settings: OfferSweepSettings, *, clock: Clock | None = None) -> 
     pool = await db.create_pool(settings, application_name=settings.service_name)
     # EventService caches event rows (seats_available, waitlist_size): its cache hears every seat change made here
     cache = cache_from_settings(settings)
-    subscribers = event_cache.handlers(cache, pool)
+    subscribers = event_cache.handlers(cache)
     sweep = OfferSweep(
         pool,
         clock or SystemClock(),

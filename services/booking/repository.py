@@ -48,8 +48,9 @@ WHERE e.id = $1
 
 # Serialises one guest's bookings until the transaction ends, so that INSERT_BOOKING's overlap check (a later
 # statement, hence a later snapshot) sees every other booking of the guest that could overlap. The first key
-# names the lock's purpose so it can't collide with other advisory locks.
-GUEST_LOCK_CLASS = 0x0B00C  # "booking: one guest's bookings"
+# names the lock's purpose so it can't collide with other advisory locks (a move of an event takes it too:
+# cascades.LOCK_GUESTS).
+GUEST_LOCK_CLASS = 0x0B00C  # "booking: one guest's bookings" (cascades' lock_guests_for_move takes it too)
 LOCK_GUEST = f"SELECT pg_advisory_xact_lock({GUEST_LOCK_CLASS}, hashtext($1))"
 
 EVENT_STATE = f"""

@@ -146,7 +146,7 @@ class BookingService:
     async def _book(self, tx: UnitOfWork, cmd: CreateBooking, event: BookableEvent, now: datetime) -> Booking:
         conn = tx.conn
         await bookings.lock_guest(conn, cmd.user.id)
-        await users.remember(conn, cmd.user)
+        await users.remember(tx, cmd.user)
         booking_id = uuid.uuid4()
         try:
             created = await bookings.insert_booking(conn, booking_id, event, cmd.user.id, cmd.seats, now)
@@ -217,7 +217,7 @@ class BookingService:
                 return access.booking
             assert access is not None
             booking = access.booking
-            await users.remember(conn, cmd.user)
+            await users.remember(tx, cmd.user)
             # The event row is locked before anything else of the event is touched (its bookings, reminders):
             # the order EventService uses when it updates, cancels or completes an event, so the two can't
             # deadlock. (users.remember comes first, as in CreateBooking: users row, then event row.)

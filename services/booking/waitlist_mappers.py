@@ -10,6 +10,7 @@ from services.booking.waitlist_service import EntryAction, GetEntry, JoinWaitlis
 from services.common import context, names
 from services.common.errors import InvalidArgument, Violations
 from services.common.identity import User
+from services.common.links import parse_invite_token
 from services.common.protos import rating_to_proto, reliability_to_proto, request_key, to_timestamp
 
 _STATE_TO_PROTO = {
@@ -35,8 +36,10 @@ def to_join_command(request: service_pb2.JoinWaitlistRequest, user: User, max_se
         seats = domain.resolve_seats(request.waitlist_entry.seats, max_seats, "waitlist_entry.seats")
     except InvalidArgument as exc:
         v.add(*exc.field_violations[0])
-    if len(request.invite_token) > domain.INVITE_TOKEN_MAX:
-        v.add("invite_token", f"must be at most {domain.INVITE_TOKEN_MAX} characters")
+    try:
+        parse_invite_token(request.invite_token)
+    except InvalidArgument as exc:
+        v.add(*exc.field_violations[0])
     canonical = service_pb2.JoinWaitlistRequest(
         parent=request.parent,
         waitlist_entry=resources_pb2.WaitlistEntry(seats=seats),

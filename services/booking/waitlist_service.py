@@ -109,7 +109,7 @@ class WaitlistService:
                 raise domain.not_bookable(event, now)
             if found is not None and found.already_booked:
                 raise domain.already_booked_error(event)
-            await users.remember(conn, cmd.user)
+            await users.remember(tx, cmd.user)
             locked = await bookings.lock_event(conn, cmd.event_id)
             assert locked is not None  # events are never deleted
             if not locked.is_open(now):
@@ -209,7 +209,7 @@ class WaitlistService:
             )
             waitlist.ensure_open_offer(entry, now)
             await bookings.lock_guest(conn, cmd.user.id)
-            await users.remember(conn, cmd.user)
+            await users.remember(tx, cmd.user)
             event = await bookings.lock_event(conn, cmd.event_id)
             assert event is not None
             entry = await self._reread(conn, entry)

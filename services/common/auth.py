@@ -7,8 +7,11 @@ Security rules:
 * Each algorithm is bound to its own key: HS256 to the shared secret, RS256 to the RSA public key, ES256 to
   the P-256 public key, and PyJWT is called with exactly one algorithm and its key. An HS256 token "signed"
   with the RSA public key as an HMAC secret (the classic algorithm-confusion attack) therefore fails.
-* ``exp``, ``iss``, ``aud`` and ``sub`` are required; ``exp``/``nbf`` are checked against the injected clock
-  with a leeway.
+* ``exp``, ``iss``, ``aud`` and ``sub`` are required; ``exp``/``nbf``/``iat`` are checked against the injected
+  clock with a leeway: a token issued in the future, or expiring further ahead than ``max_lifetime_seconds``
+  (``COWATCH_JWT_MAX_LIFETIME_SECONDS``), is refused, so a leaked long-lived token is worthless.
+* ``sub`` must be a user id cowatch can store and name (``users/{sub}``: at most 128 printable characters, no
+  ``/``); anything else is refused here, never at the database.
 
 Errors are :class:`~services.common.errors.Unauthenticated` with reason ``TOKEN_MISSING``, ``TOKEN_INVALID``
 or ``TOKEN_EXPIRED``. Messages never contain the token.
@@ -27,7 +30,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from services.common.clock import Clock, SystemClock
 from services.common.errors import Unauthenticated
-from services.common.identity import User
+from services.common.identity import MAX_USER_ID_LENGTH, User, valid_user_id
 
 if TYPE_CHECKING:
     from services.common.settings import CommonSettings
@@ -43,7 +46,6 @@ __all__ = [
 ALLOWED_ALGORITHMS: Final = frozenset({"HS256", "RS256", "ES256"})
 MAX_TOKEN_LENGTH: Final = 8192
 MAX_DISPLAY_NAME_LENGTH: Final = 200
-MAX_SUBJECT_LENGTH: Final = 255
 _CACHE_SIZE: Final = 4096
 
 TOKEN_MISSING: Final = "TOKEN_MISSING"
@@ -87,6 +89,7 @@ class TokenVerifier:
         hs256_secret: str | bytes | None = None,
         public_key: str | bytes | None = None,
         leeway_seconds: float = 30.0,
+        max_lifetime_seconds: float = 86_400.0,
         clock: Clock | None = None,
         cache_size: int = _CACHE_SIZE,
     ) -> None:
@@ -97,6 +100,7 @@ class TokenVerifier:
         self._issuer = issuer
         self._audience = audience
         self._leeway = float(leeway_seconds)
+        self._max_lifetime = float(max_lifetime_seconds)
         self._clock: Clock = clock or SystemClock()
         self._keys: dict[str, Any] = {}
         if "HS256" in algs:
@@ -127,6 +131,7 @@ class TokenVerifier:
             hs256_secret=secret,
             public_key=settings.jwt_public_key,
             leeway_seconds=settings.jwt_leeway_seconds,
+            max_lifetime_seconds=settings.jwt_max_lifetime_seconds,
             clock=clock,
         )
 
@@ -197,6 +202,14 @@ class TokenVerifier:
             raise _invalid("bearer token 'exp' claim must be a number")
         if now > exp + self._leeway:
             raise Unauthenticated(TOKEN_EXPIRED, "bearer token expired")
+        if exp > now + self._max_lifetime + self._leeway:
+            raise _invalid(f"bearer token lives too long: 'exp' is more than {self._max_lifetime:.0f} s ahead")
+        iat = claims.get("iat")
+        if iat is not None:
+            if isinstance(iat, bool) or not isinstance(iat, int | float):
+                raise _invalid("bearer token 'iat' claim must be a number")
+            if iat > now + self._leeway:
+                raise _invalid("bearer token issued in the future ('iat')")
         nbf = claims.get("nbf")
         if nbf is not None:
             if isinstance(nbf, bool) or not isinstance(nbf, int | float):
@@ -205,16 +218,21 @@ class TokenVerifier:
                 raise _invalid("bearer token not valid yet")
 
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub.strip() or len(sub) > MAX_SUBJECT_LENGTH:
-            raise _invalid("bearer token 'sub' claim must be a non-empty string")
+        if not isinstance(sub, str) or not valid_user_id(sub):
+            raise _invalid(
+                f"bearer token 'sub' claim must be a user id: 1-{MAX_USER_ID_LENGTH} printable characters, no '/'"
+            )
         return User(id=sub, display_name=_display_name(claims, sub)), float(exp)
 
 
 def _display_name(claims: Mapping[str, Any], fallback: str) -> str:
     for claim in ("name", "preferred_username"):
         value = claims.get(claim)
-        if isinstance(value, str) and value.strip():
-            return value.strip()[:MAX_DISPLAY_NAME_LENGTH]
+        if isinstance(value, str):
+            # control characters (NUL included) can't be stored or shown: drop them
+            value = "".join(c for c in value if c.isprintable()).strip()[:MAX_DISPLAY_NAME_LENGTH]
+            if value:
+                return value
     return fallback
 
 

@@ -2,18 +2,34 @@
 
     event = await cache.get_or_load(f"event:v1:{event_id}", load_event, EVENT_CODEC, ttl=60)
     ...
-    # after the write's transaction committed:
+    # in the write's transaction, before COMMIT:
+    await cache.hold(f"event:v1:{event_id}", "events:list:v1")
+    # after COMMIT (or release(...) after a rollback):
     await cache.invalidate(f"event:v1:{event_id}", "events:list:v1")
+
+Writes do not call these themselves: the unit of work's dispatcher does (:func:`invalidation`).
 
 **Keys and scopes.** An entry has a key and an invalidation *scope* (by default the key itself). Each scope has a
 generation counter in Redis; an entry is stored together with the generation that was current when its load
 *began*, and it is a hit only while that is still the scope's generation. ``invalidate(scope)`` increments the
 counter (after the write committed), so a load racing with a write can never store a value that outlives the
 write, and many keys can share one scope (every first page of ``ListEvents`` shares ``events:list``). Value and
-generation are read with one ``MGET`` (one round trip per hit); both live under the same ``{scope}`` hash tag, so
-this also works on Redis Cluster. Every key is under ``COWATCH_REDIS_KEY_PREFIX``; key names carry a schema
-version (``event:v1:…``): a change of the stored shape bumps it. Values are JSON (never pickle), and each one
-repeats its own Redis key, which is checked on read.
+generation are read with one ``MGET`` (one round trip per hit); all of a scope's keys live under the same
+``{scope}`` hash tag, so this also works on Redis Cluster. Every key is under ``COWATCH_REDIS_KEY_PREFIX``; key
+names carry a schema version (``event:v1:…``): a change of the stored shape bumps it. Values are JSON (never
+pickle), and each one repeats its own Redis key, which is checked on read.
+
+**Two-phase invalidation.** A write invalidates twice: ``hold(scope)`` in its transaction, before COMMIT, bumps
+the generation and adds a *hold* (a token in a sorted set, expiring after ``HOLD_SECONDS``); ``invalidate(scope)``
+after COMMIT bumps the generation again and removes the token (``release(scope)`` removes it after a rollback).
+While a scope has a live hold, reads load from Postgres and store nothing: a store is a short Lua script, "only if
+the generation is still the load's and no hold lives", run in the background, off the request path. So a process
+that dies between COMMIT and its after-commit invalidation leaves no stale entry behind: the entries from before
+the write were made stale by the hold, and none was stored while the hold lived (the scope is merely uncached
+until it expires). Each hold expires on its own, so a crashed writer's hold never outlives ``HOLD_SECONDS`` even
+while other writers keep the scope busy. The price: one more Redis round trip per write, inside its transaction
+(bounded and breaker-guarded like any other call; the booking's seat ``UPDATE`` comes after it, so it does not
+lengthen the event row's lock).
 
 **Stampede protection.** Within a process, concurrent misses of the same key (and generation) share one load
 (single-flight: one task, every caller awaits it; if all of them give up, the load is cancelled, and with it the
@@ -35,26 +51,35 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Awaitable, Callable, Iterable
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Generic, Protocol, TypeVar
 
 import redis.asyncio
 import redis.exceptions
+from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from services.common.breaker import BreakerState, CircuitBreaker
+from services.common.dbtypes import Conn
 from services.common.logging import get_logger
 from services.common.metrics import ServerMetrics
 from services.common.settings import CommonSettings
+from services.common.uow import DomainEvent, Handlers
 
-__all__ = ["Cache", "Codec", "NullCache", "RedisCache", "cache_from_settings"]
+__all__ = ["Cache", "Codec", "NullCache", "RedisCache", "cache_from_settings", "invalidation"]
 
 T = TypeVar("T")
+E = TypeVar("E", bound=DomainEvent)
 
 GENERATION_TTL_SECONDS: Final = 3600
 """How long a scope's generation counter outlives its last invalidation (must exceed any load's duration)."""
+HOLD_SECONDS: Final = 30.0
+"""How long a write's hold outlives the writer if it dies before COMMIT's invalidation: longer than any write's
+transaction takes from its dispatch to COMMIT (statements are bounded by the database command timeout)."""
 MAX_PENDING_INVALIDATIONS: Final = 100_000
 TTL_JITTER: Final = 0.1
 _SEP: Final = b"|"
@@ -62,6 +87,16 @@ _SEP: Final = b"|"
 _REDIS_ERRORS: Final = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
 
 _log = get_logger("cowatch.cache")
+
+_STORE: Final = """
+if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[3] or redis.call('ZCOUNT', KEYS[3], ARGV[4], '+inf') > 0 then
+    return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+"""KEYS: value, generation, holds; ARGV: blob, TTL in ms, the load's generation, now in ms. Atomic, so a store
+never lands under a generation a hold has begun to replace."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +118,18 @@ class Cache(Protocol):
         exception propagates and nothing is stored."""
         ...
 
+    async def hold(self, *scopes: str) -> None:
+        """A write about to COMMIT changes ``scopes``: make their entries stale and store no load of them until
+        :meth:`invalidate` or :meth:`release` (or ``HOLD_SECONDS``, if this process dies first). Never raises."""
+        ...
+
     async def invalidate(self, *scopes: str) -> None:
-        """Make every entry of ``scopes`` stale. Call after the write's transaction committed. Never raises."""
+        """Make every entry of ``scopes`` stale, ending this process's hold on them. Call after the write's
+        transaction committed. Never raises."""
+        ...
+
+    async def release(self, *scopes: str) -> None:
+        """The write that held ``scopes`` rolled back: end the hold. Never raises."""
         ...
 
     async def aclose(self) -> None: ...
@@ -98,7 +143,13 @@ class NullCache:
     ) -> T:
         return await loader()
 
+    async def hold(self, *scopes: str) -> None:
+        return None
+
     async def invalidate(self, *scopes: str) -> None:
+        return None
+
+    async def release(self, *scopes: str) -> None:
         return None
 
     async def aclose(self) -> None:
@@ -134,9 +185,11 @@ class RedisCache:
         timeout: float = 0.2,
         breaker_threshold: int = 5,
         breaker_reset_seconds: float = 2.0,
+        hold_seconds: float = HOLD_SECONDS,
         metrics: ServerMetrics | None = None,
     ) -> None:
         self._redis = client
+        self._hold_seconds = hold_seconds
         self._prefix = prefix
         self._timeout = timeout
         self._metrics = metrics or ServerMetrics()
@@ -151,6 +204,9 @@ class RedisCache:
         self._flights: dict[str, _Flight] = {}
         self._epoch = 0  # bumped on every local invalidation: keys single-flight while Redis is bypassed
         self._pending: set[str] = set()
+        self._holds: dict[str, list[bytes]] = {}  # this process's live hold tokens, per scope
+        self._stale_holds: set[tuple[str, bytes]] = set()  # holds to remove once Redis answers again
+        self._store_script = client.register_script(_STORE)
         self._background: set[asyncio.Task[None]] = set()
 
     # --- keys ------------------------------------------------------------------------------------------------
@@ -160,6 +216,9 @@ class RedisCache:
 
     def _generation_key(self, scope: str) -> str:
         return f"{self._prefix}{{{scope}}}:gen"
+
+    def _hold_key(self, scope: str) -> str:
+        return f"{self._prefix}{{{scope}}}:hold"
 
     # --- reads -----------------------------------------------------------------------------------------------
 
@@ -184,7 +243,7 @@ class RedisCache:
                         self._metrics.cache_result(codec.name, "hit")
                         return found[0]
         self._metrics.cache_result(codec.name, "miss" if generation is not None else "bypass")
-        return await self._load(value_key, generation, loader, codec, ttl)
+        return await self._load(scope, value_key, generation, loader, codec, ttl)
 
     def _decode(self, raw: bytes, value_key: str, generation: bytes, codec: Codec[T]) -> tuple[T] | None:
         stored_generation, _, rest = raw.partition(_SEP)
@@ -199,6 +258,7 @@ class RedisCache:
 
     async def _load(
         self,
+        scope: str,
         value_key: str,
         generation: bytes | None,
         loader: Callable[[], Awaitable[T]],
@@ -208,7 +268,9 @@ class RedisCache:
         flight = self._flights.get(value_key)
         if flight is None or not flight.joinable(generation, self._epoch):
             flight = self._flights[value_key] = _Flight(generation, self._epoch)
-            flight.task = asyncio.get_running_loop().create_task(self._run_load(value_key, flight, loader, codec, ttl))
+            flight.task = asyncio.get_running_loop().create_task(
+                self._run_load(scope, value_key, flight, loader, codec, ttl)
+            )
             flight.task.add_done_callback(lambda _t: self._load_done(value_key, flight))
             self._metrics.cache_load(codec.name, coalesced=False)
         else:
@@ -233,7 +295,13 @@ class RedisCache:
             del self._flights[flight_key]
 
     async def _run_load(
-        self, value_key: str, flight: _Flight, loader: Callable[[], Awaitable[T]], codec: Codec[T], ttl: float
+        self,
+        scope: str,
+        value_key: str,
+        flight: _Flight,
+        loader: Callable[[], Awaitable[T]],
+        codec: Codec[T],
+        ttl: float,
     ) -> T:
         value = await loader()
         if flight.generation is not None and self.breaker.closed:
@@ -241,14 +309,17 @@ class RedisCache:
             blob = _SEP.join((flight.generation, value_key.encode(), payload))
             # Until the value is in Redis, readers that miss join this finished flight instead of loading again.
             flight.storing = True
-            self._spawn(self._store(value_key, blob, ttl), lambda: self._end_flight(value_key, flight))
+            store = self._store(scope, value_key, flight.generation, blob, ttl)
+            self._spawn(store, lambda: self._end_flight(value_key, flight))
         return value
 
-    async def _store(self, value_key: str, blob: bytes, ttl: float) -> None:
+    async def _store(self, scope: str, value_key: str, generation: bytes, blob: bytes, ttl: float) -> None:
+        """Store the value unless its generation is no longer the scope's or a write holds the scope."""
         ttl_ms = max(1, int(ttl * 1000 * random.uniform(1 - TTL_JITTER, 1 + TTL_JITTER)))
+        keys = [value_key, self._generation_key(scope), self._hold_key(scope)]
         try:
             async with asyncio.timeout(self._timeout):
-                await self._redis.set(value_key, blob, px=ttl_ms)
+                await self._store_script(keys=keys, args=[blob, ttl_ms, generation, _now_ms()])
         except _REDIS_ERRORS as exc:
             self._redis_failed("set", exc)
         else:
@@ -256,31 +327,86 @@ class RedisCache:
 
     # --- invalidation ----------------------------------------------------------------------------------------
 
+    async def hold(self, *scopes: str) -> None:
+        await self._invalidate(scopes, "hold")
+
     async def invalidate(self, *scopes: str) -> None:
-        self._epoch += 1
+        await self._invalidate(scopes, "invalidate")
+
+    async def release(self, *scopes: str) -> None:
+        await self._invalidate(scopes, "release")
+
+    async def _invalidate(self, scopes: Iterable[str], operation: str) -> None:
+        scopes = tuple(dict.fromkeys(scopes))
+        if operation != "release":
+            self._epoch += 1
         if not scopes:
             return
+        tokens = [secrets.token_bytes(12) for _ in scopes] if operation == "hold" else []
+        holds = list(zip(scopes, tokens, strict=True)) if operation == "hold" else self._end_holds(scopes)
         if not self.breaker.allow():
-            self._remember(scopes)
+            if operation != "release":
+                self._remember(scopes)
+            self._forget_holds(holds if operation != "hold" else [])  # a hold not taken costs nothing
             return
         try:
             async with asyncio.timeout(self._timeout):
-                await self._bump(scopes)
+                if operation == "hold":
+                    await self._hold(holds)
+                else:
+                    await self._bump(scopes if operation == "invalidate" else (), holds)
         except _REDIS_ERRORS as exc:
-            self._redis_failed("invalidate", exc)
-            self._remember(scopes)
-            # Redis may still hold what this write made stale: stop reading it until the probe replayed this.
-            self.breaker.trip()
+            self._redis_failed(operation, exc)
+            # A hold that may have been taken, or one not ended: the probe removes it (else it would keep the
+            # scope uncached until it expires).
+            self._forget_holds(holds)
+            if operation != "release":
+                self._remember(scopes)
+                # Redis may still hold what this write made stale: stop reading it until the probe replayed this.
+                self.breaker.trip()
         else:
             self.breaker.success()
+            if operation == "hold":
+                for scope, token in holds:
+                    self._holds.setdefault(scope, []).append(token)
 
-    async def _bump(self, scopes: Iterable[str]) -> None:
+    def _forget_holds(self, holds: Iterable[tuple[str, bytes]]) -> None:
+        if len(self._stale_holds) < MAX_PENDING_INVALIDATIONS:  # else they simply expire
+            self._stale_holds.update(holds)
+
+    def _end_holds(self, scopes: Iterable[str]) -> list[tuple[str, bytes]]:
+        """Take one of this process's hold tokens off each scope that has one (the oldest: holds end in order)."""
+        ended = []
+        for scope in scopes:
+            tokens = self._holds.get(scope)
+            if tokens:
+                ended.append((scope, tokens.pop(0)))
+                if not tokens:
+                    del self._holds[scope]
+        return ended
+
+    async def _hold(self, holds: Sequence[tuple[str, bytes]]) -> None:
+        now, hold_ms = _now_ms(), max(1, int(self._hold_seconds * 1000))
         pipe = self._redis.pipeline(transaction=False)
+        for scope, token in holds:
+            hold_key = self._hold_key(scope)
+            # The hold first: a reader that sees the new generation also sees the hold (one connection, in order).
+            pipe.zremrangebyscore(hold_key, "-inf", now)  # expired holds: writers that died
+            pipe.zadd(hold_key, {token: now + hold_ms})
+            pipe.pexpire(hold_key, hold_ms)  # the set lives as long as its newest hold
+        await self._bump([scope for scope, _ in holds], pipe=pipe)
+
+    async def _bump(
+        self, scopes: Iterable[str], ended: Iterable[tuple[str, bytes]] = (), *, pipe: Pipeline | None = None
+    ) -> None:
+        pipe = pipe or self._redis.pipeline(transaction=False)
         for scope in scopes:
             generation_key = self._generation_key(scope)
             pipe.incr(generation_key)
             pipe.expire(generation_key, GENERATION_TTL_SECONDS)
             pipe.unlink(self._value_key(scope, scope))
+        for scope, token in ended:
+            pipe.zrem(self._hold_key(scope), token)
         await pipe.execute()
 
     def _remember(self, scopes: Iterable[str]) -> None:
@@ -300,16 +426,19 @@ class RedisCache:
         self._metrics.breaker_changed(name, state)
 
     async def _probe(self) -> None:
-        """Redis answers again: replay the invalidations it missed, then the breaker closes."""
+        """Redis answers again: replay the invalidations it missed (and remove the holds that could not be ended),
+        then the breaker closes."""
         async with asyncio.timeout(self._timeout):
             await self._redis.ping()
-        while self._pending:
+        while self._pending or self._stale_holds:
             batch = [self._pending.pop() for _ in range(min(1000, len(self._pending)))]
+            holds = [self._stale_holds.pop() for _ in range(min(1000, len(self._stale_holds)))]
             try:
                 async with asyncio.timeout(max(self._timeout, 1.0)):
-                    await self._bump(batch)
+                    await self._bump(batch, holds)
             except BaseException:
                 self._pending.update(batch)
+                self._stale_holds.update(holds)
                 raise
 
     # --- lifecycle -------------------------------------------------------------------------------------------
@@ -337,6 +466,35 @@ class RedisCache:
         for task in list(self._background):
             task.cancel()
         await self._redis.aclose()
+
+
+def _now_ms() -> int:
+    """Hold expiry times are wall-clock milliseconds of the writing process (replicas' clocks agree to far better
+    than ``HOLD_SECONDS``)."""
+    return int(time.time() * 1000)
+
+
+def invalidation(
+    cache: Cache, event_type: type[E], scopes_of: Callable[[Conn, E], Awaitable[Iterable[str]]]
+) -> Handlers:
+    """The dispatcher's handlers that make ``scopes_of(conn, event)`` stale for every ``event_type``: computed
+    and held in the transaction (``scopes_of`` may query through ``conn``), invalidated after COMMIT, released
+    after a rollback."""
+    held: dict[int, tuple[str, ...]] = {}  # by the event object's identity: it lives until its transaction ends
+
+    async def before_commit(conn: Conn, event: E, trace_id: str) -> None:
+        scopes = held[id(event)] = tuple(await scopes_of(conn, event))
+        await cache.hold(*scopes)
+
+    async def after_commit(event: E) -> None:
+        await cache.invalidate(*held.pop(id(event), ()))
+
+    async def after_rollback(event: E) -> None:
+        await cache.release(*held.pop(id(event), ()))
+
+    return Handlers().on(
+        event_type, in_transaction=before_commit, after_commit=after_commit, after_rollback=after_rollback
+    )
 
 
 def cache_from_settings(settings: CommonSettings, metrics: ServerMetrics | None = None) -> Cache:

@@ -19,9 +19,9 @@ __all__ = [
     "EventChanged",
     "EventCompleted",
     "EventCreated",
-    "HostRenamed",
     "ReviewPosted",
     "SeatsChanged",
+    "UserRenamed",
 ]
 
 
@@ -56,10 +56,11 @@ class EventCompleted(EventChanged):
 
 
 @dataclass(frozen=True)
-class HostRenamed(DomainEvent):
-    """The host's display name changed: every event of theirs shows it."""
+class UserRenamed(DomainEvent):
+    """A user's display name changed (it comes with their token and is snapshotted on any write of theirs): it
+    shows on each event they host and on their host profile."""
 
-    host_id: str
+    user_id: str
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ the client).
 
 The status is a ``google.rpc.Status`` with an ``ErrorInfo`` (reason, domain ``cowatch.io``, metadata), a
 ``BadRequest`` when there are field violations and a ``RetryInfo`` for transient unavailability, sent in the
-``grpc-status-details-bin`` trailer via ``grpc_status.rpc_status.to_status``.
+``grpc-status-details-bin`` trailer via ``grpc_status.rpc_status.to_status``. The violation list and the texts
+are capped here (:data:`MAX_FIELD_VIOLATIONS`), so any error fits in a few kB of trailers.
 """
 
 from __future__ import annotations
@@ -70,6 +71,17 @@ _FALLBACK_CODE: Final = grpc.StatusCode.FAILED_PRECONDITION
 """For a bare ``DomainError`` (should not happen): a deliberate client-visible refusal, not a server fault."""
 
 _RETRY_DELAY_SECONDS: Final = 1
+
+MAX_FIELD_VIOLATIONS: Final = 20
+"""At most this many field violations go out; ``ErrorInfo.metadata["omitted_violations"]`` counts the rest.
+With the caps below an error stays under ~8 kB, well inside gRPC's 8 kB soft metadata limit (and Envoy's)."""
+MAX_MESSAGE_LENGTH: Final = 1000
+MAX_VIOLATION_TEXT: Final = 200
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
 
 _DB_UNAVAILABLE_TYPES: Final[tuple[type[BaseException], ...]] = (
     asyncpg.exceptions.PostgresConnectionError,  # SQLSTATE class 08, incl. ConnectionDoesNotExistError
@@ -145,14 +157,26 @@ def to_status_proto(exc: BaseException) -> status_pb2.Status:
             details=[_pack(error_details_pb2.ErrorInfo(reason="INTERNAL", domain=ERROR_DOMAIN))],
         )
     code = status_code_for(error)
-    details = [_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata))]
-    if error.field_violations:
+    violations = error.field_violations[:MAX_FIELD_VIOLATIONS]
+    omitted = len(error.field_violations) - len(violations)
+    metadata = dict(error.metadata)
+    message = error.message
+    if omitted:
+        metadata["omitted_violations"] = str(omitted)
+        shown = "; ".join(f"{f}: {d}" for f, d in violations)
+        message = f"{shown}; and {omitted} more field violation{'s' if omitted > 1 else ''}"
+    details = [_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata))]
+    if violations:
         details.append(
             _pack(
                 error_details_pb2.BadRequest(
                     field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(field=f, description=d, reason=error.reason)
-                        for f, d in error.field_violations
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=_clip(f, MAX_VIOLATION_TEXT),
+                            description=_clip(d, MAX_VIOLATION_TEXT),
+                            reason=error.reason,
+                        )
+                        for f, d in violations
                     ]
                 )
             )
@@ -161,7 +185,7 @@ def to_status_proto(exc: BaseException) -> status_pb2.Status:
         details.append(
             _pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=_RETRY_DELAY_SECONDS)))
         )
-    return status_pb2.Status(code=code.value[0], message=error.message, details=details)
+    return status_pb2.Status(code=code.value[0], message=_clip(message, MAX_MESSAGE_LENGTH), details=details)
 
 
 def to_rpc_status(exc: BaseException) -> grpc.Status:

@@ -17,7 +17,10 @@ Per RPC, in order:
 3. **Auth**: ``authorization: Bearer <jwt>`` present → verified (a bad token is ``UNAUTHENTICATED`` even on a
    public method). Absent → allowed only for methods in ``anonymous_methods``, else ``UNAUTHENTICATED``
    ``TOKEN_MISSING``. Health and reflection are always anonymous and never look at the header.
-4. **Errors**: a :class:`~services.common.errors.DomainError` (or a known infrastructure failure) aborts with
+4. **Text rule**: a request that does not decode (invalid UTF-8) or has a string breaking
+   :mod:`services.common.text` (length, control characters) is ``INVALID_ARGUMENT`` naming each field, before
+   the servicer runs.
+5. **Errors**: a :class:`~services.common.errors.DomainError` (or a known infrastructure failure) aborts with
    the rich ``google.rpc.Status``; anything else aborts with ``INTERNAL`` / ``"internal error"`` and is logged
    with its traceback. ``context.abort`` from the handler (``AbortError``) passes through untouched.
 
@@ -39,14 +42,16 @@ from typing import Any, Final, Protocol
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError, Message
 
 from services.common import context as request_context
 from services.common import deadline
 from services.common.auth import TokenVerifier
-from services.common.errors import ResourceExhausted, Unauthenticated
+from services.common.errors import InvalidArgument, ResourceExhausted, Unauthenticated, Unavailable
 from services.common.grpc_errors import as_domain_error, to_rpc_status
 from services.common.identity import User
 from services.common.logging import get_logger
+from services.common.text import check_request
 
 __all__ = [
     "ALWAYS_ANONYMOUS_PREFIXES",
@@ -66,6 +71,40 @@ _CACHE_LIMIT: Final = 1024
 _log = get_logger("cowatch.rpc")
 
 Behaviour = Callable[..., Any]
+
+
+class _Undecodable:
+    """What the wrapped deserializer hands on for bytes that are not the request message (e.g. invalid UTF-8)."""
+
+    __slots__ = ()
+
+
+_UNDECODABLE: Final = _Undecodable()
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserializer`` that returns :data:`_UNDECODABLE` instead of raising: grpc would answer UNKNOWN."""
+    if deserializer is None:
+        return None
+    strict = deserializer
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return strict(data)
+        except DecodeError:
+            return _UNDECODABLE
+
+    return deserialize
+
+
+def _check_request(request: Any) -> None:
+    """INVALID_ARGUMENT for an undecodable request or one breaking the text rule (:mod:`services.common.text`)."""
+    if request is _UNDECODABLE:
+        raise InvalidArgument(
+            "MALFORMED_REQUEST", "the request is not a valid protobuf message (strings must be valid UTF-8)"
+        )
+    if isinstance(request, Message):
+        check_request(request).raise_if_any()
 
 
 class RpcObserver(Protocol):
@@ -136,6 +175,10 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         self._max_in_flight = max_in_flight
         self.in_flight = 0
         """RPCs being handled now (health and reflection not counted)."""
+        self.refusing = False
+        """Set on shutdown: every new RPC (health and reflection aside) is refused with UNAVAILABLE."""
+        self.last_arrival = 0.0
+        """``time.monotonic()`` when the last RPC (health and reflection aside) arrived."""
         self._anonymous = frozenset(normalize_method(m) for m in anonymous_methods)
         self._observer: RpcObserver = observer or NoopObserver()
         self._cache: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
@@ -164,7 +207,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         return _Policy(method, anonymous=infrastructure or method in self._anonymous, infrastructure=infrastructure)
 
     def _wrap(self, handler: grpc.RpcMethodHandler[Any, Any], policy: _Policy) -> grpc.RpcMethodHandler[Any, Any]:
-        deserializer = handler.request_deserializer
+        deserializer = handler.request_deserializer if policy.infrastructure else _lenient(handler.request_deserializer)
         serializer = handler.response_serializer
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
@@ -189,6 +232,8 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             rpc = self._start(context, policy)
             try:
                 await self._prepare(rpc, context)
+                if not policy.infrastructure:
+                    _check_request(request)
                 result = behaviour(request, context)
                 if inspect.isawaitable(result):
                     result = await result
@@ -256,6 +301,9 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         context.set_trailing_metadata(((REQUEST_ID_METADATA_KEY, rpc.request_id),))
         if rpc.policy.infrastructure:
             return
+        self.last_arrival = time.monotonic()
+        if self.refusing:
+            raise Unavailable("SHUTTING_DOWN", "the server is shutting down: retry, another replica will answer")
         if self._max_in_flight is not None and self.in_flight >= self._max_in_flight:
             raise ResourceExhausted(
                 "SERVER_OVERLOADED",

@@ -9,8 +9,7 @@ from __future__ import annotations
 from uuid import UUID
 
 from services.common.errors import InvalidArgument
-
-USER_ID_MAX = 128
+from services.common.identity import valid_user_id
 
 
 def event(event_id: UUID) -> str:
@@ -62,7 +61,7 @@ def parse_review(value: str, field_name: str = "name") -> UUID:
 def parse_user(value: str, field_name: str) -> str:
     """``users/{user}`` → the user id (opaque, printable, at most 128 characters)."""
     prefix, _, raw = value.partition("/")
-    if prefix != "users" or not raw or "/" in raw or len(raw) > USER_ID_MAX or not raw.isprintable():
+    if prefix != "users" or not valid_user_id(raw):
         raise InvalidArgument.field(field_name, "must be a user name of the form users/{user}")
     return raw
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from collections.abc import Callable, Sequence
 from typing import Final, NoReturn, Protocol, TypeVar
 
@@ -39,6 +40,8 @@ SERVING: Final = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING: Final = health_pb2.HealthCheckResponse.NOT_SERVING
 DEFAULT_READINESS_INTERVAL: Final = 1.0
 DEFAULT_READINESS_TIMEOUT: Final = 2.0
+QUIET_SECONDS: Final = 0.1
+"""On shutdown, the server stops only once no RPC has arrived for this long (see ``RunningServer.quiesce``)."""
 GRPC_LIMIT_HEADROOM: Final = 64
 """grpc's hard limit is this far above the interceptor's, so health checks and watches still get in."""
 
@@ -157,12 +160,28 @@ class RunningServer:
                 await self._loop_task
         await self.health.enter_graceful_shutdown()
 
+    async def quiesce(self, grace: float | None) -> float | None:
+        """Refuse new RPCs with UNAVAILABLE (never CANCELLED), wait until none is in flight and none has arrived for
+        :data:`QUIET_SECONDS` (so calls grpc-core had already taken in are answered), within ``grace``; returns the
+        grace left. Only then does ``server.stop()`` run: it cancels whatever grpc-core still holds."""
+        self.interceptor.refusing = True
+        loop = asyncio.get_running_loop()
+        deadline = None if grace is None else loop.time() + grace
+        while deadline is None or loop.time() < deadline:
+            quiet = time.monotonic() - self.interceptor.last_arrival >= QUIET_SECONDS
+            if self.interceptor.in_flight == 0 and quiet:
+                break
+            await asyncio.sleep(0.01)
+        return None if deadline is None else max(0.0, deadline - loop.time())
+
     async def stop(self, grace: float | None = None) -> None:
-        """``begin_shutdown()``, refuse new RPCs, let in-flight ones finish within ``grace`` s, ``app.stop()``."""
+        """``begin_shutdown()``, refuse new RPCs (UNAVAILABLE), let in-flight ones finish within ``grace`` s, stop
+        the server, ``app.stop()``."""
         async with self._stop_lock:
             if self._stopped:
                 return
             await self.begin_shutdown()
+            grace = await self.quiesce(grace)
             await self.server.stop(grace)
             try:
                 await self.app.stop()

@@ -39,6 +39,14 @@ ENV_PREFIX = "COWATCH_"
 JwtAlgorithm = Literal["HS256", "RS256", "ES256"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 MIN_HS256_SECRET_BYTES = 32
+Environment = Literal["production", "development"]
+PUBLIC_HS256_SECRETS = frozenset(
+    {
+        "change-me-to-a-random-secret-of-at-least-32-bytes",  # the placeholder of .env.example
+        "cowatch-dev-secret-for-make-run-only-never-in-production",  # services/dev/token.py (make run)
+    }
+)
+"""HS256 secrets published in this repository: a production process refuses to start with one of them."""
 _PROBLEM = "settings_problem"
 
 S = TypeVar("S", bound=BaseSettings)
@@ -129,6 +137,12 @@ class CommonSettings(BaseSettings):
     log_json: bool = True
     public_base_url: str = "http://localhost:8080"
 
+    environment: Environment = Field(
+        default="production",
+        description="production (default) refuses the repository's published HS256 secrets at start-up; "
+        "development (set by make run) accepts them",
+    )
+
     # --- auth -----------------------------------------------------------------------------------------------
     jwt_algorithms: Annotated[tuple[JwtAlgorithm, ...], NoDecode] = ("HS256",)
     jwt_hs256_secret: SecretStr | None = Field(default=None, validate_default=True)
@@ -137,6 +151,11 @@ class CommonSettings(BaseSettings):
     jwt_issuer: str = Field(min_length=1)
     jwt_audience: str = Field(min_length=1)
     jwt_leeway_seconds: float = Field(default=30.0, ge=0, le=600)
+    jwt_max_lifetime_seconds: float = Field(
+        default=86_400.0,
+        ge=60,
+        description="Tokens whose exp lies further ahead than this (plus the leeway) are refused",
+    )
 
     @property
     def grpc_address(self) -> str:
@@ -211,6 +230,11 @@ class CommonSettings(BaseSettings):
         if not secret:
             raise _problem(
                 f"{ENV_PREFIX}JWT_HS256_SECRET: required, not set ({ENV_PREFIX}JWT_ALGORITHMS={','.join(algorithms)})"
+            )
+        if secret in PUBLIC_HS256_SECRETS and info.data.get("environment", "production") == "production":
+            raise _problem(
+                f"{ENV_PREFIX}JWT_HS256_SECRET: is a placeholder published in the cowatch repository; set a random "
+                f"secret (e.g. `openssl rand -base64 48`), or {ENV_PREFIX}ENVIRONMENT=development on a dev machine"
             )
         if len(secret.encode()) < MIN_HS256_SECRET_BYTES:
             raise _problem(

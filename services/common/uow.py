@@ -16,7 +16,8 @@ produced, or ``None`` when this call does the work. On normal exit it hands ever
 ``dispatcher.in_transaction`` (outbox rows, reminder changes: same transaction as the change), records the
 request id's resource, commits, and only then hands the events to ``dispatcher.after_commit`` (cache
 invalidations: a reader must never reload the old row after a stale entry was dropped). An exception rolls
-everything back and dispatches nothing.
+everything back; the events already handed to ``in_transaction`` then go to ``dispatcher.after_rollback`` (cache
+holds taken before COMMIT are released: :mod:`services.common.cache`).
 
 ``trace_id`` is the request's ``x-request-id``: it is given explicitly (commands carry it) and stamped on every
 outbox row so a delivered mail can be traced to the request that caused it.
@@ -56,6 +57,10 @@ class Dispatcher(Protocol):
     async def after_commit(self, events: Sequence[DomainEvent]) -> None:
         """Turn events into what may only happen once they are durable (cache invalidations). Never raises."""
 
+    async def after_rollback(self, events: Sequence[DomainEvent]) -> None:
+        """The transaction that dispatched these ``in_transaction`` rolled back (release cache holds). Never
+        raises."""
+
 
 @dataclass
 class Handlers:
@@ -69,6 +74,7 @@ class Handlers:
 
     _in_tx: dict[type[DomainEvent], list[InTransaction]] = field(default_factory=dict)
     _after: dict[type[DomainEvent], list[AfterCommit]] = field(default_factory=dict)
+    _rollback: dict[type[DomainEvent], list[AfterCommit]] = field(default_factory=dict)
 
     def on(
         self,
@@ -76,11 +82,14 @@ class Handlers:
         *,
         in_transaction: Callable[[Conn, E, str], Awaitable[None]] | None = None,
         after_commit: Callable[[E], Awaitable[None]] | None = None,
+        after_rollback: Callable[[E], Awaitable[None]] | None = None,
     ) -> Handlers:
         if in_transaction is not None:
             self._in_tx.setdefault(event_type, []).append(in_transaction)  # type: ignore[arg-type]
         if after_commit is not None:
             self._after.setdefault(event_type, []).append(after_commit)  # type: ignore[arg-type]
+        if after_rollback is not None:
+            self._rollback.setdefault(event_type, []).append(after_rollback)  # type: ignore[arg-type]
         return self
 
     def merged(self, *others: Handlers) -> Handlers:
@@ -90,6 +99,8 @@ class Handlers:
                 out._in_tx.setdefault(t, []).extend(fs)
             for t, gs in table._after.items():
                 out._after.setdefault(t, []).extend(gs)
+            for t, gs in table._rollback.items():
+                out._rollback.setdefault(t, []).extend(gs)
         return out
 
     async def in_transaction(self, conn: Conn, events: Sequence[DomainEvent], trace_id: str) -> None:
@@ -99,9 +110,16 @@ class Handlers:
                     await handle(conn, event, trace_id)
 
     async def after_commit(self, events: Sequence[DomainEvent]) -> None:
+        await self._after_end(self._after, events)
+
+    async def after_rollback(self, events: Sequence[DomainEvent]) -> None:
+        await self._after_end(self._rollback, events)
+
+    @staticmethod
+    async def _after_end(table: dict[type[DomainEvent], list[AfterCommit]], events: Sequence[DomainEvent]) -> None:
         for event in events:
             for t in type(event).__mro__:
-                for handle in self._after.get(t, ()):
+                for handle in table.get(t, ()):
                     await handle(event)
 
 
@@ -125,6 +143,11 @@ class UnitOfWork:
         self._resource_name: str | None = None
         self._dispatched = 0
         self._recorded = False
+
+    @property
+    def dispatched(self) -> Sequence[DomainEvent]:
+        """The events already handed to the dispatcher's ``in_transaction``."""
+        return self.events[: self._dispatched]
 
     def emit(self, *events: DomainEvent) -> None:
         """Something happened; the dispatcher acts on it in the transaction and after COMMIT."""
@@ -158,12 +181,18 @@ async def uow(
     trace_id: str = "",
 ) -> AsyncIterator[UnitOfWork]:
     """One transaction on a pooled connection (``source`` a pool) or on a connection the caller already holds."""
-    async with _connection(source) as conn, conn.transaction():
-        tx = UnitOfWork(conn, await idempotency.claim(conn, request), dispatcher, request, trace_id)
-        yield tx
-        if tx.replay is not None:
-            return  # a replay writes nothing, and emits nothing
-        await tx.flush()
+    tx: UnitOfWork | None = None
+    try:
+        async with _connection(source) as conn, conn.transaction():
+            tx = UnitOfWork(conn, await idempotency.claim(conn, request), dispatcher, request, trace_id)
+            yield tx
+            if tx.replay is not None:
+                return  # a replay writes nothing, and emits nothing
+            await tx.flush()
+    except BaseException:
+        if tx is not None and tx.dispatched:
+            await dispatcher.after_rollback(tx.dispatched)
+        raise
     await dispatcher.after_commit(tx.events)
 
 

@@ -29,6 +29,7 @@ def render_envoy(descriptor: str = DESCRIPTOR_IN_CONTAINER) -> str:
     text = envoy_config.render(
         upstreams={cluster: [(host, port)] for cluster, (host, port) in UPSTREAMS.items()},
         descriptor=descriptor,
+        web=False,  # NGINX serves the web page (nginx/nginx.conf)
     )
     _, _, body = text.partition("\n")  # envoy_config's own header names an absolute path
     return HEADER + body

@@ -38,6 +38,7 @@ REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 ENVOY_CONFIG: Final = REPO_ROOT / "envoy" / "envoy.yaml"
 DESCRIPTOR: Final = REPO_ROOT / "gen" / "descriptors" / "cowatch.binpb"
 CLUSTERS: Final = ("event", "booking", "review")
+WEB_CLUSTER: Final = "web"
 _HCM: Final = "envoy.filters.network.http_connection_manager"
 _TRANSCODER: Final = "envoy.filters.http.grpc_json_transcoder"
 
@@ -86,8 +87,10 @@ def render(
     descriptor: str | Path | None = DESCRIPTOR,
     cors_origins: Sequence[str] | None = None,
     access_log: bool = True,
+    web: bool = True,
 ) -> str:
-    """The config text with the given values replaced (``None`` keeps what ``source`` says)."""
+    """The config text with the given values replaced (``None`` keeps what ``source`` says). ``web=False`` drops
+    the web page's route and cluster (where NGINX serves the page, as in compose)."""
     config = load(source)
     resources = config["static_resources"]
     listener = resources["listeners"][0]["address"]["socket_address"]
@@ -113,6 +116,10 @@ def render(
             if policy is not None:
                 policy["allow_origin_string_match"] = [{"exact": origin} for origin in cors_origins]
 
+    if not web:  # the web page's route and cluster (make run's static server)
+        for vhost in hcm["route_config"]["virtual_hosts"]:
+            vhost["routes"] = [r for r in vhost["routes"] if r.get("route", {}).get("cluster") != WEB_CLUSTER]
+        resources["clusters"] = [c for c in resources["clusters"] if c["name"] != WEB_CLUSTER]
     clusters = {cluster["name"]: cluster for cluster in resources["clusters"]}
     for name, endpoints in (upstreams or {}).items():
         if name not in clusters:

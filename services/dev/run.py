@@ -7,7 +7,9 @@ Starts, in order:
    if missing, applies new migrations). ``REDIS_URL`` is passed through when set (no Redis otherwise).
 2. The services (``python -m services.event|booking|review``), the outbox/reminder worker and the notification
    stand-in, with a dev JWT configuration (HS256, issuer/audience ``cowatch-dev``).
-3. Envoy, from ``envoy/envoy.yaml`` rendered for these ports into ``.dev/envoy.yaml``.
+3. Envoy, from ``envoy/envoy.yaml`` rendered for these ports into ``.dev/envoy.yaml``, and the web page's static
+   server behind it (:mod:`services.dev.web`: ``web/dist`` and dev sign-in on the API's origin). Browser origins
+   allowed to call the API from elsewhere: ``COWATCH_CORS_ORIGINS`` (default: the Vite dev server on :5173).
 
 It waits for every service's grpc.health.v1 to report SERVING and for Envoy to see them healthy, then prints dev
 tokens and commands to try (services/dev/walkthrough.py). Child output goes to the terminal prefixed with the
@@ -40,6 +42,7 @@ from typing import Any, Final
 
 from services.common.settings import ENV_PREFIX
 from services.dev import envoy_config
+from services.dev import web as dev_web
 from services.dev.children import Backoff, Child, wait_all
 from services.dev.console import Console
 from services.dev.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError
@@ -67,6 +70,7 @@ DEFAULT_PORTS: Final = {
     "booking": 50052,
     "review": 50053,
     "notification": 50060,
+    "web": 8090,
 }
 PORT_ROLES: Final = {
     "http": "Envoy listener",
@@ -76,6 +80,7 @@ PORT_ROLES: Final = {
     "booking": "BookingService",
     "review": "ReviewService",
     "notification": "notification stand-in",
+    "web": "web page static server",
 }
 SERVICES: Final = (
     ("event", "services.event", "cowatch.event.v1.EventService"),
@@ -343,12 +348,24 @@ class Stack:
         self.helpers.append(self._child("worker", [python, "-m", WORKER_MODULE], env))
         self.helpers.append(self._child("offer-sweep", [python, "-m", OFFER_SWEEP_MODULE], self.child_env()))
 
+        # --- the web page (services/dev/web.py): web/dist and dev sign-in, behind Envoy on the API's origin
+        web_argv = [python, "-m", "services.dev.web", "--port", str(self.config.port("web"))]
+        self.helpers.append(self._child("web", web_argv, self.child_env()))
+        try:
+            cors = dev_web.cors_origins()
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+        # ---
         ENVOY_RENDERED.write_text(
             envoy_config.render(
                 listen_port=self.config.port("http"),
                 admin_port=self.config.port("admin"),
-                upstreams={name: [("127.0.0.1", self.config.port(name))] for name, _, _ in SERVICES},
+                upstreams={
+                    **{name: [("127.0.0.1", self.config.port(name))] for name, _, _ in SERVICES},
+                    "web": [("127.0.0.1", self.config.port("web"))],
+                },
                 descriptor=DESCRIPTOR,
+                cors_origins=cors,
             ),
             encoding="utf-8",
         )
@@ -413,6 +430,7 @@ class Stack:
             ("Envoy is live", f"{admin}/ready"),
             ("Envoy sees every service healthy", f"{gateway}/healthz"),
             ("JSON transcoding answers", f"{gateway}/v1/events?pageSize=1"),
+            ("the web page is served", f"{gateway}/"),
         )
         for what, url in checks:
             while not _http_ok(url):

@@ -53,6 +53,8 @@ def dev_auth_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
         f"{ENV_PREFIX}JWT_ISSUER": DEV_ISSUER,
         f"{ENV_PREFIX}JWT_AUDIENCE": DEV_AUDIENCE,
         f"{ENV_PREFIX}JWT_HS256_SECRET": DEV_HS256_SECRET,
+        # the dev secret is refused by a production-configured process
+        f"{ENV_PREFIX}ENVIRONMENT": "development",
     }
     # Empty values count as unset, as in the services' settings (env_ignore_empty).
     return {name: env.get(name) or default for name, default in defaults.items()}

@@ -41,6 +41,7 @@ def walkthrough(
     lines = [
         rule,
         f"cowatch is running. Gateway (Envoy): {gw}  — native gRPC (h2c), gRPC-web and JSON on one port",
+        f"  web page   {gw}/  (share links {gw}/events/<id> open there; dev sign-in offered, dev only)",
         f"  services   EventService :{ev}   BookingService :{bk}   ReviewService :{rv}"
         "   (gRPC, reflection, grpc.health.v1)",
         f"  database   {database}" + (f"  (embedded; data kept in {embedded})" if embedded else ""),

@@ -13,7 +13,7 @@ from services.common import db
 from services.common.app import ServiceApp
 from services.common.cache import Cache
 from services.common.settings import CommonSettings
-from services.event.service import EventService
+from services.event.service import DEFAULT_INVITATIONS_PER_DAY, EventService
 from services.event.servicer import ANONYMOUS_METHODS, SERVICE_NAME, EventServicer
 from services.review import cache as review_cache
 
@@ -21,6 +21,11 @@ from services.review import cache as review_cache
 class EventSettings(CommonSettings):
     service_name: ClassVar[str] = "cowatch-event"
     grpc_port: int = Field(default=50051, ge=0, le=65535)
+    invitations_per_day: int = Field(
+        default=DEFAULT_INVITATIONS_PER_DAY,
+        ge=1,
+        description="Invitations (recipients) a host may send per UTC day; over it RESOURCE_EXHAUSTED",
+    )
 
 
 class EventApp(ServiceApp[EventService]):
@@ -48,4 +53,5 @@ class EventApp(ServiceApp[EventService]):
             list_ttl=s.cache_list_ttl_seconds,
             subscribers=review_cache.handlers(cache),  # a held event shows on the host's profile
             claim_window=timedelta(seconds=s.waitlist_claim_window_seconds),
+            invitations_per_day=s.invitations_per_day if isinstance(s, EventSettings) else DEFAULT_INVITATIONS_PER_DAY,
         )

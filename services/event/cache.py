@@ -5,11 +5,11 @@ per-caller view) and the rows of first pages of public ``ListEvents`` queries. W
 events, the address, the invite link) is decided per request from the row, the caller and — for signed-in
 callers — their bookings read from Postgres each time.
 
-Invalidation (after the write's transaction committed):
+Invalidation (held before the write's COMMIT, invalidated after it: :mod:`services.common.cache`):
 
 - an event's row changes (edit, cancel, complete, invite token, **seats taken by a booking or a cancellation**):
-  :func:`invalidate_events` — the event's entry and every cached list page;
-- a host's rating or display name changes (shown on each of their events): :func:`invalidate_host_events`.
+  :func:`event_scopes` — the event's entry and every cached list page;
+- a host's rating or display name changes (shown on each of their events): :func:`host_event_scopes`.
 
 :func:`handlers` subscribes these to the domain events (:mod:`services.common.domain_events`) whichever domain
 emits them: a process's ``app`` passes them to its service, so BookingService and ReviewService never import this.
@@ -21,10 +21,9 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 from uuid import UUID
 
-from services.common import db
-from services.common.cache import Cache, Codec
-from services.common.dbtypes import Conn, Pool
-from services.common.domain_events import EventChanged, EventCreated, HostRenamed, ReviewPosted
+from services.common.cache import Cache, Codec, invalidation
+from services.common.dbtypes import Conn
+from services.common.domain_events import EventChanged, EventCreated, ReviewPosted, UserRenamed
 from services.common.uow import Handlers
 from services.common.vocabulary import Rating
 from services.event import repository as events
@@ -36,7 +35,9 @@ __all__ = [
     "LIST_SCOPE",
     "CachedPage",
     "event_key",
+    "event_scopes",
     "handlers",
+    "host_event_scopes",
     "invalidate_events",
     "invalidate_host_events",
     "list_key",
@@ -56,46 +57,47 @@ def list_key(fingerprint: str, limit: int) -> str:
     return f"{LIST_SCOPE}:{fingerprint}:{limit}"
 
 
+def event_scopes(*event_ids: UUID) -> list[str]:
+    """What a change of these events' rows (seats included) makes stale: their entries and every list page."""
+    return [*(event_key(i) for i in event_ids), LIST_SCOPE]
+
+
+async def host_event_scopes(conn: Conn, host_id: str) -> list[str]:
+    """What a change of the host's rating or display name makes stale: every event of theirs (none: nothing)."""
+    ids = await events.ids_by_host(conn, host_id)
+    return event_scopes(*ids) if ids else []
+
+
 async def invalidate_events(cache: Cache, *event_ids: UUID) -> None:
-    """The events' rows changed (seats included): drop their entries and every cached list page."""
-    await cache.invalidate(*(event_key(i) for i in event_ids), LIST_SCOPE)
+    await cache.invalidate(*event_scopes(*event_ids))
 
 
 async def invalidate_host_events(cache: Cache, conn: Conn, host_id: str) -> None:
-    """The host's rating or display name changed: every event of theirs shows it."""
-    await invalidate_events(cache, *await events.ids_by_host(conn, host_id))
+    await cache.invalidate(*await host_event_scopes(conn, host_id))
 
 
-def handlers(cache: Cache, pool: Pool) -> Handlers:
-    """After COMMIT: drop what the events made stale."""
+def handlers(cache: Cache) -> Handlers:
+    """Hold before COMMIT, invalidate after it (:func:`services.common.cache.invalidation`) what the events make
+    stale."""
 
-    async def created(e: EventCreated) -> None:
-        if e.listed:
-            await cache.invalidate(LIST_SCOPE)  # it may belong on a cached first page
+    async def created(conn: Conn, e: EventCreated) -> list[str]:
+        return [LIST_SCOPE] if e.listed else []  # it may belong on a cached first page
 
-    async def changed(e: EventChanged) -> None:
-        if e.listed:
-            await invalidate_events(cache, e.event_id)
-        else:
-            await cache.invalidate(event_key(e.event_id))  # private: on no list
+    async def changed(conn: Conn, e: EventChanged) -> list[str]:
+        return event_scopes(e.event_id) if e.listed else [event_key(e.event_id)]  # private: on no list
 
-    async def host_changed(host_id: str) -> None:
-        async with db.connection(pool) as conn:
-            await invalidate_host_events(cache, conn, host_id)
+    async def renamed(conn: Conn, e: UserRenamed) -> list[str]:
+        return await host_event_scopes(conn, e.user_id)  # the host's name, shown on each of their events
 
-    async def renamed(e: HostRenamed) -> None:
-        await host_changed(e.host_id)
+    async def reviewed(conn: Conn, e: ReviewPosted) -> list[str]:
+        # the host's rating, shown on each of their events
+        return await host_event_scopes(conn, e.host_id) if e.about == "HOST" else []
 
-    async def reviewed(e: ReviewPosted) -> None:
-        if e.about == "HOST":  # the host's rating, shown on each of their events
-            await host_changed(e.host_id)
-
-    return (
-        Handlers()
-        .on(EventCreated, after_commit=created)
-        .on(EventChanged, after_commit=changed)
-        .on(HostRenamed, after_commit=renamed)
-        .on(ReviewPosted, after_commit=reviewed)
+    return Handlers().merged(
+        invalidation(cache, EventCreated, created),
+        invalidation(cache, EventChanged, changed),
+        invalidation(cache, UserRenamed, renamed),
+        invalidation(cache, ReviewPosted, reviewed),
     )
 
 

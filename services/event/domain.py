@@ -8,13 +8,12 @@ persists the result.
 from __future__ import annotations
 
 import functools
-import secrets
 import zoneinfo
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from uuid import UUID
 
-from services.common import errors, names
+from services.common import errors, links, names
 from services.common.errors import (
     Aborted,
     FailedPrecondition,
@@ -148,9 +147,8 @@ class FieldChange:
 event_name = names.event
 parse_event_name = names.parse_event
 
-
-def new_invite_token() -> str:
-    return secrets.token_urlsafe(24)
+new_invite_token = links.new_invite_token
+parse_invite_token = links.parse_invite_token
 
 
 # --------------------------------------------------------------------------- validation
@@ -220,7 +218,7 @@ def normalized(details: EventDetails) -> EventDetails:
 
 def access_for(event: Event, user: User | None, *, is_guest: bool, invite_token: str) -> Access:
     is_host = user is not None and user.id == event.host_id
-    has_invite = bool(invite_token) and secrets.compare_digest(invite_token, event.invite_token)
+    has_invite = links.invite_matches(invite_token, event.invite_token)
     return Access(is_host=is_host, is_guest=is_guest and not is_host, has_invite=has_invite)
 
 

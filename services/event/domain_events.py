@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
+from services.booking.cascades import Overlap
 from services.common.domain_events import EventChanged, SeatsChanged
 from services.common.uow import DomainEvent
 from services.event.domain import Event, FieldChange
@@ -15,11 +16,13 @@ from services.event.domain import Event, FieldChange
 
 @dataclass(frozen=True)
 class EventUpdated(EventChanged):
-    """The host edited the event: confirmed guests get the changes, old → new."""
+    """The host edited the event: confirmed guests get the changes, old → new; those whose other bookings the
+    event now overlaps (it moved) also get which ones."""
 
     event: Event
     changes: Sequence[FieldChange]
     guest_ids: Sequence[str]
+    overlaps: Sequence[Overlap] = ()
 
 
 @dataclass(frozen=True)

@@ -254,7 +254,11 @@ def to_rotate_command(request: service_pb2.RotateInviteTokenRequest, user: User)
 
 
 def to_get_query(request: service_pb2.GetEventRequest, user: User | None) -> GetEvent:
-    return GetEvent(user=user, event_id=domain.parse_event_name(request.name), invite_token=request.invite_token)
+    return GetEvent(
+        user=user,
+        event_id=domain.parse_event_name(request.name),
+        invite_token=domain.parse_invite_token(request.invite_token),
+    )
 
 
 def to_guests_query(request: service_pb2.ListEventGuestsRequest, user: User) -> ListGuests:

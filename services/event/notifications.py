@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from services.common import links
+from services.booking.cascades import Overlap
+from services.common import links, names
 from services.common.dbtypes import Conn
 from services.common.domain_events import EventCompleted, EventCreated
 from services.common.uow import Handlers
@@ -32,15 +33,53 @@ def event_params(event: Event, link: str, *, with_address: bool) -> dict[str, An
     return messages.event_params(facts, link, with_address=with_address)
 
 
-def event_changed(event: Event, guests: Sequence[str], changes: Sequence[FieldChange], link: str) -> Message:
+def event_changed(
+    event: Event,
+    guests: Sequence[str],
+    changes: Sequence[FieldChange],
+    link: str,
+    overlaps: Sequence[Overlap] = (),
+    public_base_url: str = "",
+) -> Message:
+    """The change mail to ``guests``. With ``overlaps`` (one guest's other bookings the change made the event
+    overlap) it lists them in the ``overlaps`` parameter (``booking``, ``event``, ``title``, ``start_time``,
+    ``end_time``, ``link``) and has a dedupe key of its own."""
     params = event_params(event, link, with_address=True)
     params["changes"] = [{"field": c.field, "old": c.old, "new": c.new} for c in changes]
-    return Message(
-        dedupe_key=f"event-changed/{event.id}/v{event.version}",
-        template_id="event_changed",
-        recipients=list(guests),
-        params=params,
-    )
+    dedupe_key = f"event-changed/{event.id}/v{event.version}"
+    if overlaps:
+        params["overlaps"] = [
+            {
+                "booking": names.booking(o.booking_id),
+                "event": names.event(o.event_id),
+                "title": o.event_title,
+                "start_time": o.start_time.isoformat(),
+                "end_time": o.end_time.isoformat(),
+                "link": links.event_link(public_base_url, o.event_id, ""),
+            }
+            for o in overlaps
+        ]
+        dedupe_key += "/" + "/".join(sorted({o.guest_id for o in overlaps}))
+    return Message(dedupe_key=dedupe_key, template_id="event_changed", recipients=list(guests), params=params)
+
+
+def event_changed_messages(
+    event: Event,
+    guests: Sequence[str],
+    changes: Sequence[FieldChange],
+    link: str,
+    overlaps: Sequence[Overlap],
+    public_base_url: str,
+) -> list[Message]:
+    """One change mail for the guests, and one of their own for each guest the change left with overlapping
+    bookings."""
+    by_guest: dict[str, list[Overlap]] = {}
+    for o in overlaps:
+        by_guest.setdefault(o.guest_id, []).append(o)
+    common = event_changed(event, [g for g in guests if g not in by_guest], changes, link)
+    return [common] + [
+        event_changed(event, [guest], changes, link, theirs, public_base_url) for guest, theirs in by_guest.items()
+    ]
 
 
 def event_cancelled(event: Event, guests: Sequence[str], reason: str, link: str) -> Message:
@@ -84,8 +123,9 @@ def handlers(public_base_url: str) -> Handlers:
         await outbox.move_reminders(conn, e.event_id, e.start_time, e.at)
 
     async def updated(conn: Conn, e: EventUpdated, trace_id: str) -> None:
-        message = event_changed(e.event, e.guest_ids, e.changes, link(e.event))
-        await outbox.enqueue(conn, message, request_id=trace_id)
+        changed = event_changed_messages(e.event, e.guest_ids, e.changes, link(e.event), e.overlaps, public_base_url)
+        for message in changed:
+            await outbox.enqueue(conn, message, request_id=trace_id)
 
     async def cancelled(conn: Conn, e: EventCancelled, trace_id: str) -> None:
         await outbox.drop_reminders(conn, e.event_id)

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 from uuid import UUID
 
@@ -269,3 +269,18 @@ async def guest_of(conn: Conn, guest_id: str, event_ids: list[UUID]) -> set[UUID
     if not event_ids:
         return set()
     return {r["event_id"] for r in await conn.fetch(GUEST_OF, guest_id, event_ids)}
+
+
+CHARGE_INVITATIONS = """
+WITH purge AS (DELETE FROM event.invitation_quota WHERE host_id = $1 AND day < $2::date - 1)
+INSERT INTO event.invitation_quota AS q (host_id, day, sent) VALUES ($1, $2, $3)
+ON CONFLICT (host_id, day) DO UPDATE SET sent = q.sent + EXCLUDED.sent WHERE q.sent + EXCLUDED.sent <= $4
+RETURNING sent
+"""
+
+
+async def charge_invitations(conn: Conn, host_id: str, day: date, count: int, limit: int) -> bool:
+    """Count ``count`` invitations against the host's daily ``limit``; ``False`` (nothing counted) when over it."""
+    if count > limit:
+        return False
+    return await conn.fetchval(CHARGE_INVITATIONS, host_id, day, count, limit) is not None

@@ -20,8 +20,8 @@ from services.common import db, errors, names
 from services.common.cache import Cache, NullCache
 from services.common.clock import Clock
 from services.common.dbtypes import Conn, Pool
-from services.common.domain_events import EventChanged, EventCompleted, EventCreated, HostRenamed
-from services.common.errors import InvalidArgument
+from services.common.domain_events import EventChanged, EventCompleted, EventCreated
+from services.common.errors import InvalidArgument, ResourceExhausted
 from services.common.idempotency import RequestKey
 from services.common.identity import User
 from services.common.paging import Keyset, Page, keyset
@@ -36,6 +36,7 @@ from services.event.domain_events import EventCancelled, EventRescheduled, Event
 
 MAX_INVITEES = 50
 NOTE_MAX = 1000
+DEFAULT_INVITATIONS_PER_DAY = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,9 +154,9 @@ class Invitations:
 class EventService:
     """Reads go through ``cache`` (cache-aside, see :mod:`services.event.cache`). Writes run in a unit of work
     (:mod:`services.common.uow`) and emit domain events: the dispatcher turns them into outbox rows and reminder
-    changes in the transaction, and into cache invalidations after it — this domain's (:func:`event_cache.handlers`)
-    and those of the domains listening (``subscribers``, wired by the process's app). Access is decided per
-    request, never cached."""
+    changes in the transaction, and into cache holds before COMMIT and invalidations after it — this domain's
+    (:func:`event_cache.handlers`) and those of the domains listening (``subscribers``, wired by the process's
+    app). Access is decided per request, never cached."""
 
     def __init__(
         self,
@@ -168,6 +169,7 @@ class EventService:
         list_ttl: float = 15.0,
         subscribers: Handlers | None = None,
         claim_window: timedelta | None = None,
+        invitations_per_day: int = DEFAULT_INVITATIONS_PER_DAY,
     ) -> None:
         self._claim_window = claim_window or timedelta(hours=2)
         self._pool = pool
@@ -177,8 +179,9 @@ class EventService:
         self._ttl = cache_ttl
         self._list_ttl = list_ttl
         self._dispatcher = notifications.handlers(public_base_url).merged(
-            event_cache.handlers(self._cache, pool), *([subscribers] if subscribers else [])
+            event_cache.handlers(self._cache), *([subscribers] if subscribers else [])
         )
+        self._invitations_per_day = invitations_per_day
 
     def share_link(self, event: Event, *, with_invite: bool) -> str:
         return notifications.share_link(self._base_url, event, with_invite=with_invite)
@@ -218,7 +221,7 @@ class EventService:
         async with self._uow(cmd.request, cmd.trace_id) as tx:
             if tx.replay is not None:
                 return await self._host_view(tx.conn, domain.parse_event_name(tx.replay))
-            await users.remember(tx.conn, cmd.user)
+            await users.remember(tx, cmd.user)
             event_id = uuid.uuid4()
             await events.insert(tx.conn, event_id, cmd.user.id, details, domain.new_invite_token(), now)
             listed = details.visibility is domain.Visibility.PUBLIC
@@ -325,7 +328,10 @@ class EventService:
             changes = domain.changes_between(event.details, new)
             if not changes:
                 return EventView(event, access)
-            await users.remember(tx.conn, cmd.user)
+            moved = (new.start_time, new.duration) != (event.details.start_time, event.details.duration)
+            if moved:  # serialized with the guests' own bookings: see lock_guests_for_move
+                await bookings.lock_guests_for_move(tx.conn, event.id)
+            await users.remember(tx, cmd.user)
             await events.update_details(tx.conn, event.id, new, now)
             # the waitlist follows: offers re-timed to a moved start, seats a raised capacity freed offered
             await bookings.after_event_update(
@@ -338,11 +344,12 @@ class EventService:
             )
             updated = await self._load(tx.conn, event.id)
             guests = await bookings.confirmed_guest_ids(tx.conn, event.id)
+            # The host's move stands even where it makes a guest's bookings overlap: each such guest is told
+            # which booking it now collides with, and both bookings stay confirmed until the guest cancels one.
+            overlaps = await bookings.overlaps(tx.conn, event.id) if moved else []
             if new.start_time != event.details.start_time:
                 tx.emit(EventRescheduled(event.id, new.start_time, now))
-            tx.emit(EventUpdated(event.id, True, updated, changes, guests))
-            if updated.host_display_name != event.host_display_name:  # shown on every event of the host
-                tx.emit(HostRenamed(updated.host_id))
+            tx.emit(EventUpdated(event.id, True, updated, changes, guests, overlaps))
         return EventView(updated, access)
 
     async def cancel(self, cmd: CancelEvent) -> EventView:
@@ -405,10 +412,26 @@ class EventService:
             domain.ensure_open(event, now)
             if cmd.user.id in cmd.user_ids:
                 raise InvalidArgument.field("users", "must not include the host")
+            await self._check_invitees(tx.conn, cmd, now)
             batch = str(cmd.request.request_id) if cmd.request else str(uuid.uuid4())
             tx.emit(InvitationsSent(event, cmd.user_ids, cmd.note.strip(), batch))
             tx.record(event.name)
         return Invitations(list(cmd.user_ids), link)
+
+    async def _check_invitees(self, conn: Conn, cmd: SendInvitations, now: datetime) -> None:
+        """Invitations go only to users cowatch knows, and at most ``invitations_per_day`` per host (UTC day,
+        counted in Postgres in this transaction, so across replicas): no mailing of made-up addresses."""
+        known = await users.known(conn, list(cmd.user_ids))
+        unknown = [(f"users[{i}]", "is not a cowatch user") for i, u in enumerate(cmd.user_ids) if u not in known]
+        if unknown:
+            raise InvalidArgument("UNKNOWN_USER", "invitations go only to users of cowatch", field_violations=unknown)
+        limit = self._invitations_per_day
+        if not await events.charge_invitations(conn, cmd.user.id, now.date(), len(cmd.user_ids), limit):
+            raise ResourceExhausted(
+                "INVITATION_QUOTA_EXCEEDED",
+                f"a host may send at most {limit} invitations per day (UTC); retry tomorrow",
+                metadata={"limit": str(limit), "window": "1d"},
+            )
 
     async def rotate_invite_token(self, cmd: RotateInviteToken) -> EventView:
         now = self._clock.now()

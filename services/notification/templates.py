@@ -36,6 +36,7 @@ TEMPLATES: Final[Mapping[str, tuple[str, ...]]] = {
     "booking_new_guest": (*EVENT_PARAMS, "guest_name", "seats"),
     "booking_cancelled": (*EVENT_PARAMS, "guest_name", "seats"),
     # to confirmed guests
+    # (optional "overlaps": the recipient's other bookings a moved event now overlaps; both stay confirmed)
     "event_changed": (*EVENT_PARAMS, "place_address", "changes"),
     "event_cancelled": (*EVENT_PARAMS, "reason"),
     # to invited users (no address: they have not booked)

@@ -39,4 +39,4 @@ class ReviewApp(ServiceApp[ReviewService]):
     def build(self, pool: db.Pool, cache: Cache) -> ReviewService:
         ttl = self._settings.cache_ttl_seconds
         # EventService's cached rows show the host's rating: its cache hears every review posted here.
-        return ReviewService(pool, self._clock, cache, cache_ttl=ttl, subscribers=event_cache.handlers(cache, pool))
+        return ReviewService(pool, self._clock, cache, cache_ttl=ttl, subscribers=event_cache.handlers(cache))

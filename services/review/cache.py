@@ -4,12 +4,13 @@ Cached (rows, never per-caller views — every value here is public): a user's r
 host's profile (``GetHostProfile``) and the first page of their held events (``ListHeldEvents``), all read
 through :class:`services.common.cache.Cache` with the TTL as a backstop.
 
-Invalidation, after the write's transaction committed:
+Invalidation (held before the write's COMMIT, invalidated after it: :mod:`services.common.cache`):
 
 - a review is written or edited → the subject's rating; for HOST reviews also the host's profile and every
   event of theirs (EventService shows the host's rating on events); for EVENT reviews the host's profile scope
   (the held-events page shows each event's rating);
-- an event is held (EventService.CompleteEvent) → the host's profile scope: :func:`invalidate_host_profile`.
+- an event is held (EventService.CompleteEvent) → the host's profile scope;
+- a user's display name changes (``UserRenamed``, from any domain's write) → their profile scope.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from datetime import datetime
 from typing import Any, Final
 from uuid import UUID
 
-from services.common.cache import Cache, Codec
-from services.common.domain_events import EventCompleted, ReviewPosted
+from services.common.cache import Cache, Codec, invalidation
+from services.common.dbtypes import Conn
+from services.common.domain_events import EventCompleted, ReviewPosted, UserRenamed
 from services.common.uow import Handlers
 from services.common.vocabulary import Rating
 from services.review.repository import HeldEventRow, HostProfileRow
@@ -46,20 +48,26 @@ async def invalidate_host_profile(cache: Cache, host_id: str) -> None:
 
 
 def handlers(cache: Cache) -> Handlers:
-    """After COMMIT: what a held event or a review made stale (the event domain's cache hears them too)."""
+    """Hold before COMMIT, invalidate after it (:func:`services.common.cache.invalidation`) what a held event, a
+    review or a new display name made stale (the event domain's cache hears them too)."""
 
-    async def completed(e: EventCompleted) -> None:
-        await invalidate_host_profile(cache, e.host_id)  # held-event count and list
+    async def completed(conn: Conn, e: EventCompleted) -> list[str]:
+        return [profile_key(e.host_id)]  # held-event count and list
 
-    async def reviewed(e: ReviewPosted) -> None:
+    async def reviewed(conn: Conn, e: ReviewPosted) -> list[str]:
         if e.about == "EVENT":
-            await invalidate_host_profile(cache, e.host_id)  # the event's rating, on the held-events list
-            return
-        await cache.invalidate(rating_key(e.subject_user_id or e.host_id))
-        if e.about == "HOST":
-            await invalidate_host_profile(cache, e.host_id)
+            return [profile_key(e.host_id)]  # the event's rating, on the held-events list
+        scopes = [rating_key(e.subject_user_id or e.host_id)]
+        return [*scopes, profile_key(e.host_id)] if e.about == "HOST" else scopes
 
-    return Handlers().on(EventCompleted, after_commit=completed).on(ReviewPosted, after_commit=reviewed)
+    async def renamed(conn: Conn, e: UserRenamed) -> list[str]:
+        return [profile_key(e.user_id)]  # the name on their host profile
+
+    return Handlers().merged(
+        invalidation(cache, EventCompleted, completed),
+        invalidation(cache, ReviewPosted, reviewed),
+        invalidation(cache, UserRenamed, renamed),
+    )
 
 
 def _rating(r: Rating) -> list[float | int]:

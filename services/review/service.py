@@ -163,7 +163,7 @@ class ReviewService:
                 return await self._load(conn, domain.parse_review_name(tx.replay))
             facts = await self._facts(conn, draft.event_id, cmd.user.id, draft.subject_user_id)
             subject = domain.resolve_subject(draft, facts, cmd.user.id)
-            await users.remember(conn, cmd.user)
+            await users.remember(tx, cmd.user)
             review = await reviews.insert(
                 conn,
                 reviews.NewReview(
@@ -197,7 +197,7 @@ class ReviewService:
             rating, text = domain.apply_edit(review, edit)
             if (rating, text) == (review.rating, review.text):
                 return review
-            await users.remember(conn, cmd.user)
+            await users.remember(tx, cmd.user)
             updated = await reviews.update(conn, review.id, rating, text, now)
             await reviews.apply_rating_change(conn, domain.rating_change_for_edit(review, rating))
             host_id = await reviews.event_host_id(conn, review.event_id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+import grpc
 import pytest
 import pytest_asyncio
 from cowatch.booking.v1 import service_pb2_grpc as booking_grpc
@@ -34,18 +35,34 @@ def verifier() -> TokenVerifier:
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def events(database_url: str, clock: ManualClock) -> AsyncIterator[event_grpc.EventServiceAsyncStub]:
+async def event_channel(database_url: str, clock: ManualClock) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to the EventService server (for raw calls a stub can't make)."""
     async with servers.app_server(EventApp, EventSettings, database_url, clock=clock, **POOL) as (_, channel):
-        yield event_grpc.EventServiceStub(channel)
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def events(event_channel: grpc.aio.Channel) -> event_grpc.EventServiceAsyncStub:
+    return event_grpc.EventServiceStub(event_channel)
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def bookings(database_url: str, clock: ManualClock) -> AsyncIterator[booking_grpc.BookingServiceAsyncStub]:
+async def booking_channel(database_url: str, clock: ManualClock) -> AsyncIterator[grpc.aio.Channel]:
     async with servers.app_server(BookingApp, BookingSettings, database_url, clock=clock, **POOL) as (_, channel):
-        yield booking_grpc.BookingServiceStub(channel)
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def bookings(booking_channel: grpc.aio.Channel) -> booking_grpc.BookingServiceAsyncStub:
+    return booking_grpc.BookingServiceStub(booking_channel)
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def reviews(database_url: str, clock: ManualClock) -> AsyncIterator[review_grpc.ReviewServiceAsyncStub]:
+async def review_channel(database_url: str, clock: ManualClock) -> AsyncIterator[grpc.aio.Channel]:
     async with servers.app_server(ReviewApp, ReviewSettings, database_url, clock=clock, **POOL) as (_, channel):
-        yield review_grpc.ReviewServiceStub(channel)
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def reviews(review_channel: grpc.aio.Channel) -> review_grpc.ReviewServiceAsyncStub:
+    return review_grpc.ReviewServiceStub(review_channel)

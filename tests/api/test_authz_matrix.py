@@ -239,7 +239,9 @@ async def list_event_guests(api: Api, w: World, role: str) -> str:
 
 
 async def send_invitations(api: Api, w: World, role: str) -> str:
-    request = event_service_pb2.SendInvitationsRequest(name=w.event.name, users=[new_caller().resource])
+    guest = w.callers["guest"]  # booked, so a user cowatch knows (invitations go only to known users)
+    assert guest is not None
+    request = event_service_pb2.SendInvitationsRequest(name=w.event.name, users=[guest.resource])
     await api.events.SendInvitations(request, metadata=_md(w, role))
     return "OK"
 

@@ -254,7 +254,7 @@ async def test_sold_out_says_how_many_seats_are_left(
     event = await new_event(events, clock, capacity=3)
     await bookings.CreateBooking(book(event, 2), metadata=new_caller().metadata)
     err = await expect_error(bookings.CreateBooking(book(event, 2), metadata=new_caller().metadata))
-    assert (err.code, err.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "EVENT_SOLD_OUT")
+    assert (err.code, err.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "EVENT_SOLD_OUT")
     assert err.metadata == {"seats_available": "1"}
     await bookings.CreateBooking(book(event, 1), metadata=new_caller().metadata)
     full = await expect_error(bookings.CreateBooking(book(event, 1), metadata=new_caller().metadata))

@@ -15,7 +15,7 @@ from google.protobuf import field_mask_pb2
 
 from services.common.clock import ManualClock
 from tests.support.api import Caller, expect_error, new_caller
-from tests.support.factories import book_directly, create_request, ts
+from tests.support.factories import book_directly, create_request, known_users, ts
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -344,6 +344,7 @@ async def test_invitations_reach_the_outbox_once(events: event_grpc.EventService
     host = new_caller("Host")
     event = await _create(events, clock, host, private=True)
     friends = [new_caller() for _ in range(3)]
+    await known_users(db_pool, *friends)
     request = service_pb2.SendInvitationsRequest(
         name=event.name, users=[f.resource for f in friends], message="Come!", request_id=str(uuid.uuid4())
     )
@@ -433,3 +434,51 @@ async def test_public_events_have_no_token_to_rotate(events: event_grpc.EventSer
         events.RotateInviteToken(service_pb2.RotateInviteTokenRequest(name=event.name), metadata=host.metadata)
     )
     assert (err.code, err.reason) == (PRECONDITION, "EVENT_NOT_PRIVATE")
+
+
+async def test_invitations_go_only_to_users_cowatch_knows(
+    events: event_grpc.EventServiceAsyncStub, clock: ManualClock, db_pool
+):
+    host, friend, stranger = new_caller("Host"), new_caller(), new_caller()
+    await known_users(db_pool, friend)
+    event = await _create(events, clock, host, private=True)
+    request = service_pb2.SendInvitationsRequest(
+        name=event.name, users=[friend.resource, "users/made-up", stranger.resource]
+    )
+    err = await expect_error(events.SendInvitations(request, metadata=host.metadata))
+    assert (err.code, err.reason) == (INVALID, "UNKNOWN_USER")
+    assert set(err.fields) == {"users[1]", "users[2]"}
+    assert await _outbox(db_pool, "event_invitation", event.name) == []
+
+
+async def test_invitation_quota_per_host_holds_across_replicas(database_url: str, clock: ManualClock, db_pool):
+    from services.event.app import EventSettings
+    from tests.support.servers import event_server
+
+    host = new_caller("Quota Host")
+    friends = [new_caller() for _ in range(4)]
+    await known_users(db_pool, *friends)
+    async with (
+        event_server(database_url, clock=clock, settings_cls=EventSettings, invitations_per_day=5) as (_, one),
+        event_server(database_url, clock=clock, settings_cls=EventSettings, invitations_per_day=5) as (_, two),
+    ):
+        event = await one.CreateEvent(create_request(clock.now(), private=True), metadata=host.metadata)
+
+        def invite(*who: Caller) -> service_pb2.SendInvitationsRequest:
+            return service_pb2.SendInvitationsRequest(name=event.name, users=[w.resource for w in who])
+
+        await one.SendInvitations(invite(*friends[:3]), metadata=host.metadata)  # 3 of 5
+        await two.SendInvitations(invite(friends[3]), metadata=host.metadata)  # 4 of 5, the other replica
+        err = await expect_error(two.SendInvitations(invite(*friends[:2]), metadata=host.metadata))  # would be 6
+        assert (err.code, err.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "INVITATION_QUOTA_EXCEEDED")
+        assert err.metadata["limit"] == "5"
+        await one.SendInvitations(invite(friends[0]), metadata=host.metadata)  # exactly 5: still fine
+        err = await expect_error(one.SendInvitations(invite(friends[1]), metadata=host.metadata))
+        assert err.reason == "INVITATION_QUOTA_EXCEEDED"
+        before = clock.now()
+        clock.advance(timedelta(days=1))
+        try:
+            await two.SendInvitations(invite(friends[1]), metadata=host.metadata)  # a new day
+        finally:
+            clock.set(before)
+    assert len(await _outbox(db_pool, "event_invitation", event.name)) == 4

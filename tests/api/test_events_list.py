@@ -138,7 +138,10 @@ async def test_page_token_is_bound_to_its_filters(events: event_grpc.EventServic
 @pytest.mark.parametrize("token", ["garbage", "eyJ2IjoxfQ", "%%%", "x" * 5000])
 async def test_malformed_page_token(events: event_grpc.EventServiceAsyncStub, token: str):
     err = await expect_error(events.ListEvents(service_pb2.ListEventsRequest(page_token=token)))
-    assert (err.code, err.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN")
+    # an oversized token is refused by the text rule every request string obeys, before it is decoded
+    reason = "INVALID_ARGUMENT" if len(token) > 2048 else "INVALID_PAGE_TOKEN"
+    assert (err.code, err.reason) == (grpc.StatusCode.INVALID_ARGUMENT, reason)
+    assert len(token) <= 2048 or "page_token" in err.fields
 
 
 @pytest.mark.parametrize(

@@ -210,20 +210,20 @@ def test_grpc_web_error_carries_status_details(gateway: Gateway) -> None:
 
 def test_grpc_web_cors_for_an_allowed_origin_only(gateway: Gateway) -> None:
     preflight = {
-        "origin": "http://localhost:3000",
+        "origin": "http://localhost:5173",
         "access-control-request-method": "POST",
         "access-control-request-headers": "content-type,x-grpc-web,authorization,x-user-agent",
     }
     status, headers, _ = http("OPTIONS", f"{gateway.url}{EVENTS_PATH}/CreateEvent", headers=preflight)
     assert status == 200
-    assert headers["access-control-allow-origin"] == "http://localhost:3000"
+    assert headers["access-control-allow-origin"] == "http://localhost:5173"
     assert "x-grpc-web" in headers["access-control-allow-headers"]
 
     status, headers, _ = http(
         "OPTIONS", f"{gateway.url}/v1/events", headers={**preflight, "access-control-request-headers": "content-type"}
     )
     assert status == 200  # the JSON routes too
-    assert headers["access-control-allow-origin"] == "http://localhost:3000"
+    assert headers["access-control-allow-origin"] == "http://localhost:5173"
 
     evil = {**preflight, "origin": "https://evil.example"}
     _, headers, _ = http("OPTIONS", f"{gateway.url}{EVENTS_PATH}/CreateEvent", headers=evil)
@@ -231,9 +231,9 @@ def test_grpc_web_cors_for_an_allowed_origin_only(gateway: Gateway) -> None:
 
     # the actual call exposes the gRPC status headers to the browser
     request = service_pb2.ListEventsRequest(city=unique_city()).SerializeToString()
-    _, headers, _, trailers = grpc_web_call(gateway, "ListEvents", request, origin="http://localhost:3000")
+    _, headers, _, trailers = grpc_web_call(gateway, "ListEvents", request, origin="http://localhost:5173")
     assert trailers["grpc-status"] == "0"
-    assert headers["access-control-allow-origin"] == "http://localhost:3000"
+    assert headers["access-control-allow-origin"] == "http://localhost:5173"
     assert "grpc-status" in headers["access-control-expose-headers"]
 
 
@@ -475,3 +475,53 @@ def test_json_waitlist_join_offer_and_claim(gateway: Gateway) -> None:
     assert status == 200, body
     claimed = json.loads(body)
     assert (claimed["state"], claimed["seats"], claimed["guest"]) == ("CONFIRMED", 2, alice.resource)
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+def _violations(error: dict[str, Any]) -> list[dict[str, str]]:
+    return [v for d in error["details"] if d["@type"].endswith("google.rpc.BadRequest") for v in d["fieldViolations"]]
+
+
+def _private_event_json(gateway: Gateway, host: Caller, **kwargs: Any) -> dict[str, Any]:
+    payload = event_json(unique_city(), private=True, **kwargs)
+    status, _, body = post_json(f"{gateway.url}/v1/events", payload, host)
+    assert status == 200, body[:300]
+    created: dict[str, Any] = json.loads(body)
+    return created
+
+
+def test_json_mangled_invite_token_in_a_share_link_is_400_not_500(gateway: Gateway) -> None:
+    event = _private_event_json(gateway, new_caller())
+    status, headers, body = http("GET", f"{gateway.url}/v1/{event['name']}?inviteToken=%C3%A4")
+    assert status == 400, body[:300]
+    assert headers["content-type"] == "application/json"
+    assert "invite_token" in {v["field"] for v in _violations(json.loads(body))}
+
+
+def test_json_ten_thousand_malformed_users_is_a_small_400(gateway: Gateway) -> None:
+    host = new_caller()
+    event = _private_event_json(gateway, host)
+    payload = {"users": [f"nobody-{i}" for i in range(10_000)]}
+    status, _, body = post_json(f"{gateway.url}/v1/{event['name']}:sendInvitations", payload, host)
+    assert status == 400, body[:300]
+    error = json.loads(body)
+    assert error["code"] == 3
+    assert 0 < len(_violations(error)) <= 20
+    assert int(error_info(error)["metadata"]["omitted_violations"]) >= 10_000 - 20
+    assert len(body) < 8192
+
+
+def test_json_sold_out_is_400_failed_precondition_not_429(gateway: Gateway) -> None:
+    host, first, second = new_caller(), new_caller(), new_caller()
+    status, _, body = post_json(f"{gateway.url}/v1/events", event_json(unique_city(), capacity=1), host)
+    assert status == 200, body[:300]
+    name = json.loads(body)["name"]
+    status, _, body = post_json(f"{gateway.url}/v1/bookings", {"event": name}, first)
+    assert status == 200, body[:300]
+    status, _, body = post_json(f"{gateway.url}/v1/bookings", {"event": name}, second)
+    assert status == 400, body[:300]
+    error = json.loads(body)
+    assert error["code"] == 9  # FAILED_PRECONDITION: no client or proxy retries it
+    assert error_info(error)["reason"] == "EVENT_SOLD_OUT"

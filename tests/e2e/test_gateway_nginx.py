@@ -235,6 +235,27 @@ def test_booking_walkthrough_over_json_through_nginx(edge: Edge) -> None:
 # ------------------------------------------------------------------------------------------------ NGINX's own work
 
 
+def test_nginx_serves_the_web_page_for_share_links_with_caching_headers(edge: Edge) -> None:
+    # A share link ({PUBLIC_BASE_URL}/events/{id}, with ?invite=... for a private event) gets the page.
+    status, headers, body = http("GET", f"{edge.nginx.url}/events/{uuid.uuid4()}?invite=abc")
+    assert status == 200
+    assert headers["content-type"].startswith("text/html")
+    assert headers["cache-control"] == "no-cache"  # a deploy shows at once
+    assert b'id="main"' in body
+    [script] = [
+        p for p in (Path(__file__).resolve().parents[2] / "web" / "dist" / "assets").iterdir() if p.suffix == ".js"
+    ]
+    status, headers, body = http("GET", f"{edge.nginx.url}/assets/{script.name}", headers={"accept-encoding": "gzip"})
+    assert status == 200
+    assert "immutable" in headers["cache-control"] and "max-age=31536000" in headers["cache-control"]
+    assert headers.get("content-encoding") == "gzip"
+    assert headers["content-type"] == "application/javascript"  # module scripts need a JavaScript type
+    assert http("GET", f"{edge.nginx.url}/assets/missing-0000.js")[0] == 404  # never index.html for an asset
+    # The API next to it is untouched: JSON still reaches Envoy.
+    status, headers, _ = http("GET", f"{edge.nginx.url}/v1/events?pageSize=1")
+    assert status == 200 and headers["content-type"] == "application/json"
+
+
 def test_healthz_through_nginx_reports_the_services(edge: Edge) -> None:
     status, _, _ = http("GET", f"{edge.nginx.url}/healthz")
     assert status == 200
@@ -372,3 +393,119 @@ def test_config_is_valid_as_compose_renders_it_and_with_the_tls_example(tmp_path
 
     with pytest.raises(ValueError, match="no placeholder"):
         render({"COWATCH_NGINX_TYPO": "1"})
+
+
+# ------------------------------------------------------------------------------- abuse and NGINX's own errors
+
+
+def raw_http(port: int, request: bytes, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    """Send raw bytes, read the reply until NGINX closes or the body is complete."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        data = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            data += chunk
+            head, sep, body = data.partition(b"\r\n\r\n")
+            if sep and b"content-length:" in head.lower():
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                if len(body) >= length:
+                    break
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return status, headers, body
+
+
+def _json_error(status: int, headers: dict[str, str], body: bytes, code: int) -> dict[str, Any]:
+    assert headers.get("content-type") == "application/json", (status, headers, body[:200])
+    error: dict[str, Any] = json.loads(body)
+    assert error["code"] == code, error
+    assert "<html" not in body.decode(errors="replace").lower()
+    return error
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code"),
+    [
+        (b"NOT A REQUEST\r\n\r\n", 400, 3),
+        (b"GET /v1/events HTTP/1.1\r\nHost: x\r\nHost: y\r\nConnection: close\r\n\r\n", 400, 3),
+        (b"GET /v1/events HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\nConnection: close\r\n\r\n", 431, 3),
+        (b"GET /v1/events?q=" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 414, 3),
+    ],
+    ids=["garbage", "duplicate-host", "headers-too-large", "uri-too-long"],
+)
+def test_nginx_own_errors_are_json_statuses(edge: Edge, request_bytes: bytes, status: int, code: int) -> None:
+    got, headers, body = raw_http(edge.nginx.http_port, request_bytes)
+    assert got == status, (got, body[:300])
+    _json_error(got, headers, body, code)
+
+
+def test_envoy_unreachable_is_a_json_503(tmp_path: Path) -> None:
+    closed = free_port()
+    nginx = NginxProcess(("127.0.0.1", closed), tmp_path, GENEROUS).start()
+    try:
+        status, headers, body = http("GET", f"{nginx.url}/v1/events")
+        assert status == 503, body[:300]
+        assert _json_error(status, headers, body, 14)["message"].startswith("gateway")
+        assert headers.get("retry-after") == "1"
+    finally:
+        nginx.stop(5)
+
+
+def test_ten_thousand_malformed_users_through_nginx_is_a_small_json_400(edge: Edge) -> None:
+    host = new_caller()
+    status, _, body = post_json(f"{edge.nginx.url}/v1/events", event_json(unique_city(), private=True), host)
+    assert status == 200, body[:300]
+    name = json.loads(body)["name"]
+    payload = {"users": ["x"] * 10_000}
+    status, headers, body = post_json(f"{edge.nginx.url}/v1/{name}:sendInvitations", payload, host)
+    assert status == 400, body[:300]
+    error = _json_error(status, headers, body, 3)
+    violations = [v for d in error["details"] if d["@type"].endswith("BadRequest") for v in d["fieldViolations"]]
+    assert 0 < len(violations) <= 20 and len(body) < 8192
+
+
+def test_connections_per_client_are_limited_and_slow_bodies_are_cut_off(edge: Edge, tmp_path: Path) -> None:
+    import socket
+    import time
+
+    values = {**GENEROUS, "COWATCH_NGINX_MAX_CONNS": "3", "COWATCH_NGINX_CLIENT_TIMEOUT": "1s"}
+    nginx = NginxProcess(("127.0.0.1", edge.envoy.port), tmp_path, values).start()
+    slow: list[socket.socket] = []
+    try:
+        # three clients send their headers, then trickle nothing of the promised body: each holds a connection
+        for _ in range(3):
+            sock = socket.create_connection(("127.0.0.1", nginx.http_port), timeout=5)
+            sock.sendall(
+                b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+            )
+            slow.append(sock)
+        time.sleep(0.2)
+        status, headers, body = http("GET", f"{nginx.url}/v1/events?pageSize=1")
+        assert status == 429, body[:300]
+        _json_error(status, headers, body, 8)
+        # the slow bodies are cut off after the client timeout, which frees the connections
+        started = time.monotonic()
+        for sock in slow:
+            sock.settimeout(5)
+            try:
+                while sock.recv(65536):
+                    pass
+            except (ConnectionResetError, TimeoutError):
+                pass
+        assert time.monotonic() - started < 4
+        status, _, body = http("GET", f"{nginx.url}/v1/events?pageSize=1")
+        assert status == 200, body[:300]
+    finally:
+        for sock in slow:
+            sock.close()
+        nginx.stop(5)

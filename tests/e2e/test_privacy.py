@@ -39,6 +39,7 @@ from tests.e2e.test_gateway_envoy import event_json, http, post_json
 from tests.support.api import AUDIENCE, HS256_SECRET, ISSUER, Caller
 from tests.support.db import create_migrated_database
 from tests.support.envoy import EnvoyProcess, ServiceProcess
+from tests.support.factories import known_users
 from tests.support.nginx import NginxProcess, nginx_binary
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -204,7 +205,8 @@ async def test_no_secret_in_any_log_and_retention_purges_what_storage_kept(stack
     status, again = await call("POST", booking_url, {"event": event["name"], "seats": 1}, guest)
     assert status == 200 and again["name"] == booking["name"]
 
-    # The host invites someone (the mail carries the share link) and moves the event to a new address.
+    # The host invites people cowatch knows (the mail carries the share link) and moves the event to a new address.
+    await known_users(stack.pool, invitee, stranger)
     invitation = {"users": [invitee.resource, stranger.resource], "message": "Come!", "requestId": str(uuid.uuid4())}
     status, sent = await call("POST", f"{base}{event_path}:sendInvitations", invitation, host)
     assert status == 200, sent

@@ -115,9 +115,16 @@ async def test_a_read_after_an_invalidation_does_not_join_an_older_load(cache: R
 
 
 async def test_a_cold_hot_key_costs_one_load_for_hundreds_of_concurrent_readers(cache: RedisCache):
-    k, load = key(), Loader(delay=0.05)
+    # The load is held open until every reader has joined it, so the assertion does not depend on how fast a busy
+    # machine schedules 300 tasks (a reader arriving after the load stored its value would be a plain hit).
+    k, load = key(), Loader(block=True)
     metrics = cache._metrics
-    results = await asyncio.gather(*(cache.get_or_load(k, load, CODEC, ttl=30) for _ in range(300)))
+    readers = [asyncio.create_task(cache.get_or_load(k, load, CODEC, ttl=30)) for _ in range(300)]
+    await wait_until(
+        lambda: metrics.value("cowatch_cache_coalesced_total", {"cache": "test"}) == 299, within=10, interval=0.005
+    )
+    load.gate.set()
+    results = await asyncio.gather(*readers)
     assert load.calls == 1
     assert all(r == {"value": "v1", "load": 1} for r in results)
     assert metrics.value("cowatch_cache_loads_total", {"cache": "test"}) == 1
@@ -208,3 +215,78 @@ async def test_an_entry_that_is_not_ours_is_a_miss(
     assert (await cache.get_or_load(k, load, CODEC, ttl=30))["load"] == 1
     await redis_client.set(f"{redis_key_prefix}{{{k}}}", f"0|{redis_key_prefix}{{{k}}}|not json".encode(), ex=30)
     assert (await cache.get_or_load(k, load, CODEC, ttl=30))["load"] == 2
+
+
+# --- two-phase invalidation: a hold before COMMIT, the invalidation after it -----------------------------------
+
+
+async def cached_value(cache: RedisCache, k: str, load: Loader) -> dict[str, Any]:
+    value = await cache.get_or_load(k, load, CODEC, ttl=30)
+    await cache.settle()
+    return value
+
+
+async def test_a_writer_that_dies_between_commit_and_invalidation_leaves_nothing_stale(
+    cache: RedisCache, redis_url: str, redis_key_prefix: str
+):
+    k, load = key(), Loader()
+    assert (await cached_value(cache, k, load))["value"] == "v1"
+    await cache.hold(k)  # the write's transaction, before COMMIT
+    load.value = "v2"  # ... COMMIT ...; the process dies before invalidate(k) runs
+    # Another process (the dead one's cache is gone) reads the committed value, and caches nothing while the hold
+    # lives: every read until it expires goes to the database.
+    other = cache_from_settings(cache_settings(redis_url, redis_key_prefix, redis_timeout_seconds=5), ServerMetrics())
+    assert isinstance(other, RedisCache)
+    try:
+        assert (await cached_value(other, k, load)) == {"value": "v2", "load": 2}
+        assert (await cached_value(other, k, load)) == {"value": "v2", "load": 3}
+    finally:
+        await other.aclose()
+
+
+async def test_a_crashed_writers_hold_expires_on_its_own_even_on_a_busy_scope(redis_url: str, redis_key_prefix: str):
+    settings = cache_settings(redis_url, redis_key_prefix, redis_timeout_seconds=5)
+    dead, busy = (cache_from_settings(settings, ServerMetrics()) for _ in range(2))
+    assert isinstance(dead, RedisCache) and isinstance(busy, RedisCache)
+    dead._hold_seconds = 0.3  # a short hold, so the test needn't wait HOLD_SECONDS
+    k, load = key(), Loader()
+    try:
+        await dead.hold(k)
+        await dead.aclose()  # dies without invalidating
+        for _ in range(3):  # other writers keep the scope busy, each ending its own hold
+            await busy.hold(k)
+            await busy.invalidate(k)
+        calls = load.calls
+        await cached_value(busy, k, load)
+        await cached_value(busy, k, load)
+        assert load.calls == calls + 2  # the dead writer's hold still lives: nothing cached
+        await asyncio.sleep(0.4)
+        await cached_value(busy, k, load)
+        await cached_value(busy, k, load)
+        assert load.calls == calls + 3  # expired: cached again
+    finally:
+        await busy.aclose()
+
+
+async def test_an_invalidation_or_a_rollback_ends_the_hold_at_once(cache: RedisCache):
+    for end in (cache.invalidate, cache.release):
+        k, load = key(), Loader()
+        await cached_value(cache, k, load)
+        await cache.hold(k)
+        assert (await cached_value(cache, k, load))["load"] == 2  # the entry from before the write is stale
+        assert (await cached_value(cache, k, load))["load"] == 3  # and nothing is stored during the hold
+        await end(k)
+        assert (await cached_value(cache, k, load))["load"] == 4
+        assert (await cached_value(cache, k, load))["load"] == 4  # a hit again
+
+
+async def test_overlapping_writes_keep_the_scope_held_until_the_last_one_ends(cache: RedisCache):
+    k, load = key(), Loader()
+    await cache.hold(k)
+    await cache.hold(k)
+    await cache.invalidate(k)
+    await cached_value(cache, k, load)
+    assert (await cached_value(cache, k, load))["load"] == 2  # the second write has not committed yet
+    await cache.invalidate(k)
+    await cached_value(cache, k, load)
+    assert (await cached_value(cache, k, load))["load"] == 3

@@ -280,3 +280,38 @@ async def test_a_booking_through_booking_service_is_seen_at_once_through_the_cac
         )
         assert (await cached.events.GetEvent(get(created.name))).seats_available == 2
         assert await cached.names(city=city, has_free_seats=True) == [created.name]
+
+
+async def test_a_booking_process_dying_between_commit_and_invalidation_leaves_no_stale_seat_count(
+    cached: Cached, database_url: str, redis_url: str, redis_key_prefix: str, monkeypatch: pytest.MonkeyPatch
+):
+    """The after-COMMIT invalidation never runs (the process died right after COMMIT): the hold taken before
+    COMMIT already made the cached row stale and keeps it uncached, so the next read shows the booking."""
+    host, guest = new_caller(), new_caller()
+    city = town()
+    created = await cached.create(host, city=city, capacity=2)
+    assert (await cached.events.GetEvent(get(created.name))).seats_available == 2
+    assert await cached.names(city=city, has_free_seats=True) == [created.name]
+    await cached.cache.settle()
+    async with app_server(
+        BookingApp,
+        BookingSettings,
+        database_url,
+        clock=cached.clock,
+        redis_url=redis_url,
+        redis_key_prefix=f"{redis_key_prefix}event-cache:",
+    ) as (booking_server, channel):
+        dispatcher = booking_server.app.service._dispatcher  # type: ignore[attr-defined]
+
+        async def dies_after_commit(events: object) -> None:
+            return None
+
+        monkeypatch.setattr(dispatcher, "after_commit", dies_after_commit)
+        await booking_grpc.BookingServiceStub(channel).CreateBooking(
+            booking_service_pb2.CreateBookingRequest(booking=booking_pb2.Booking(event=created.name, seats=2)),
+            metadata=guest.metadata,
+        )
+    for _ in range(2):
+        assert (await cached.events.GetEvent(get(created.name))).seats_available == 0
+        assert await cached.names(city=city, has_free_seats=True) == []
+        await cached.cache.settle()

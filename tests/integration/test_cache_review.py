@@ -1,27 +1,34 @@
-"""ReviewService and EventService sharing a real Redis cache: ratings, host profiles, held-event pages and the
-host rating shown on events are served from the cache and are never stale after a review, an edit or a newly
-held event."""
+"""ReviewService, EventService and BookingService sharing a real Redis cache: ratings, host profiles, held-event
+pages and the host rating and name shown on events are served from the cache and are never stale after a review,
+an edit, a newly held event or a new display name."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
 import pytest_asyncio
+from cowatch.booking.v1 import resources_pb2 as booking_pb2
+from cowatch.booking.v1 import service_pb2 as booking_service_pb2
+from cowatch.booking.v1 import service_pb2_grpc as booking_grpc
 from cowatch.event.v1 import service_pb2 as event_service_pb2
 from cowatch.event.v1 import service_pb2_grpc as event_grpc
 from cowatch.review.v1 import resources_pb2, service_pb2
 from cowatch.review.v1 import service_pb2_grpc as review_grpc
 from google.protobuf import field_mask_pb2
 
+from services.booking.app import BookingApp, BookingSettings
+from services.common.cache import RedisCache
 from services.common.clock import ManualClock
 from services.common.server import RunningServer
 from services.review.app import ReviewApp, ReviewSettings
-from tests.support.api import new_caller
+from tests.support.api import Caller, new_caller
+from tests.support.factories import create_request
 from tests.support.reviews import EVENT, GUEST, HOST, held_event, review_request
 from tests.support.servers import app_server, event_server
 
@@ -34,6 +41,15 @@ class Stack:
     reviews: review_grpc.ReviewServiceAsyncStub
     review_server: RunningServer
     clock: ManualClock
+    bookings: booking_grpc.BookingServiceAsyncStub
+    servers: tuple[RunningServer, ...]
+
+    async def settle(self) -> None:
+        """Wait until what the reads loaded is in Redis."""
+        for server in self.servers:
+            cache = server.app.cache  # type: ignore[attr-defined]
+            if isinstance(cache, RedisCache):
+                await cache.settle()
 
     def hits(self, cache: str) -> float:
         return self.review_server.metrics.value("cowatch_cache_requests_total", {"cache": cache, "result": "hit"})
@@ -48,10 +64,18 @@ async def stack(database_url: str, redis_url: str, redis_key_prefix: str) -> Asy
         "redis_timeout_seconds": 2.0,
     }
     async with (
-        event_server(database_url, clock=clock, **redis) as (_, events),
+        event_server(database_url, clock=clock, **redis) as (event_running, events),
         app_server(ReviewApp, ReviewSettings, database_url, clock=clock, **redis) as (review_server, channel),
+        app_server(BookingApp, BookingSettings, database_url, clock=clock, **redis) as (booking_server, booking_ch),
     ):
-        yield Stack(events, review_grpc.ReviewServiceStub(channel), review_server, clock)
+        yield Stack(
+            events,
+            review_grpc.ReviewServiceStub(channel),
+            review_server,
+            clock,
+            booking_grpc.BookingServiceStub(booking_ch),
+            (event_running, review_server, booking_server),
+        )
 
 
 async def test_ratings_and_profiles_are_cached_and_never_stale(stack: Stack, db_pool: asyncpg.Pool) -> None:
@@ -118,3 +142,51 @@ async def test_ratings_and_profiles_are_cached_and_never_stale(stack: Stack, db_
     second = await held_event(stack.events, db_pool, stack.clock, host, [ben])
     assert (await profile())[2] == 2
     assert [name for name, _, _ in await held()] == [second.name, first.name]
+
+
+async def test_a_new_display_name_shows_at_once_on_the_hosts_events_and_profile(
+    stack: Stack, db_pool: asyncpg.Pool
+) -> None:
+    """The name comes with the token on any write, through any service, and is snapshotted there: every cached
+    copy that shows it (the host's events, first list pages, the host profile) is dropped at once."""
+    host_id = f"u-{uuid.uuid4().hex[:12]}"
+    host, ana = new_caller("Hedy A", user_id=host_id), new_caller("Ana")
+    await held_event(stack.events, db_pool, stack.clock, host, [ana])
+    held = await stack.reviews.ListHeldEvents(service_pb2.ListHeldEventsRequest(parent=f"{host.resource}/hostProfile"))
+    city = f"Town-{uuid.uuid4().hex[:8]}"
+    upcoming = await stack.events.CreateEvent(
+        create_request(stack.clock.now(), city=city, start_in=timedelta(days=3)), metadata=host.metadata
+    )
+    elsewhere = await stack.events.CreateEvent(
+        create_request(stack.clock.now(), start_in=timedelta(days=9)), metadata=new_caller("Other host").metadata
+    )
+
+    async def shown() -> set[str]:
+        event = await stack.events.GetEvent(event_service_pb2.GetEventRequest(name=upcoming.name))
+        page = await stack.events.ListEvents(event_service_pb2.ListEventsRequest(city=city))
+        profile = await stack.reviews.GetHostProfile(
+            service_pb2.GetHostProfileRequest(name=f"{host.resource}/hostProfile")
+        )
+        await stack.settle()
+        return {event.host_display_name, *(e.host_display_name for e in page.events), profile.display_name}
+
+    async def through_booking(caller: Caller) -> None:
+        request = booking_service_pb2.CreateBookingRequest(booking=booking_pb2.Booking(event=elsewhere.name, seats=1))
+        await stack.bookings.CreateBooking(request, metadata=caller.metadata)
+
+    async def through_review(caller: Caller) -> None:
+        request = review_request(held.held_events[0].event, GUEST, 4, subject_user=ana.resource)
+        await stack.reviews.CreateReview(request, metadata=caller.metadata)
+
+    async def through_event(caller: Caller) -> None:
+        request = create_request(stack.clock.now(), start_in=timedelta(days=20))
+        await stack.events.CreateEvent(request, metadata=caller.metadata)
+
+    assert await shown() == {"Hedy A"}
+    hits = stack.hits("host_profile")
+    assert await shown() == {"Hedy A"}  # served from the cache
+    assert stack.hits("host_profile") == hits + 1
+    for new_name, write in (("Hedy B", through_booking), ("Hedy C", through_review), ("Hedy D", through_event)):
+        await write(new_caller(new_name, user_id=host_id))
+        assert await shown() == {new_name}, write.__name__
+        assert await shown() == {new_name}, write.__name__  # and cached again

@@ -18,12 +18,13 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import grpc
 import pytest
+import redis.asyncio
 from cowatch.event.v1 import resources_pb2, service_pb2
 from cowatch.event.v1 import service_pb2_grpc as event_grpc
 from google.protobuf import field_mask_pb2
 
 from services.common.breaker import BreakerState
-from services.common.cache import RedisCache
+from services.common.cache import Codec, RedisCache
 from services.common.clock import ManualClock
 from services.common.server import RunningServer
 from services.event.app import EventApp
@@ -233,3 +234,37 @@ async def test_redis_down_at_start_then_up(redis_factory: Callable[..., RedisSer
         hits = running.metrics.value("cowatch_cache_requests_total", {"result": "hit"})
         await events.GetEvent(service_pb2.GetEventRequest(name=load.names[0]), timeout=5)
         assert running.metrics.value("cowatch_cache_requests_total", {"result": "hit"}) == hits + 1
+
+
+async def test_a_hold_redis_missed_the_end_of_is_removed_when_redis_answers_again(
+    redis_factory: Callable[..., RedisServer],
+):
+    """A write held its cache scope before COMMIT; after COMMIT Redis was unavailable (the breaker open), so its
+    invalidation was only remembered. Once Redis answers, the probe replays it and removes the hold: the scope is
+    cached again at once, not only when the hold expires (30 s)."""
+    server = redis_factory()
+    client = redis.asyncio.Redis.from_url(server.url, socket_timeout=REDIS_TIMEOUT)
+    cache = RedisCache(
+        client, prefix="hold-test:", timeout=REDIS_TIMEOUT, breaker_threshold=1, breaker_reset_seconds=0.3
+    )
+    codec: Codec[int] = Codec("test", lambda v: v, lambda j: j)
+    loads = 0
+
+    async def load() -> int:
+        nonlocal loads
+        loads += 1
+        return loads
+
+    try:
+        await cache.hold("k")
+        server.pause()
+        assert await cache.get_or_load("k", load, codec, ttl=30) == 1  # times out: the breaker opens
+        assert cache.breaker.state is BreakerState.OPEN
+        await cache.invalidate("k")  # not even tried: remembered, with the hold to remove
+        server.resume()
+        await wait_until(lambda: cache.breaker.closed, within=5)
+        for expected in (2, 2):
+            assert await cache.get_or_load("k", load, codec, ttl=30) == expected
+            await cache.settle()
+    finally:
+        await cache.aclose()

@@ -17,7 +17,7 @@ from services.notification.standin import Delivery
 from services.notification.worker import Worker
 from tests.support.api import Caller, new_caller
 from tests.support.bookings import book, cancel, new_event
-from tests.support.factories import ts
+from tests.support.factories import known_users, ts
 from tests.support.notify import NotifyEnv, assert_each_key_once, notify_env
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -130,6 +130,7 @@ async def test_event_cancelled_tells_every_guest_with_the_reason(env: NotifyEnv,
 
 
 async def invite(env: NotifyEnv, host: Caller, event: resources_pb2.Event, users: list[Caller], note: str) -> None:
+    await known_users(env.pool, *users)
     await env.events.SendInvitations(
         service_pb2.SendInvitationsRequest(name=event.name, users=[u.resource for u in users], message=note),
         metadata=host.metadata,

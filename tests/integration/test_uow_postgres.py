@@ -34,6 +34,7 @@ class Probe:
         self.pool = pool
         self.in_tx: list[str] = []
         self.seen_after_commit: list[tuple[str, bool]] = []
+        self.rolled_back: list[str] = []
 
     def handlers(self) -> Handlers:
         async def write(conn: Conn, e: UserSeen, trace_id: str) -> None:
@@ -45,7 +46,10 @@ class Probe:
                 found = await other.fetchval("SELECT display_name FROM account.users WHERE id = $1", e.user_id)
             self.seen_after_commit.append((e.user_id, found == "trace-1"))
 
-        return Handlers().on(UserSeen, in_transaction=write, after_commit=check)
+        async def undone(e: UserSeen) -> None:
+            self.rolled_back.append(e.user_id)
+
+        return Handlers().on(UserSeen, in_transaction=write, after_commit=check, after_rollback=undone)
 
 
 async def test_events_are_written_in_the_transaction_and_seen_by_others_after_commit(db_pool: asyncpg.Pool) -> None:
@@ -56,6 +60,7 @@ async def test_events_are_written_in_the_transaction_and_seen_by_others_after_co
         assert probe.in_tx == []  # dispatched when the block ends, still inside the transaction
     assert probe.in_tx == [user_id]
     assert probe.seen_after_commit == [(user_id, True)]
+    assert probe.rolled_back == []
 
 
 async def test_a_retry_replays_what_the_first_call_recorded_and_dispatches_nothing(db_pool: asyncpg.Pool) -> None:
@@ -76,7 +81,16 @@ async def test_a_retry_replays_what_the_first_call_recorded_and_dispatches_nothi
     assert raised.value.reason == "REQUEST_ID_REUSED"
 
 
-async def test_a_failed_block_rolls_back_its_claim_and_dispatches_nothing(db_pool: asyncpg.Pool) -> None:
+async def test_a_block_failing_before_its_events_were_dispatched_hands_them_to_nobody(db_pool: asyncpg.Pool) -> None:
+    probe = Probe(db_pool)
+    with pytest.raises(RuntimeError):
+        async with uow(db_pool, probe.handlers()) as tx:
+            tx.emit(UserSeen(f"uow-{uuid.uuid4().hex[:8]}"))
+            raise RuntimeError("refused before the dispatch")
+    assert probe.in_tx == [] and probe.seen_after_commit == [] and probe.rolled_back == []
+
+
+async def test_a_failed_block_rolls_back_its_claim_and_undoes_what_it_dispatched(db_pool: asyncpg.Pool) -> None:
     probe = Probe(db_pool)
     key = _key(uuid.uuid4())
     user_id = f"uow-{uuid.uuid4().hex[:8]}"
@@ -86,6 +100,7 @@ async def test_a_failed_block_rolls_back_its_claim_and_dispatches_nothing(db_poo
             await tx.flush()  # written in the transaction...
             raise RuntimeError("refused after the write")
     assert probe.in_tx == [user_id] and probe.seen_after_commit == []
+    assert probe.rolled_back == [user_id]  # what it did in the transaction (cache holds) is undone too
     async with db_pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM account.users WHERE id = $1", user_id) == 0  # ...undone
     async with uow(db_pool, probe.handlers(), request=key) as tx:

@@ -48,14 +48,20 @@ def create_request(now: datetime, **kwargs: object) -> service_pb2.CreateEventRe
     return service_pb2.CreateEventRequest(event=event_msg(now, **kwargs))  # type: ignore[arg-type]
 
 
+async def known_users(pool: asyncpg.Pool, *callers: Caller) -> None:
+    """Make ``callers`` users cowatch has seen (as after their first write), e.g. so they can be invited."""
+    await pool.executemany(
+        "INSERT INTO account.users (id, display_name) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        [(c.id, c.name) for c in callers],
+    )
+
+
 async def book_directly(pool: asyncpg.Pool, event_name: str, guest: Caller, seats: int = 1) -> uuid.UUID:
     """Seat a guest the way BookingService does (same statements), for event tests that need guests."""
     event_id = uuid.UUID(event_name.split("/")[1])
     booking_id = uuid.uuid4()
+    await known_users(pool, guest)
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            "INSERT INTO account.users (id, display_name) VALUES ($1, $2) ON CONFLICT DO NOTHING", guest.id, guest.name
-        )
         updated = await conn.fetchval(
             "UPDATE event.events SET seats_taken = seats_taken + $2 "
             "WHERE id = $1 AND seats_taken + $2 <= capacity RETURNING seats_taken",

@@ -40,6 +40,9 @@ DEFAULTS: Final[Mapping[str, str]] = {
     "COWATCH_NGINX_RATE": "50r/s",
     "COWATCH_NGINX_BURST": "100",
     "COWATCH_NGINX_MAX_BODY": "1m",
+    "COWATCH_NGINX_WEB_ROOT": "/usr/share/nginx/cowatch",
+    "COWATCH_NGINX_MAX_CONNS": "100",
+    "COWATCH_NGINX_CLIENT_TIMEOUT": "10s",
 }
 
 
@@ -120,6 +123,7 @@ class NginxProcess(_Process):
                 "COWATCH_NGINX_ENVOY": f"{envoy[0]}:{envoy[1]}",
                 "COWATCH_NGINX_HTTP_LISTEN": f"127.0.0.1:{self.http_port}",
                 "COWATCH_NGINX_GRPC_LISTEN": f"127.0.0.1:{self.grpc_port}",
+                "COWATCH_NGINX_WEB_ROOT": str(REPO_ROOT / "web" / "dist"),
                 **(values or {}),
             },
         )

@@ -40,3 +40,12 @@ def test_every_setting_is_documented(settings_cls: type[BaseSettings]) -> None:
         if not any(name in names for name in env_names(settings_cls, field))
     ]
     assert not missing, f"add these to .env.example: {missing}"
+
+
+def test_make_run_settings_are_documented() -> None:
+    from services.dev.run import DEFAULT_PORTS, DEV_PREFIX
+    from services.dev.web import CORS_ORIGINS_ENV
+
+    names = documented()
+    expected = [CORS_ORIGINS_ENV, *(f"{DEV_PREFIX}{role.upper()}_PORT" for role in DEFAULT_PORTS)]
+    assert not [n for n in expected if n not in names], "add these to .env.example"

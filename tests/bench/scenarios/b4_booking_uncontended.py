@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import asyncpg
 from cowatch.booking.v1 import resources_pb2, service_pb2, service_pb2_grpc
 
-from services.account import repository as users
+from services.account import users
 from services.booking import repository as bookings
 from services.booking.service import BookingService, CreateBooking
 from services.common import idempotency

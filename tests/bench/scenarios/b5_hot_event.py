@@ -118,7 +118,7 @@ async def grpc_herd(
         except grpc.aio.AioRpcError as exc:
             key = exc.code().name
             other[key] = other.get(key, 0) + 1
-            if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+            if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED):
                 refusal_latency.append(time.perf_counter() - t0)
 
     await asyncio.gather(*(one(i) for i in range(len(requests))))
@@ -181,7 +181,7 @@ async def run(ctx: BenchContext) -> list[Row]:
                 correctness["oversold_seats"] += oversell(taken, booked, cap, sold) + abs(sold - capacity)
                 correctness["cancelled_by_grpc"] += other.get("CANCELLED", 0)
                 correctness["unexpected_errors"] += sum(
-                    n for k, n in other.items() if k not in ("RESOURCE_EXHAUSTED", "CANCELLED")
+                    n for k, n in other.items() if k not in ("FAILED_PRECONDITION", "RESOURCE_EXHAUSTED", "CANCELLED")
                 )
                 grpc_times.append(seconds)
                 herd_refusals += refusals
@@ -204,8 +204,8 @@ async def run(ctx: BenchContext) -> list[Row]:
                         timeout=30,
                     )
                 except grpc.aio.AioRpcError as exc:
-                    if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
-                        return
+                    if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED):
+                        return  # sold out (or shed under overload)
                     raise
                 correctness["wrong_refusals"] += 1  # a booking on a sold-out event
 

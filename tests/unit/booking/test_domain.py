@@ -17,7 +17,6 @@ from services.common.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
-    ResourceExhausted,
 )
 from services.common.identity import User
 
@@ -126,7 +125,7 @@ def test_already_booked() -> None:
 
 @pytest.mark.parametrize(("taken", "seats", "left"), [(6, 1, 0), (5, 2, 1), (3, 4, 3)])
 def test_sold_out_reports_the_seats_left(taken: int, seats: int, left: int) -> None:
-    with pytest.raises(ResourceExhausted) as exc:
+    with pytest.raises(FailedPrecondition) as exc:
         can_book(event(seats_taken=taken), seats=seats)
     assert reason(exc) == "EVENT_SOLD_OUT"
     assert exc.value.metadata == {"seats_available": str(left)}
@@ -138,7 +137,8 @@ def test_the_last_seats_can_be_booked() -> None:
 
 def test_why_the_seat_update_matched_nothing() -> None:
     ev = event(seats_taken=6)
-    assert isinstance(domain.seats_refusal(ev, ev.id, NOW), ResourceExhausted)
+    assert domain.seats_refusal(ev, ev.id, NOW).reason == "EVENT_SOLD_OUT"  # type: ignore[attr-defined]
+    assert isinstance(domain.seats_refusal(ev, ev.id, NOW), FailedPrecondition)
     assert domain.seats_refusal(replace(ev, scheduled=False), ev.id, NOW).reason == "EVENT_NOT_BOOKABLE"  # type: ignore[attr-defined]
     assert domain.seats_refusal(ev, ev.id, ev.start_time).reason == "EVENT_NOT_BOOKABLE"  # type: ignore[attr-defined]
     assert domain.seats_refusal(None, ev.id, NOW).reason == "EVENT_NOT_FOUND"  # type: ignore[attr-defined]

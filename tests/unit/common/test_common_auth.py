@@ -166,3 +166,49 @@ def test_verifier_refuses_inconsistent_configuration(rsa_keys: KeyPair, ec_keys:
         TokenVerifier(issuer=ISSUER, audience=AUDIENCE, algorithms=["RS256"], public_key=ec_keys.public_pem)
     with pytest.raises(ValueError, match="subset"):
         TokenVerifier(issuer=ISSUER, audience=AUDIENCE, algorithms=["none"], hs256_secret=HS_SECRET)
+
+
+def _at(now: datetime, **kwargs: object) -> TokenVerifier:
+    return TokenVerifier(
+        issuer=ISSUER,
+        audience=AUDIENCE,
+        hs256_secret=HS_SECRET,
+        clock=ManualClock(now),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_token_living_longer_than_the_maximum_is_refused(hs_token):
+    now = datetime.now(UTC)
+    verifier = _at(now, max_lifetime_seconds=3600, leeway_seconds=30)
+    assert verifier.verify(hs_token("ok", now=now, expires_in=3600)).id == "ok"
+    assert reason_of(verifier, hs_token("far", now=now, expires_in=3700)) == "TOKEN_INVALID"
+    year_9999 = hs_token("y", now=now, extra_claims={"exp": 253_402_300_799})
+    with pytest.raises(Unauthenticated) as info:
+        verifier.verify(year_9999)
+    assert "lives too long" in info.value.message
+
+
+def test_token_issued_in_the_future_is_refused(hs_token):
+    now = datetime.now(UTC)
+    verifier = _at(now, leeway_seconds=30)
+    assert verifier.verify(hs_token("skew", now=now + timedelta(seconds=20))).id == "skew"
+    with pytest.raises(Unauthenticated) as info:
+        verifier.verify(hs_token("future", now=now + timedelta(minutes=10)))
+    assert (info.value.reason, "issued in the future" in info.value.message) == ("TOKEN_INVALID", True)
+
+
+@pytest.mark.parametrize("sub", ["x" * 129, "a/b", "users/x", "tab\there", "nul\x00", "   "])
+def test_subject_that_cannot_be_a_user_id_is_refused(hs_verifier, hs_token, sub: str):
+    with pytest.raises(Unauthenticated) as info:
+        hs_verifier.verify(hs_token(sub))
+    assert info.value.reason == "TOKEN_INVALID" and "'sub'" in info.value.message
+
+
+def test_longest_subject_and_unicode_subject_are_accepted(hs_verifier, hs_token):
+    assert hs_verifier.verify(hs_token("x" * 128)).id == "x" * 128
+    assert hs_verifier.verify(hs_token("jürgen@example.org")).id == "jürgen@example.org"
+
+
+def test_control_characters_are_dropped_from_the_display_name(hs_verifier, hs_token):
+    assert hs_verifier.verify(hs_token("u-9", name="Ada\x00 Love\nlace")).display_name == "Ada Lovelace"

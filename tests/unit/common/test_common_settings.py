@@ -137,3 +137,31 @@ def test_pool_bounds_are_checked(env, capsys):
     minimal(env)
     env.setenv("COWATCH_DB_POOL_MIN_SIZE", "20")
     assert "COWATCH_DB_POOL_MIN_SIZE: must not exceed COWATCH_DB_POOL_MAX_SIZE" in exit_message(capsys)
+
+
+def _env_example_secret() -> str:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[3] / ".env.example").read_text()
+    found = re.search(r"^COWATCH_JWT_HS256_SECRET=(.+)$", text, flags=re.MULTILINE)
+    assert found is not None
+    return found.group(1).strip()
+
+
+@pytest.mark.parametrize("which", ["env.example", "dev"])
+def test_published_secrets_are_refused_in_production_only(env, capsys, which: str):
+    from services.dev.token import DEV_HS256_SECRET
+
+    secret = _env_example_secret() if which == "env.example" else DEV_HS256_SECRET
+    minimal(env)
+    env.setenv("COWATCH_JWT_HS256_SECRET", secret)
+    assert "COWATCH_JWT_HS256_SECRET: is a placeholder published" in exit_message(capsys)  # production by default
+    env.setenv("COWATCH_ENVIRONMENT", "development")
+    assert load_settings(EventSettings).jwt_hs256_secret is not None
+
+
+def test_make_run_children_run_in_development():
+    from services.dev.token import dev_auth_env
+
+    assert dev_auth_env({})["COWATCH_ENVIRONMENT"] == "development"

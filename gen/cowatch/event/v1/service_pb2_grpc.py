@@ -35,6 +35,16 @@ class EventServiceStub:
     UNAUTHENTICATED (`TOKEN_MISSING`, `TOKEN_INVALID`, `TOKEN_EXPIRED`),
     UNAVAILABLE (`DATABASE_UNAVAILABLE`) and INVALID_ARGUMENT
     (`INVALID_ARGUMENT`, with the offending fields).
+
+    Retrying: UNAVAILABLE is safe to retry at once (with backoff), and so is
+    ABORTED `CONCURRENT_MODIFICATION`; DEADLINE_EXCEEDED only for reads or for
+    writes that carry a `request_id`. Resend writes with the same `request_id`:
+    the retry then returns the first outcome and never acts twice.
+    RESOURCE_EXHAUSTED means quota or overload only (`SERVER_OVERLOADED`,
+    quota reasons): retry later, after the `google.rpc.RetryInfo` delay when
+    present, else with exponential backoff. Every other code is a final answer
+    for that request, business refusals included (FAILED_PRECONDITION, e.g.
+    `EVENT_SOLD_OUT`; ALREADY_EXISTS; PERMISSION_DENIED; NOT_FOUND): do not retry.
     """
 
     def __init__(self, channel):
@@ -99,6 +109,16 @@ class EventServiceServicer:
     UNAUTHENTICATED (`TOKEN_MISSING`, `TOKEN_INVALID`, `TOKEN_EXPIRED`),
     UNAVAILABLE (`DATABASE_UNAVAILABLE`) and INVALID_ARGUMENT
     (`INVALID_ARGUMENT`, with the offending fields).
+
+    Retrying: UNAVAILABLE is safe to retry at once (with backoff), and so is
+    ABORTED `CONCURRENT_MODIFICATION`; DEADLINE_EXCEEDED only for reads or for
+    writes that carry a `request_id`. Resend writes with the same `request_id`:
+    the retry then returns the first outcome and never acts twice.
+    RESOURCE_EXHAUSTED means quota or overload only (`SERVER_OVERLOADED`,
+    quota reasons): retry later, after the `google.rpc.RetryInfo` delay when
+    present, else with exponential backoff. Every other code is a final answer
+    for that request, business refusals included (FAILED_PRECONDITION, e.g.
+    `EVENT_SOLD_OUT`; ALREADY_EXISTS; PERMISSION_DENIED; NOT_FOUND): do not retry.
     """
 
     def CreateEvent(self, request, context):
@@ -138,6 +158,15 @@ class EventServiceServicer:
     def UpdateEvent(self, request, context):
         """Updates an event. Host only. Confirmed guests are notified of each
         changed field (old → new); reminders follow a new start time.
+
+        Moving an event (start time or duration) never fails because of its
+        guests' other bookings: the host's move stands, and a guest whose
+        confirmed booking of another event now overlaps this one keeps both
+        bookings and gets a change mail of their own naming each colliding
+        booking (`overlaps`: booking, event, title, start and end time, link),
+        so they can cancel one. A booking racing the move is serialized with it:
+        it either sees the new time (FAILED_PRECONDITION `BOOKING_OVERLAP`) or
+        is named in that mail.
 
         Errors: NOT_FOUND `EVENT_NOT_FOUND`, PERMISSION_DENIED `NOT_EVENT_HOST`,
         ABORTED `ETAG_MISMATCH`, FAILED_PRECONDITION `EVENT_NOT_EDITABLE` (not
@@ -188,11 +217,15 @@ class EventServiceServicer:
 
     def SendInvitations(self, request, context):
         """Sends the event's share link (with the invite token for a private event)
-        to the given users through the notification service. Host only.
+        to the given users through the notification service. Host only. Only
+        users cowatch knows (who have used it) can be invited, and a host sends
+        at most a configured number of invitations per UTC day.
 
         Errors: NOT_FOUND `EVENT_NOT_FOUND`, PERMISSION_DENIED `NOT_EVENT_HOST`,
         FAILED_PRECONDITION `EVENT_NOT_OPEN` (not scheduled or already started),
-        INVALID_ARGUMENT `REQUEST_ID_REUSED`.
+        INVALID_ARGUMENT `UNKNOWN_USER` (field violations name the users),
+        RESOURCE_EXHAUSTED `INVITATION_QUOTA_EXCEEDED` (metadata `limit`; retry
+        the next day), INVALID_ARGUMENT `REQUEST_ID_REUSED`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -276,6 +309,16 @@ class EventService:
     UNAUTHENTICATED (`TOKEN_MISSING`, `TOKEN_INVALID`, `TOKEN_EXPIRED`),
     UNAVAILABLE (`DATABASE_UNAVAILABLE`) and INVALID_ARGUMENT
     (`INVALID_ARGUMENT`, with the offending fields).
+
+    Retrying: UNAVAILABLE is safe to retry at once (with backoff), and so is
+    ABORTED `CONCURRENT_MODIFICATION`; DEADLINE_EXCEEDED only for reads or for
+    writes that carry a `request_id`. Resend writes with the same `request_id`:
+    the retry then returns the first outcome and never acts twice.
+    RESOURCE_EXHAUSTED means quota or overload only (`SERVER_OVERLOADED`,
+    quota reasons): retry later, after the `google.rpc.RetryInfo` delay when
+    present, else with exponential backoff. Every other code is a final answer
+    for that request, business refusals included (FAILED_PRECONDITION, e.g.
+    `EVENT_SOLD_OUT`; ALREADY_EXISTS; PERMISSION_DENIED; NOT_FOUND): do not retry.
     """
 
     @staticmethod

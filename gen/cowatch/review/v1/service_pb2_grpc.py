@@ -35,6 +35,16 @@ class ReviewServiceStub:
     (`TOKEN_MISSING`, `TOKEN_INVALID`, `TOKEN_EXPIRED`), UNAVAILABLE
     (`DATABASE_UNAVAILABLE`) and INVALID_ARGUMENT (`INVALID_ARGUMENT` with
     `google.rpc.BadRequest` field violations).
+
+    Retrying: UNAVAILABLE is safe to retry at once (with backoff), and so is
+    ABORTED `CONCURRENT_MODIFICATION`; DEADLINE_EXCEEDED only for reads or for
+    writes that carry a `request_id`. Resend writes with the same `request_id`:
+    the retry then returns the first outcome and never acts twice.
+    RESOURCE_EXHAUSTED means quota or overload only (`SERVER_OVERLOADED`,
+    quota reasons): retry later, after the `google.rpc.RetryInfo` delay when
+    present, else with exponential backoff. Every other code is a final answer
+    for that request, business refusals included (FAILED_PRECONDITION, e.g.
+    `EVENT_SOLD_OUT`; ALREADY_EXISTS; PERMISSION_DENIED; NOT_FOUND): do not retry.
     """
 
     def __init__(self, channel):
@@ -84,6 +94,16 @@ class ReviewServiceServicer:
     (`TOKEN_MISSING`, `TOKEN_INVALID`, `TOKEN_EXPIRED`), UNAVAILABLE
     (`DATABASE_UNAVAILABLE`) and INVALID_ARGUMENT (`INVALID_ARGUMENT` with
     `google.rpc.BadRequest` field violations).
+
+    Retrying: UNAVAILABLE is safe to retry at once (with backoff), and so is
+    ABORTED `CONCURRENT_MODIFICATION`; DEADLINE_EXCEEDED only for reads or for
+    writes that carry a `request_id`. Resend writes with the same `request_id`:
+    the retry then returns the first outcome and never acts twice.
+    RESOURCE_EXHAUSTED means quota or overload only (`SERVER_OVERLOADED`,
+    quota reasons): retry later, after the `google.rpc.RetryInfo` delay when
+    present, else with exponential backoff. Every other code is a final answer
+    for that request, business refusals included (FAILED_PRECONDITION, e.g.
+    `EVENT_SOLD_OUT`; ALREADY_EXISTS; PERMISSION_DENIED; NOT_FOUND): do not retry.
     """
 
     def CreateReview(self, request, context):
@@ -207,6 +227,16 @@ class ReviewService:
     (`TOKEN_MISSING`, `TOKEN_INVALID`, `TOKEN_EXPIRED`), UNAVAILABLE
     (`DATABASE_UNAVAILABLE`) and INVALID_ARGUMENT (`INVALID_ARGUMENT` with
     `google.rpc.BadRequest` field violations).
+
+    Retrying: UNAVAILABLE is safe to retry at once (with backoff), and so is
+    ABORTED `CONCURRENT_MODIFICATION`; DEADLINE_EXCEEDED only for reads or for
+    writes that carry a `request_id`. Resend writes with the same `request_id`:
+    the retry then returns the first outcome and never acts twice.
+    RESOURCE_EXHAUSTED means quota or overload only (`SERVER_OVERLOADED`,
+    quota reasons): retry later, after the `google.rpc.RetryInfo` delay when
+    present, else with exponential backoff. Every other code is a final answer
+    for that request, business refusals included (FAILED_PRECONDITION, e.g.
+    `EVENT_SOLD_OUT`; ALREADY_EXISTS; PERMISSION_DENIED; NOT_FOUND): do not retry.
     """
 
     @staticmethod

@@ -35,6 +35,16 @@ class BookingServiceStub:
     (`TOKEN_MISSING`, `TOKEN_INVALID`, `TOKEN_EXPIRED`), UNAVAILABLE
     (`DATABASE_UNAVAILABLE`) and INVALID_ARGUMENT (`INVALID_ARGUMENT` with
     `google.rpc.BadRequest` field violations).
+
+    Retrying: UNAVAILABLE is safe to retry at once (with backoff), and so is
+    ABORTED `CONCURRENT_MODIFICATION`; DEADLINE_EXCEEDED only for reads or for
+    writes that carry a `request_id`. Resend writes with the same `request_id`:
+    the retry then returns the first outcome and never acts twice.
+    RESOURCE_EXHAUSTED means quota or overload only (`SERVER_OVERLOADED`,
+    quota reasons): retry later, after the `google.rpc.RetryInfo` delay when
+    present, else with exponential backoff. Every other code is a final answer
+    for that request, business refusals included (FAILED_PRECONDITION, e.g.
+    `EVENT_SOLD_OUT`; ALREADY_EXISTS; PERMISSION_DENIED; NOT_FOUND): do not retry.
     """
 
     @_typing.overload
@@ -52,7 +62,7 @@ class BookingServiceStub:
     completed or already started), FAILED_PRECONDITION `HOST_CANNOT_BOOK`,
     ALREADY_EXISTS `ALREADY_BOOKED` (one active booking per guest per
     event), FAILED_PRECONDITION `BOOKING_OVERLAP` (overlaps another
-    confirmed booking of the caller), RESOURCE_EXHAUSTED `EVENT_SOLD_OUT`
+    confirmed booking of the caller), FAILED_PRECONDITION `EVENT_SOLD_OUT`
     (not enough free seats; metadata `seats_available`), INVALID_ARGUMENT
     `REQUEST_ID_REUSED`.
     """
@@ -151,6 +161,16 @@ class BookingServiceAsyncStub(BookingServiceStub):
     (`TOKEN_MISSING`, `TOKEN_INVALID`, `TOKEN_EXPIRED`), UNAVAILABLE
     (`DATABASE_UNAVAILABLE`) and INVALID_ARGUMENT (`INVALID_ARGUMENT` with
     `google.rpc.BadRequest` field violations).
+
+    Retrying: UNAVAILABLE is safe to retry at once (with backoff), and so is
+    ABORTED `CONCURRENT_MODIFICATION`; DEADLINE_EXCEEDED only for reads or for
+    writes that carry a `request_id`. Resend writes with the same `request_id`:
+    the retry then returns the first outcome and never acts twice.
+    RESOURCE_EXHAUSTED means quota or overload only (`SERVER_OVERLOADED`,
+    quota reasons): retry later, after the `google.rpc.RetryInfo` delay when
+    present, else with exponential backoff. Every other code is a final answer
+    for that request, business refusals included (FAILED_PRECONDITION, e.g.
+    `EVENT_SOLD_OUT`; ALREADY_EXISTS; PERMISSION_DENIED; NOT_FOUND): do not retry.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -165,7 +185,7 @@ class BookingServiceAsyncStub(BookingServiceStub):
     completed or already started), FAILED_PRECONDITION `HOST_CANNOT_BOOK`,
     ALREADY_EXISTS `ALREADY_BOOKED` (one active booking per guest per
     event), FAILED_PRECONDITION `BOOKING_OVERLAP` (overlaps another
-    confirmed booking of the caller), RESOURCE_EXHAUSTED `EVENT_SOLD_OUT`
+    confirmed booking of the caller), FAILED_PRECONDITION `EVENT_SOLD_OUT`
     (not enough free seats; metadata `seats_available`), INVALID_ARGUMENT
     `REQUEST_ID_REUSED`.
     """
@@ -263,6 +283,16 @@ class BookingServiceServicer(metaclass=_abc_1.ABCMeta):
     (`TOKEN_MISSING`, `TOKEN_INVALID`, `TOKEN_EXPIRED`), UNAVAILABLE
     (`DATABASE_UNAVAILABLE`) and INVALID_ARGUMENT (`INVALID_ARGUMENT` with
     `google.rpc.BadRequest` field violations).
+
+    Retrying: UNAVAILABLE is safe to retry at once (with backoff), and so is
+    ABORTED `CONCURRENT_MODIFICATION`; DEADLINE_EXCEEDED only for reads or for
+    writes that carry a `request_id`. Resend writes with the same `request_id`:
+    the retry then returns the first outcome and never acts twice.
+    RESOURCE_EXHAUSTED means quota or overload only (`SERVER_OVERLOADED`,
+    quota reasons): retry later, after the `google.rpc.RetryInfo` delay when
+    present, else with exponential backoff. Every other code is a final answer
+    for that request, business refusals included (FAILED_PRECONDITION, e.g.
+    `EVENT_SOLD_OUT`; ALREADY_EXISTS; PERMISSION_DENIED; NOT_FOUND): do not retry.
     """
 
     @_abc_1.abstractmethod
@@ -281,7 +311,7 @@ class BookingServiceServicer(metaclass=_abc_1.ABCMeta):
         completed or already started), FAILED_PRECONDITION `HOST_CANNOT_BOOK`,
         ALREADY_EXISTS `ALREADY_BOOKED` (one active booking per guest per
         event), FAILED_PRECONDITION `BOOKING_OVERLAP` (overlaps another
-        confirmed booking of the caller), RESOURCE_EXHAUSTED `EVENT_SOLD_OUT`
+        confirmed booking of the caller), FAILED_PRECONDITION `EVENT_SOLD_OUT`
         (not enough free seats; metadata `seats_available`), INVALID_ARGUMENT
         `REQUEST_ID_REUSED`.
         """

@@ -36,6 +36,16 @@ class EventServiceStub:
     UNAUTHENTICATED (`TOKEN_MISSING`, `TOKEN_INVALID`, `TOKEN_EXPIRED`),
     UNAVAILABLE (`DATABASE_UNAVAILABLE`) and INVALID_ARGUMENT
     (`INVALID_ARGUMENT`, with the offending fields).
+
+    Retrying: UNAVAILABLE is safe to retry at once (with backoff), and so is
+    ABORTED `CONCURRENT_MODIFICATION`; DEADLINE_EXCEEDED only for reads or for
+    writes that carry a `request_id`. Resend writes with the same `request_id`:
+    the retry then returns the first outcome and never acts twice.
+    RESOURCE_EXHAUSTED means quota or overload only (`SERVER_OVERLOADED`,
+    quota reasons): retry later, after the `google.rpc.RetryInfo` delay when
+    present, else with exponential backoff. Every other code is a final answer
+    for that request, business refusals included (FAILED_PRECONDITION, e.g.
+    `EVENT_SOLD_OUT`; ALREADY_EXISTS; PERMISSION_DENIED; NOT_FOUND): do not retry.
     """
 
     @_typing.overload
@@ -67,6 +77,15 @@ class EventServiceStub:
     UpdateEvent: _grpc.UnaryUnaryMultiCallable[_service_pb2.UpdateEventRequest, _resources_pb2.Event]
     """Updates an event. Host only. Confirmed guests are notified of each
     changed field (old → new); reminders follow a new start time.
+
+    Moving an event (start time or duration) never fails because of its
+    guests' other bookings: the host's move stands, and a guest whose
+    confirmed booking of another event now overlaps this one keeps both
+    bookings and gets a change mail of their own naming each colliding
+    booking (`overlaps`: booking, event, title, start and end time, link),
+    so they can cancel one. A booking racing the move is serialized with it:
+    it either sees the new time (FAILED_PRECONDITION `BOOKING_OVERLAP`) or
+    is named in that mail.
 
     Errors: NOT_FOUND `EVENT_NOT_FOUND`, PERMISSION_DENIED `NOT_EVENT_HOST`,
     ABORTED `ETAG_MISMATCH`, FAILED_PRECONDITION `EVENT_NOT_EDITABLE` (not
@@ -101,11 +120,15 @@ class EventServiceStub:
     """
     SendInvitations: _grpc.UnaryUnaryMultiCallable[_service_pb2.SendInvitationsRequest, _service_pb2.SendInvitationsResponse]
     """Sends the event's share link (with the invite token for a private event)
-    to the given users through the notification service. Host only.
+    to the given users through the notification service. Host only. Only
+    users cowatch knows (who have used it) can be invited, and a host sends
+    at most a configured number of invitations per UTC day.
 
     Errors: NOT_FOUND `EVENT_NOT_FOUND`, PERMISSION_DENIED `NOT_EVENT_HOST`,
     FAILED_PRECONDITION `EVENT_NOT_OPEN` (not scheduled or already started),
-    INVALID_ARGUMENT `REQUEST_ID_REUSED`.
+    INVALID_ARGUMENT `UNKNOWN_USER` (field violations name the users),
+    RESOURCE_EXHAUSTED `INVITATION_QUOTA_EXCEEDED` (metadata `limit`; retry
+    the next day), INVALID_ARGUMENT `REQUEST_ID_REUSED`.
     """
     RotateInviteToken: _grpc.UnaryUnaryMultiCallable[_service_pb2.RotateInviteTokenRequest, _resources_pb2.Event]
     """Replaces the invite token of a private event; links carrying the old
@@ -127,6 +150,16 @@ class EventServiceAsyncStub(EventServiceStub):
     UNAUTHENTICATED (`TOKEN_MISSING`, `TOKEN_INVALID`, `TOKEN_EXPIRED`),
     UNAVAILABLE (`DATABASE_UNAVAILABLE`) and INVALID_ARGUMENT
     (`INVALID_ARGUMENT`, with the offending fields).
+
+    Retrying: UNAVAILABLE is safe to retry at once (with backoff), and so is
+    ABORTED `CONCURRENT_MODIFICATION`; DEADLINE_EXCEEDED only for reads or for
+    writes that carry a `request_id`. Resend writes with the same `request_id`:
+    the retry then returns the first outcome and never acts twice.
+    RESOURCE_EXHAUSTED means quota or overload only (`SERVER_OVERLOADED`,
+    quota reasons): retry later, after the `google.rpc.RetryInfo` delay when
+    present, else with exponential backoff. Every other code is a final answer
+    for that request, business refusals included (FAILED_PRECONDITION, e.g.
+    `EVENT_SOLD_OUT`; ALREADY_EXISTS; PERMISSION_DENIED; NOT_FOUND): do not retry.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -155,6 +188,15 @@ class EventServiceAsyncStub(EventServiceStub):
     UpdateEvent: _aio.UnaryUnaryMultiCallable[_service_pb2.UpdateEventRequest, _resources_pb2.Event]  # type: ignore[assignment]
     """Updates an event. Host only. Confirmed guests are notified of each
     changed field (old → new); reminders follow a new start time.
+
+    Moving an event (start time or duration) never fails because of its
+    guests' other bookings: the host's move stands, and a guest whose
+    confirmed booking of another event now overlaps this one keeps both
+    bookings and gets a change mail of their own naming each colliding
+    booking (`overlaps`: booking, event, title, start and end time, link),
+    so they can cancel one. A booking racing the move is serialized with it:
+    it either sees the new time (FAILED_PRECONDITION `BOOKING_OVERLAP`) or
+    is named in that mail.
 
     Errors: NOT_FOUND `EVENT_NOT_FOUND`, PERMISSION_DENIED `NOT_EVENT_HOST`,
     ABORTED `ETAG_MISMATCH`, FAILED_PRECONDITION `EVENT_NOT_EDITABLE` (not
@@ -189,11 +231,15 @@ class EventServiceAsyncStub(EventServiceStub):
     """
     SendInvitations: _aio.UnaryUnaryMultiCallable[_service_pb2.SendInvitationsRequest, _service_pb2.SendInvitationsResponse]  # type: ignore[assignment]
     """Sends the event's share link (with the invite token for a private event)
-    to the given users through the notification service. Host only.
+    to the given users through the notification service. Host only. Only
+    users cowatch knows (who have used it) can be invited, and a host sends
+    at most a configured number of invitations per UTC day.
 
     Errors: NOT_FOUND `EVENT_NOT_FOUND`, PERMISSION_DENIED `NOT_EVENT_HOST`,
     FAILED_PRECONDITION `EVENT_NOT_OPEN` (not scheduled or already started),
-    INVALID_ARGUMENT `REQUEST_ID_REUSED`.
+    INVALID_ARGUMENT `UNKNOWN_USER` (field violations name the users),
+    RESOURCE_EXHAUSTED `INVITATION_QUOTA_EXCEEDED` (metadata `limit`; retry
+    the next day), INVALID_ARGUMENT `REQUEST_ID_REUSED`.
     """
     RotateInviteToken: _aio.UnaryUnaryMultiCallable[_service_pb2.RotateInviteTokenRequest, _resources_pb2.Event]  # type: ignore[assignment]
     """Replaces the invite token of a private event; links carrying the old
@@ -214,6 +260,16 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
     UNAUTHENTICATED (`TOKEN_MISSING`, `TOKEN_INVALID`, `TOKEN_EXPIRED`),
     UNAVAILABLE (`DATABASE_UNAVAILABLE`) and INVALID_ARGUMENT
     (`INVALID_ARGUMENT`, with the offending fields).
+
+    Retrying: UNAVAILABLE is safe to retry at once (with backoff), and so is
+    ABORTED `CONCURRENT_MODIFICATION`; DEADLINE_EXCEEDED only for reads or for
+    writes that carry a `request_id`. Resend writes with the same `request_id`:
+    the retry then returns the first outcome and never acts twice.
+    RESOURCE_EXHAUSTED means quota or overload only (`SERVER_OVERLOADED`,
+    quota reasons): retry later, after the `google.rpc.RetryInfo` delay when
+    present, else with exponential backoff. Every other code is a final answer
+    for that request, business refusals included (FAILED_PRECONDITION, e.g.
+    `EVENT_SOLD_OUT`; ALREADY_EXISTS; PERMISSION_DENIED; NOT_FOUND): do not retry.
     """
 
     @_abc_1.abstractmethod
@@ -264,6 +320,15 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_resources_pb2.Event, _abc.Awaitable[_resources_pb2.Event]]:
         """Updates an event. Host only. Confirmed guests are notified of each
         changed field (old → new); reminders follow a new start time.
+
+        Moving an event (start time or duration) never fails because of its
+        guests' other bookings: the host's move stands, and a guest whose
+        confirmed booking of another event now overlaps this one keeps both
+        bookings and gets a change mail of their own naming each colliding
+        booking (`overlaps`: booking, event, title, start and end time, link),
+        so they can cancel one. A booking racing the move is serialized with it:
+        it either sees the new time (FAILED_PRECONDITION `BOOKING_OVERLAP`) or
+        is named in that mail.
 
         Errors: NOT_FOUND `EVENT_NOT_FOUND`, PERMISSION_DENIED `NOT_EVENT_HOST`,
         ABORTED `ETAG_MISMATCH`, FAILED_PRECONDITION `EVENT_NOT_EDITABLE` (not
@@ -322,11 +387,15 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_service_pb2.SendInvitationsResponse, _abc.Awaitable[_service_pb2.SendInvitationsResponse]]:
         """Sends the event's share link (with the invite token for a private event)
-        to the given users through the notification service. Host only.
+        to the given users through the notification service. Host only. Only
+        users cowatch knows (who have used it) can be invited, and a host sends
+        at most a configured number of invitations per UTC day.
 
         Errors: NOT_FOUND `EVENT_NOT_FOUND`, PERMISSION_DENIED `NOT_EVENT_HOST`,
         FAILED_PRECONDITION `EVENT_NOT_OPEN` (not scheduled or already started),
-        INVALID_ARGUMENT `REQUEST_ID_REUSED`.
+        INVALID_ARGUMENT `UNKNOWN_USER` (field violations name the users),
+        RESOURCE_EXHAUSTED `INVITATION_QUOTA_EXCEEDED` (metadata `limit`; retry
+        the next day), INVALID_ARGUMENT `REQUEST_ID_REUSED`.
         """
 
     @_abc_1.abstractmethod
