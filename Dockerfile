@@ -3,6 +3,7 @@
 #
 #   docker run IMAGE event | booking | review      the gRPC services (python -m services.<name>)
 #   docker run IMAGE worker                        the outbox/reminder worker
+#   docker run IMAGE offer-sweep                   the waitlist offer sweep
 #   docker run IMAGE standin                       the notification stand-in (logs what it receives)
 #   docker run IMAGE python -m ...                 anything else
 #
@@ -66,6 +67,7 @@ if [ $# -gt 0 ]; then process="$1"; shift; else process="${COWATCH_PROCESS:-even
 case "$process" in
   event|booking|review) exec python -m "services.$process" "$@" ;;
   worker) exec python -m services.notification.worker "$@" ;;
+  offer-sweep) exec python -m services.booking.offer_sweep "$@" ;;
   standin) exec python -m services.notification.standin "$@" ;;
   *) exec "$process" "$@" ;;
 esac
@@ -84,6 +86,8 @@ import urllib.request
 with open("/proc/1/cmdline", "rb") as f:
     argv = f.read().decode(errors="replace").split("\0")
 module = next((a for a in argv if a.startswith("services.")), "")
+if module == "services.booking.offer_sweep":
+    sys.exit(0)  # serves nothing to ask: Docker already knows whether it runs (its passes are in its logs)
 if module == "services.notification.worker":
     port = int(os.environ.get("COWATCH_METRICS_PORT") or 0)
     if port:

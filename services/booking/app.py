@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import ClassVar
 
 import grpc
@@ -27,6 +28,9 @@ class BookingSettings(CommonSettings):
     max_seats_per_booking: int = Field(
         default=DEFAULT_MAX_SEATS, ge=1, le=SEATS_CEILING, description="Most seats one booking may hold"
     )
+    attendance_period_days: int = Field(
+        default=7, ge=1, le=90, description="How long after an event is held its host may mark attendance"
+    )
 
 
 class BookingApp(ServiceApp[BookingService]):
@@ -50,4 +54,14 @@ class BookingApp(ServiceApp[BookingService]):
         # EventService caches event rows, seats included: its cache hears every seat change made here; both
         # caches show a host's name, which a booking's write may change (users.remember).
         subscribers = event_cache.handlers(cache).merged(review_cache.handlers(cache))
-        return BookingService(pool, self._clock, s.public_base_url, max_seats, subscribers=subscribers)
+        window = timedelta(seconds=s.waitlist_claim_window_seconds)
+        period = timedelta(days=s.attendance_period_days if isinstance(s, BookingSettings) else 7)
+        return BookingService(
+            pool,
+            self._clock,
+            s.public_base_url,
+            max_seats,
+            subscribers=subscribers,
+            claim_window=window,
+            attendance_period=period,
+        )

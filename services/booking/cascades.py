@@ -9,17 +9,23 @@ here, so the booking domain stays the one writer of both.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from uuid import UUID
 
+from services.booking import notifications, waitlist
+from services.booking import repository as bookings
+from services.booking import waitlist_repository as entries
+from services.booking.domain_events import WaitlistChanged
 from services.booking.eligibility import has_confirmed_booking
 from services.common.dbtypes import Conn
-from services.common.vocabulary import Rating
+from services.common.vocabulary import Rating, Reliability
+from services.notification import outbox
 
 __all__ = [
     "GuestRow",
     "Overlap",
+    "after_event_update",
     "cancel_all_for_event",
     "confirmed_guest_ids",
     "has_confirmed_booking",
@@ -41,7 +47,7 @@ async def confirmed_guest_ids(conn: Conn, event_id: UUID) -> list[str]:
 # order (so two moves sharing guests can't deadlock). Until the move's transaction ends, none of them can book
 # anything: a booking racing the move either sees the new time (and is refused as an overlap) or committed first
 # (and the move sees it in overlaps()).
-GUEST_LOCK_CLASS = 0x0B00C  # "booking: one guest's bookings" (the repository's LOCK_GUEST uses it too)
+GUEST_LOCK_CLASS = bookings.GUEST_LOCK_CLASS  # "booking: one guest's bookings" (the repository's LOCK_GUEST)
 LOCK_GUESTS = f"""
 SELECT count(pg_advisory_xact_lock({GUEST_LOCK_CLASS}, k))
 FROM (
@@ -102,9 +108,45 @@ SELECT guest_id FROM cancelled
 """
 
 
-async def cancel_all_for_event(conn: Conn, event_id: UUID, now: datetime) -> list[str]:
-    """Cancel every confirmed booking of an event being cancelled and free its seats; returns the guests' ids."""
-    return [r["guest_id"] for r in await conn.fetch(CANCEL_ALL_FOR_EVENT, event_id, now)]
+async def cancel_all_for_event(
+    conn: Conn, event_id: UUID, now: datetime, *, public_base_url: str = "", trace_id: str = ""
+) -> list[str]:
+    """Cancel every confirmed booking of an event being cancelled and free its seats; returns the guests' ids.
+
+    Its waitlist ends too: every open entry is closed, held seats go back, and each waiting guest is mailed.
+    """
+    guests = [r["guest_id"] for r in await conn.fetch(CANCEL_ALL_FOR_EVENT, event_id, now)]
+    closed = await entries.close_all(conn, event_id, now)
+    if closed:
+        event = await bookings.event_state(conn, event_id)
+        assert event is not None
+        change = WaitlistChanged(event_id, True, event, closed=tuple(closed), close_reason="the event was cancelled")
+        await _mail(conn, change, public_base_url, trace_id)
+    return guests
+
+
+async def after_event_update(
+    conn: Conn,
+    event_id: UUID,
+    now: datetime,
+    *,
+    public_base_url: str = "",
+    trace_id: str = "",
+    claim_window: timedelta = waitlist.DEFAULT_CLAIM_WINDOW,
+) -> None:
+    """After the host edited an event (its row locked): open offers never outlive a moved start (an offer's
+    deadline is pulled in to the new start, never pushed out), and seats a raised capacity freed are offered to
+    the waitlist, mailed."""
+    event = await bookings.event_state(conn, event_id)
+    assert event is not None
+    await entries.retime_offers(conn, event_id, event.start_time, now)
+    offers = await entries.offer_free_seats(conn, event_id, now, claim_window)
+    if offers:
+        await _mail(conn, WaitlistChanged(event_id, True, event, offers=tuple(offers)), public_base_url, trace_id)
+
+
+async def _mail(conn: Conn, change: WaitlistChanged, public_base_url: str, trace_id: str) -> None:
+    await outbox.enqueue_many(conn, notifications.waitlist_messages(change, public_base_url), request_id=trace_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,11 +158,14 @@ class GuestRow:
     book_time: datetime
     rating: Rating
     """The guest's rating as a guest."""
+    reliability: Reliability = field(default_factory=Reliability)
+    """How reliably the guest comes (hosts' attendance marks)."""
 
 
-LIST_GUESTS = """
+LIST_GUESTS = f"""
 SELECT b.id, b.guest_id, u.display_name, b.seats, b.create_time,
-       coalesce(r.rating_sum, 0) AS rating_sum, coalesce(r.rating_count, 0) AS rating_count
+       coalesce(r.rating_sum, 0) AS rating_sum, coalesce(r.rating_count, 0) AS rating_count,
+       {entries.RELIABILITY_COLUMNS.format(g="b.guest_id")}
 FROM booking.bookings b
 JOIN account.users u ON u.id = b.guest_id
 LEFT JOIN review.user_ratings r ON r.user_id = b.guest_id AND r.role = 'GUEST'
@@ -142,6 +187,7 @@ async def list_guests(conn: Conn, event_id: UUID, after: tuple[datetime, UUID] |
             seats=r["seats"],
             book_time=r["create_time"],
             rating=Rating.of(r["rating_sum"], r["rating_count"]),
+            reliability=Reliability(r["attended"], r["no_show"]),
         )
         for r in rows
     ]

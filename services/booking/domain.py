@@ -10,7 +10,7 @@ checks below only refuse early what that statement would refuse anyway.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from uuid import UUID
 
@@ -32,6 +32,14 @@ SEATS_CEILING = 100
 class State(StrEnum):
     CONFIRMED = "CONFIRMED"
     CANCELLED = "CANCELLED"
+
+
+class Attendance(StrEnum):
+    ATTENDED = "ATTENDED"
+    NO_SHOW = "NO_SHOW"
+
+
+DEFAULT_ATTENDANCE_PERIOD = timedelta(days=7)
 
 
 class TimeFilter(StrEnum):
@@ -62,6 +70,8 @@ class BookableEvent:
     private: bool
     scheduled: bool
     invite_token: str
+    seats_held: int = 0
+    """Seats held for open waitlist offers: nobody else can book them."""
 
     @property
     def name(self) -> str:
@@ -69,7 +79,8 @@ class BookableEvent:
 
     @property
     def seats_available(self) -> int:
-        return max(self.capacity - self.seats_taken, 0)
+        """Bookable now: neither booked nor held for an offer."""
+        return max(self.capacity - self.seats_taken - self.seats_held, 0)
 
     def is_open(self, now: datetime) -> bool:
         """Scheduled and not started: the only state in which seats can be taken."""
@@ -88,6 +99,7 @@ class Booking:
     event_end_time: datetime
     create_time: datetime
     cancel_time: datetime | None = None
+    attendance: Attendance | None = None
 
     @property
     def name(self) -> str:
@@ -146,7 +158,7 @@ def ensure_can_book(
     """
     event = ensure_event_visible(event, event_id, user, invite_token=invite_token, already_booked=already_booked)
     if user.id == event.host_id:
-        raise FailedPrecondition("HOST_CANNOT_BOOK", "hosts can't book seats at their own event")
+        raise host_cannot_book()
     if not event.is_open(now):
         raise not_bookable(event, now)
     if already_booked:
@@ -174,6 +186,10 @@ def ensure_event_visible(
 
 def _valid_invite(event: BookableEvent, token: str) -> bool:
     return links.invite_matches(token, event.invite_token)
+
+
+def host_cannot_book() -> FailedPrecondition:
+    return FailedPrecondition("HOST_CANNOT_BOOK", "hosts can't book seats at their own event")
 
 
 def not_bookable(event: BookableEvent, now: datetime) -> FailedPrecondition:
@@ -251,3 +267,37 @@ def already_started(start_time: datetime) -> FailedPrecondition:
 def event_moved(event: BookableEvent) -> Aborted:
     """The host changed the event's time while it was being booked (overlap and reminders used the old one)."""
     return Aborted("CONCURRENT_MODIFICATION", f"{event.name} changed while it was being booked; retry")
+
+
+# --------------------------------------------------------------------------- attendance
+
+
+@dataclass(frozen=True, slots=True)
+class AttendanceTarget:
+    """A booking as MarkAttendance sees it: with its event's state and the time it was held."""
+
+    access: BookingAccess
+    event_held: bool
+    complete_time: datetime | None
+
+
+def ensure_can_mark_attendance(
+    target: AttendanceTarget | None, booking_id: UUID, user: User, now: datetime, period: timedelta
+) -> None:
+    """Only the host; only a held event; only a confirmed booking; until ``period`` after the event was held."""
+    if target is None:
+        raise errors.booking_not_found(names.booking(booking_id))
+    visible = ensure_visible(target.access, booking_id, user)
+    if user.id != visible.host_id:
+        raise PermissionDenied("NOT_EVENT_HOST", "only the event's host can mark attendance")
+    if not target.event_held or target.complete_time is None:
+        raise FailedPrecondition("EVENT_NOT_HELD", "attendance can be marked once the host has marked the event held")
+    if visible.booking.state is not State.CONFIRMED:
+        raise FailedPrecondition("BOOKING_NOT_CONFIRMED", "only confirmed guests' attendance can be marked")
+    closes = target.complete_time + period
+    if now >= closes:
+        raise FailedPrecondition(
+            "ATTENDANCE_PERIOD_OVER",
+            "attendance can no longer be changed for this event",
+            metadata={"attendance_close_time": closes.isoformat()},
+        )

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from services.booking.domain import BookableEvent, Booking
+from services.booking.waitlist import Ended, Offer
 from services.common.domain_events import SeatsChanged
 from services.common.identity import User
 
@@ -28,3 +29,15 @@ class BookingCancelled(SeatsChanged):
     event: BookableEvent
     booking: Booking
     guest: User
+
+
+@dataclass(frozen=True)
+class WaitlistChanged(SeatsChanged):
+    """The waitlist or its held seats changed: offers made (mailed), offers expired (mailed), entries closed by the
+    event's start or cancellation (mailed), or an entry joined / left (the event's ``waitlist_size``)."""
+
+    event: BookableEvent
+    offers: tuple[Offer, ...] = ()
+    expired: tuple[Ended, ...] = ()
+    closed: tuple[Ended, ...] = ()
+    close_reason: str = ""

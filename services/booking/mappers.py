@@ -6,7 +6,7 @@ from cowatch.booking.v1 import resources_pb2, service_pb2
 
 from services.booking import domain
 from services.booking.domain import Booking, TimeFilter
-from services.booking.service import CancelBooking, CreateBooking, GetBooking, ListBookings
+from services.booking.service import CancelBooking, CreateBooking, GetBooking, ListBookings, MarkAttendance
 from services.common import context, names
 from services.common.errors import InvalidArgument, Violations
 from services.common.identity import User
@@ -18,6 +18,11 @@ _STATE_TO_PROTO = {
     domain.State.CANCELLED: resources_pb2.Booking.CANCELLED,
 }
 _STATE_FROM_PROTO = {v: k for k, v in _STATE_TO_PROTO.items()}
+_ATTENDANCE_TO_PROTO = {
+    domain.Attendance.ATTENDED: resources_pb2.ATTENDED,
+    domain.Attendance.NO_SHOW: resources_pb2.NO_SHOW,
+}
+_ATTENDANCE_FROM_PROTO = {v: k for k, v in _ATTENDANCE_TO_PROTO.items()}
 _TIME_FROM_PROTO = {
     service_pb2.TIME_FILTER_UNSPECIFIED: TimeFilter.ANY,
     service_pb2.UPCOMING: TimeFilter.UPCOMING,
@@ -128,4 +133,21 @@ def booking_to_proto(b: Booking) -> resources_pb2.Booking:
     )
     if b.cancel_time is not None:
         msg.cancel_time.FromDatetime(b.cancel_time)
+    if b.attendance is not None:
+        msg.attendance = _ATTENDANCE_TO_PROTO[b.attendance]
     return msg
+
+
+def to_mark_attendance_command(request: service_pb2.MarkAttendanceRequest, user: User) -> MarkAttendance:
+    v = Violations()
+    booking_id = None
+    try:
+        booking_id = domain.parse_booking_name(request.name)
+    except InvalidArgument as exc:
+        v.add(*exc.field_violations[0])
+    attendance = _ATTENDANCE_FROM_PROTO.get(request.attendance)
+    if attendance is None:
+        v.add("attendance", "must be ATTENDED or NO_SHOW")
+    v.raise_if_any()
+    assert booking_id is not None and attendance is not None
+    return MarkAttendance(user, booking_id, attendance, context.request_id())

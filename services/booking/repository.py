@@ -10,8 +10,7 @@ from uuid import UUID
 
 import asyncpg
 
-from services.booking.cascades import GUEST_LOCK_CLASS
-from services.booking.domain import BookableEvent, Booking, BookingAccess, State
+from services.booking.domain import Attendance, AttendanceTarget, BookableEvent, Booking, BookingAccess, State
 from services.common.dbtypes import Conn
 
 # --------------------------------------------------------------------------- BookingService
@@ -27,8 +26,8 @@ from services.common.dbtypes import Conn
 
 _EVENT_COLUMNS = """
     e.id, e.host_id, u.display_name AS host_display_name, e.title, e.film_title, e.start_time, e.end_time,
-    e.time_zone, e.place_name, e.place_address, e.place_city, e.capacity, e.seats_taken, e.visibility, e.state,
-    e.invite_token
+    e.time_zone, e.place_name, e.place_address, e.place_city, e.capacity, e.seats_taken, e.seats_held, e.visibility,
+    e.state, e.invite_token
 """
 
 # The event, whether the guest already holds a confirmed booking of it, and whether this caller already sent
@@ -51,6 +50,7 @@ WHERE e.id = $1
 # statement, hence a later snapshot) sees every other booking of the guest that could overlap. The first key
 # names the lock's purpose so it can't collide with other advisory locks (a move of an event takes it too:
 # cascades.LOCK_GUESTS).
+GUEST_LOCK_CLASS = 0x0B00C  # "booking: one guest's bookings" (cascades' lock_guests_for_move takes it too)
 LOCK_GUEST = f"SELECT pg_advisory_xact_lock({GUEST_LOCK_CLASS}, hashtext($1))"
 
 EVENT_STATE = f"""
@@ -63,16 +63,19 @@ WHERE e.id = $1
 # The booking row, unless the guest holds a confirmed booking of another scheduled event overlapping this one
 # in time (half-open intervals: one ending at 20:00 doesn't overlap one starting at 20:00). No row returned →
 # overlap. A second active booking of the same event hits bookings_one_active_per_guest instead.
-INSERT_BOOKING = """
-INSERT INTO booking.bookings (id, event_id, guest_id, seats, state, create_time)
-SELECT $1, $2, $3, $4, 'CONFIRMED', $5
-WHERE NOT EXISTS (
+# The overlap rule as a condition on ($2 event id, $3 guest id, $6 start, $7 end): also the waitlist's.
+NO_OVERLAPPING_BOOKING = """NOT EXISTS (
     SELECT 1
     FROM booking.bookings b
     JOIN event.events e ON e.id = b.event_id
     WHERE b.guest_id = $3 AND b.state = 'CONFIRMED' AND b.event_id <> $2
       AND e.state = 'SCHEDULED' AND e.start_time < $7 AND e.end_time > $6
-)
+)"""
+
+INSERT_BOOKING = f"""
+INSERT INTO booking.bookings (id, event_id, guest_id, seats, state, create_time)
+SELECT $1, $2, $3, $4, 'CONFIRMED', $5
+WHERE {NO_OVERLAPPING_BOOKING}
 RETURNING create_time
 """
 
@@ -86,18 +89,19 @@ ORDER BY e.start_time, b.id
 LIMIT 1
 """
 
-# THE seat statement (docs/architecture.md, "Seats"): never more seats than capacity, whatever the concurrency.
+# THE seat statement (docs/architecture.md, "Seats"): never more seats than capacity, whatever the concurrency;
+# seats held for waitlist offers count as taken.
 # Concurrent bookings of one event queue on its row lock and re-check the WHERE clause against the latest version; the
 # CHECK (seats_taken BETWEEN 0 AND capacity) is the backstop. Returns the event's times as of the update: the
 # service compares them with the ones its overlap check and reminders used (a concurrent reschedule aborts).
 TAKE_SEATS = """
 UPDATE event.events SET seats_taken = seats_taken + $2
-WHERE id = $1 AND state = 'SCHEDULED' AND start_time > $3 AND seats_taken + $2 <= capacity
+WHERE id = $1 AND state = 'SCHEDULED' AND start_time > $3 AND seats_taken + seats_held + $2 <= capacity
 RETURNING start_time, end_time
 """
 
 _BOOKING_COLUMNS = """
-    b.id, b.event_id, b.guest_id, b.seats, b.state, b.create_time, b.cancel_time,
+    b.id, b.event_id, b.guest_id, b.seats, b.state, b.create_time, b.cancel_time, b.attendance,
     e.title AS event_title, e.start_time AS event_start_time, e.end_time AS event_end_time, e.host_id
 """
 
@@ -158,6 +162,7 @@ def to_bookable_event(r: asyncpg.Record) -> BookableEvent:
         place_city=r["place_city"],
         capacity=r["capacity"],
         seats_taken=r["seats_taken"],
+        seats_held=r["seats_held"],
         private=r["visibility"] == "PRIVATE",
         scheduled=r["state"] == "SCHEDULED",
         invite_token=r["invite_token"],
@@ -176,6 +181,7 @@ def to_booking_access(r: asyncpg.Record) -> BookingAccess:
         event_end_time=r["event_end_time"],
         create_time=r["create_time"],
         cancel_time=r["cancel_time"],
+        attendance=Attendance(r["attendance"]) if r["attendance"] else None,
     )
     return BookingAccess(booking=booking, host_id=r["host_id"])
 
@@ -284,3 +290,28 @@ async def list_bookings(conn: Conn, q: BookingQuery) -> list[BookingAccess]:
         q.limit,
     )
     return [to_booking_access(r) for r in rows]
+
+
+# MarkAttendance: the booking with its event's state and completion time; the mark is a plain idempotent UPDATE.
+ATTENDANCE_TARGET = f"""
+SELECT {_BOOKING_COLUMNS}, e.state AS event_state, e.complete_time
+FROM booking.bookings b
+JOIN event.events e ON e.id = b.event_id
+WHERE b.id = $1
+"""
+
+MARK_ATTENDANCE = """
+UPDATE booking.bookings SET attendance = $2, attendance_time = $3
+WHERE id = $1 AND state = 'CONFIRMED'
+"""
+
+
+async def attendance_target(conn: Conn, booking_id: UUID) -> AttendanceTarget | None:
+    row = await conn.fetchrow(ATTENDANCE_TARGET, booking_id)
+    if row is None:
+        return None
+    return AttendanceTarget(to_booking_access(row), row["event_state"] == "COMPLETED", row["complete_time"])
+
+
+async def mark_attendance(conn: Conn, booking_id: UUID, attendance: Attendance, now: datetime) -> None:
+    await conn.execute(MARK_ATTENDANCE, booking_id, attendance.value, now)

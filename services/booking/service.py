@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypeAlias
 from uuid import UUID
 
 from services.account import users
-from services.booking import domain, notifications
+from services.booking import domain, notifications, waitlist, waitlist_repository, waitlist_service
 from services.booking import repository as bookings
 from services.booking.domain import BookableEvent, Booking, BookingAccess, TimeFilter
 from services.booking.domain_events import BookingCancelled, BookingMade
@@ -57,6 +57,14 @@ class CancelBooking:
     user: User
     booking_id: UUID
     request: RequestKey | None
+    trace_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MarkAttendance:
+    user: User
+    booking_id: UUID
+    attendance: domain.Attendance
     trace_id: str = ""
 
 
@@ -91,11 +99,16 @@ class BookingService:
         max_seats: int = domain.DEFAULT_MAX_SEATS,
         *,
         subscribers: Handlers | None = None,
+        claim_window: timedelta = waitlist.DEFAULT_CLAIM_WINDOW,
+        attendance_period: timedelta = domain.DEFAULT_ATTENDANCE_PERIOD,
     ) -> None:
+        self.attendance_period = attendance_period
         self._pool = pool
         self._clock = clock
         self.max_seats = max_seats
+        self.claim_window = claim_window
         self._dispatcher = notifications.handlers(public_base_url).merged(*([subscribers] if subscribers else []))
+        self.waitlist = waitlist_service.WaitlistService(pool, clock, self._dispatcher, max_seats, claim_window)
 
     async def _replay(self, conn: Conn, resource: str, user: User) -> Booking:
         """The booking an earlier identical request produced, as it is now."""
@@ -141,6 +154,7 @@ class BookingService:
             raise domain.already_booked_error(event) from None
         if created is None:
             raise domain.overlap(await bookings.overlapping_booking(conn, cmd.user.id, event))
+        await waitlist_repository.leave_on_booking(conn, event.id, cmd.user.id, now)  # booked: no longer waiting
         booking = Booking(
             id=booking_id,
             event_id=event.id,
@@ -217,8 +231,21 @@ class BookingService:
             await bookings.release_seats(conn, event.id, seats)
             cancelled = replace(booking, state=domain.State.CANCELLED, cancel_time=now)
             tx.emit(BookingCancelled(event.id, True, event, cancelled, cmd.user))
+            await waitlist_service.offer_freed_seats(tx, event, now, self.claim_window)
             tx.record(booking.name)
             return cancelled
+
+    # ----------------------------------------------------------------- attendance
+
+    async def mark_attendance(self, cmd: MarkAttendance) -> Booking:
+        """Host only, confirmed guests of a held event, until the attendance period ends; idempotent (a plain set)."""
+        now = self._clock.now()
+        async with uow(self._pool, self._dispatcher, trace_id=cmd.trace_id) as tx:
+            target = await bookings.attendance_target(tx.conn, cmd.booking_id)
+            domain.ensure_can_mark_attendance(target, cmd.booking_id, cmd.user, now, self.attendance_period)
+            assert target is not None
+            await bookings.mark_attendance(tx.conn, cmd.booking_id, cmd.attendance, now)
+            return replace(target.access.booking, attendance=cmd.attendance)
 
 
 class _AlreadyCancelled(Exception):
@@ -233,4 +260,5 @@ __all__ = [
     "CreateBooking",
     "GetBooking",
     "ListBookings",
+    "MarkAttendance",
 ]

@@ -28,6 +28,7 @@ __all__ = [
     "event_not_found",
     "review_not_found",
     "user_not_found",
+    "waitlist_entry_not_found",
 ]
 
 
@@ -159,3 +160,7 @@ def review_not_found(name: str) -> NotFound:
 
 def user_not_found(name: str) -> NotFound:
     return NotFound("USER_NOT_FOUND", f"{name} does not exist")
+
+
+def waitlist_entry_not_found(name: str) -> NotFound:
+    return NotFound("WAITLIST_ENTRY_NOT_FOUND", f"{name} does not exist")

@@ -64,3 +64,20 @@ def parse_user(value: str, field_name: str) -> str:
     if prefix != "users" or not valid_user_id(raw):
         raise InvalidArgument.field(field_name, "must be a user name of the form users/{user}")
     return raw
+
+
+def waitlist_entry(event_id: UUID, entry_id: UUID) -> str:
+    return f"events/{event_id}/waitlistEntries/{entry_id}"
+
+
+def parse_waitlist_entry(value: str, field_name: str = "name") -> tuple[UUID, UUID]:
+    """``events/{uuid}/waitlistEntries/{uuid}`` → (event id, entry id)."""
+    parts = value.split("/")
+    if len(parts) == 4 and parts[0] == "events" and parts[2] == "waitlistEntries":
+        try:
+            return UUID(parts[1]), UUID(parts[3])
+        except ValueError:
+            pass
+    raise InvalidArgument.field(
+        field_name, "must be a waitlist entry name of the form events/{uuid}/waitlistEntries/{uuid}"
+    )

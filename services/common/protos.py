@@ -11,7 +11,7 @@ from google.protobuf.message import Message
 from services.common.errors import InvalidArgument
 from services.common.idempotency import RequestKey, fingerprint, parse_request_id
 from services.common.identity import User
-from services.common.vocabulary import Rating
+from services.common.vocabulary import Rating, Reliability
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -70,3 +70,7 @@ def request_key(user: User, method: str, request: Message, request_id: str) -> R
 
 def rating_to_proto(rating: Rating) -> rating_pb2.Rating:
     return rating_pb2.Rating(average=rating.average, count=rating.count)
+
+
+def reliability_to_proto(r: Reliability) -> rating_pb2.Reliability:
+    return rating_pb2.Reliability(attended=r.attended, no_show=r.no_show, has_history=r.has_history, ratio=r.ratio)

@@ -118,6 +118,12 @@ class CommonSettings(RedisSettings):
         repr=False,  # carries the password
         description="PostgreSQL DSN, postgresql://user:pass@host:port/db",
     )
+    waitlist_claim_window_seconds: int = Field(
+        default=7200,
+        ge=60,
+        le=7 * 24 * 3600,
+        description="How long seats offered to a waitlisted guest are held for them (never past the start)",
+    )
     db_pool_min_size: int = Field(default=1, ge=0)
     db_pool_max_size: int = Field(default=10, ge=1)
     db_command_timeout_seconds: float = Field(default=5.0, gt=0)

@@ -58,6 +58,23 @@ class Rating:
         return cls(average=round(total / count, 2) if count else 0.0, count=count)
 
 
+@dataclass(frozen=True, slots=True)
+class Reliability:
+    """How reliably a guest comes: attended ÷ (attended + no-show). No marks = no history, never 0 %."""
+
+    attended: int = 0
+    no_show: int = 0
+
+    @property
+    def has_history(self) -> bool:
+        return self.attended + self.no_show > 0
+
+    @property
+    def ratio(self) -> float:
+        total = self.attended + self.no_show
+        return round(self.attended / total, 2) if total else 0.0
+
+
 def local_time(instant: datetime, time_zone: str) -> str:
     """``instant`` as people at the place read it, e.g. ``Fri 4 Dec 2026, 20:00 CET (Europe/Berlin)``."""
     local = instant.astimezone(zoneinfo.ZoneInfo(time_zone))

@@ -88,6 +88,7 @@ SERVICES: Final = (
     ("review", "services.review", "cowatch.review.v1.ReviewService"),
 )
 WORKER_MODULE: Final = "services.notification.worker"
+OFFER_SWEEP_MODULE: Final = "services.booking.offer_sweep"
 STANDIN_MODULE: Final = "services.notification.standin"
 SERVICE_STOP_TIMEOUT: Final = 40.0  # > the default shutdown grace of services (10 s) and worker (30 s)
 ENVOY_STOP_TIMEOUT: Final = 10.0
@@ -201,7 +202,7 @@ class Stack:
         self.pg: EmbeddedPostgres | None = None
         self.database_url = ""
         self.services: list[Child] = []
-        self.helpers: list[Child] = []  # worker, notification stand-in
+        self.helpers: list[Child] = []  # worker, offer sweep, notification stand-in
         self.envoy: Child | None = None
         self._starting = True
         self._stop = threading.Event()
@@ -345,6 +346,7 @@ class Stack:
         self.helpers.append(self._child("notification", [python, "-m", STANDIN_MODULE], env, health_port=standin_port))
         env = self.child_env(**{f"{ENV_PREFIX}NOTIFICATION_ADDRESS": f"127.0.0.1:{standin_port}"})
         self.helpers.append(self._child("worker", [python, "-m", WORKER_MODULE], env))
+        self.helpers.append(self._child("offer-sweep", [python, "-m", OFFER_SWEEP_MODULE], self.child_env()))
 
         # --- the web page (services/dev/web.py): web/dist and dev sign-in, behind Envoy on the API's origin
         web_argv = [python, "-m", "services.dev.web", "--port", str(self.config.port("web"))]

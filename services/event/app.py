@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import ClassVar
 
 import grpc
@@ -51,5 +52,6 @@ class EventApp(ServiceApp[EventService]):
             cache_ttl=s.cache_ttl_seconds,
             list_ttl=s.cache_list_ttl_seconds,
             subscribers=review_cache.handlers(cache),  # a held event shows on the host's profile
+            claim_window=timedelta(seconds=s.waitlist_claim_window_seconds),
             invitations_per_day=s.invitations_per_day if isinstance(s, EventSettings) else DEFAULT_INVITATIONS_PER_DAY,
         )

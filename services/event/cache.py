@@ -136,6 +136,8 @@ def event_to_json(e: Event) -> dict[str, Any]:
         "cancelled": _time(e.cancel_time),
         "completed": _time(e.complete_time),
         "rating": [e.host_rating.average, e.host_rating.count],
+        "held": e.seats_held,
+        "waitlist": e.waitlist_size,
     }
 
 
@@ -164,6 +166,8 @@ def event_from_json(j: dict[str, Any]) -> Event:
         cancel_time=_parse_time(j["cancelled"]),
         complete_time=_parse_time(j["completed"]),
         host_rating=Rating(average=j["rating"][0], count=j["rating"][1]),
+        seats_held=j.get("held", 0),
+        waitlist_size=j.get("waitlist", 0),
     )
 
 

@@ -91,6 +91,9 @@ class Event:
     cancel_time: datetime | None = None
     complete_time: datetime | None = None
     host_rating: Rating = field(default_factory=Rating)
+    seats_held: int = 0
+    """Seats held for open waitlist offers (the booking domain's): not bookable, but not booked either."""
+    waitlist_size: int = 0
 
     @property
     def name(self) -> str:
@@ -102,7 +105,8 @@ class Event:
 
     @property
     def seats_available(self) -> int:
-        return self.details.capacity - self.seats_taken
+        """Bookable now: neither booked nor held for a waitlist offer."""
+        return max(self.details.capacity - self.seats_taken - self.seats_held, 0)
 
     def has_started(self, now: datetime) -> bool:
         return now >= self.details.start_time
@@ -250,12 +254,13 @@ def ensure_editable(event: Event, now: datetime) -> None:
 
 
 def ensure_capacity_covers_seats(event: Event, capacity: int) -> None:
-    if capacity < event.seats_taken:
+    taken = event.seats_taken + event.seats_held  # seats held for waitlist offers are promised too
+    if capacity < taken:
         raise FailedPrecondition(
             "CAPACITY_BELOW_SEATS_TAKEN",
-            f"capacity can't drop below the {event.seats_taken} seats already booked",
-            field_violations=[("event.capacity", f"must be at least {event.seats_taken}")],
-            metadata={"seats_taken": str(event.seats_taken)},
+            f"capacity can't drop below the {taken} seats already booked or offered",
+            field_violations=[("event.capacity", f"must be at least {taken}")],
+            metadata={"seats_taken": str(taken)},
         )
 
 

@@ -11,7 +11,15 @@ from google.protobuf import duration_pb2
 from services.common import context, names
 from services.common.errors import InvalidArgument, Violations
 from services.common.identity import User
-from services.common.protos import from_duration, from_timestamp, rating_to_proto, request_key, timestamp, to_timestamp
+from services.common.protos import (
+    from_duration,
+    from_timestamp,
+    rating_to_proto,
+    reliability_to_proto,
+    request_key,
+    timestamp,
+    to_timestamp,
+)
 from services.event import calendar, domain
 from services.event.domain import EventDetails, Film, Place, Visibility
 from services.event.service import (
@@ -336,6 +344,7 @@ def event_to_proto(view: EventView, share_link: str) -> resources_pb2.Event:
         capacity=d.capacity,
         seats_taken=e.seats_taken,
         seats_available=e.seats_available,
+        waitlist_size=e.waitlist_size,
         visibility=_VISIBILITY_TO_PROTO[d.visibility],
         state=_STATE[e.state],
         share_link=share_link,
@@ -360,4 +369,5 @@ def guest_to_proto(g: Guest) -> resources_pb2.Guest:
         booking=names.booking(g.booking_id),
         book_time=to_timestamp(g.book_time),
         guest_rating=rating_to_proto(g.rating),
+        guest_reliability=reliability_to_proto(g.reliability),
     )

@@ -26,7 +26,8 @@ _COLUMNS = """
     e.id, e.host_id, u.display_name AS host_display_name, e.film_id, e.film_title, e.title, e.description,
     e.start_time, e.end_time, e.time_zone, e.place_name, e.place_address, e.place_city, e.capacity,
     e.seats_taken, e.visibility, e.state, e.invite_token, e.version, e.create_time, e.update_time,
-    e.cancel_time, e.complete_time,
+    e.cancel_time, e.complete_time, e.seats_held,
+    (SELECT count(*) FROM booking.waitlist w WHERE w.event_id = e.id AND w.state = 'WAITING') AS waitlist_size,
     coalesce(hr.rating_sum, 0) AS host_rating_sum, coalesce(hr.rating_count, 0) AS host_rating_count
 """
 _FROM = """
@@ -103,6 +104,8 @@ def to_event(r: asyncpg.Record) -> Event:
         cancel_time=r["cancel_time"],
         complete_time=r["complete_time"],
         host_rating=Rating.of(r["host_rating_sum"], r["host_rating_count"]),
+        seats_held=r["seats_held"],
+        waitlist_size=r["waitlist_size"],
     )
 
 
@@ -221,7 +224,7 @@ def build_list_sql(q: ListQuery) -> tuple[str, list[Any]]:
     if q.city is not None:
         where.append(f"lower(e.place_city) = {arg(q.city.lower())}")
     if q.has_free_seats:
-        where.append("e.seats_taken < e.capacity")
+        where.append("e.seats_taken + e.seats_held < e.capacity")  # bookable now
     if q.text is not None:
         where.append(f"lower(e.title || ' ' || e.film_title) LIKE {arg(_like_pattern(q.text))}")
     if q.after is not None:

@@ -11,7 +11,7 @@ import secrets
 import uuid
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TypeAlias
 from uuid import UUID
@@ -28,7 +28,7 @@ from services.common.idempotency import RequestKey
 from services.common.identity import User
 from services.common.paging import Keyset, Page, keyset
 from services.common.uow import Handlers, UnitOfWork, uow
-from services.common.vocabulary import Rating
+from services.common.vocabulary import Rating, Reliability
 from services.event import cache as event_cache
 from services.event import domain, notifications
 from services.event import repository as events
@@ -131,6 +131,7 @@ class Guest:
     booking_id: UUID
     book_time: datetime
     rating: Rating
+    reliability: Reliability = field(default_factory=Reliability)
 
 
 GuestPage: TypeAlias = Page[Guest]
@@ -189,8 +190,10 @@ class EventService:
         cache_ttl: float = 60.0,
         list_ttl: float = 15.0,
         subscribers: Handlers | None = None,
+        claim_window: timedelta | None = None,
         invitations_per_day: int = DEFAULT_INVITATIONS_PER_DAY,
     ) -> None:
+        self._claim_window = claim_window or timedelta(hours=2)
         self._pool = pool
         self._clock = clock
         self._base_url = public_base_url
@@ -385,6 +388,15 @@ class EventService:
                 await bookings.lock_guests_for_move(tx.conn, event.id)
             await users.remember(tx, cmd.user)
             await events.update_details(tx.conn, event.id, new, now)
+            # the waitlist follows: offers re-timed to a moved start, seats a raised capacity freed offered
+            await bookings.after_event_update(
+                tx.conn,
+                event.id,
+                now,
+                public_base_url=self._base_url,
+                trace_id=cmd.trace_id,
+                claim_window=self._claim_window,
+            )
             updated = await self._load(tx.conn, event.id)
             guests = await bookings.confirmed_guest_ids(tx.conn, event.id)
             # The host's move stands even where it makes a guest's bookings overlap: each such guest is told
@@ -407,7 +419,9 @@ class EventService:
                 return EventView(event, access)
             domain.ensure_etag(event, cmd.etag)
             domain.ensure_cancellable(event)
-            guests = await bookings.cancel_all_for_event(tx.conn, event.id, now)
+            guests = await bookings.cancel_all_for_event(
+                tx.conn, event.id, now, public_base_url=self._base_url, trace_id=cmd.trace_id
+            )
             await events.mark_cancelled(tx.conn, event.id, now)
             cancelled = await self._load(tx.conn, event.id)
             tx.emit(EventCancelled(event.id, True, cancelled, guests, cmd.reason.strip()))
@@ -434,7 +448,10 @@ class EventService:
             domain.ensure_host(event, await self._access(conn, event, q.user))
             rows = await bookings.list_guests(conn, q.event_id, ks.after, ks.fetch)
         page = ks.page(rows, lambda r: (r.book_time, r.booking_id))
-        items = [Guest(r.guest_id, r.display_name, r.seats, r.booking_id, r.book_time, r.rating) for r in page.items]
+        items = [
+            Guest(r.guest_id, r.display_name, r.seats, r.booking_id, r.book_time, r.rating, r.reliability)
+            for r in page.items
+        ]
         return Page(items, page.next_page_token)
 
     async def send_invitations(self, cmd: SendInvitations) -> Invitations:

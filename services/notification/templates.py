@@ -46,6 +46,12 @@ TEMPLATES: Final[Mapping[str, tuple[str, ...]]] = {
     "reminder_1h": (*EVENT_PARAMS, "place_address", "role"),
     # to the subject of a person review, when it is revealed (role: HOST or GUEST, the subject's role)
     "review_revealed": ("event", "event_title", "review", "author_name", "rating", "role", "link"),
+    # to a waitlisted guest: seats are held for you until offer_expire_time / it closes soon / it expired
+    "waitlist_offer": (*EVENT_PARAMS, "seats", "waitlist_entry", "offer_expire_time", "offer_expire_local"),
+    "waitlist_offer_closing": (*EVENT_PARAMS, "seats", "waitlist_entry", "offer_expire_time", "offer_expire_local"),
+    "waitlist_offer_expired": (*EVENT_PARAMS, "seats", "waitlist_entry"),
+    # to a waitlisted guest: the waitlist ended without seats for you (the event started or was cancelled)
+    "waitlist_closed": (*EVENT_PARAMS, "seats", "waitlist_entry", "reason"),
 }
 
 

@@ -9,7 +9,7 @@ from cowatch.review.v1 import resources_pb2, service_pb2
 from services.common import context, names
 from services.common.errors import InvalidArgument, Violations
 from services.common.identity import User
-from services.common.protos import rating_to_proto, request_key, to_timestamp
+from services.common.protos import rating_to_proto, reliability_to_proto, request_key, to_timestamp
 from services.review import domain
 from services.review.domain import Draft, Edit, Review, ReviewState, SubjectType
 from services.review.service import (
@@ -209,6 +209,7 @@ def user_rating_to_proto(r: UserRating) -> resources_pb2.UserRating:
         name=f"{names.user(r.user_id)}/rating",
         as_host=rating_to_proto(r.as_host),
         as_guest=rating_to_proto(r.as_guest),
+        guest_reliability=reliability_to_proto(r.guest_reliability),
     )
 
 

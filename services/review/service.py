@@ -10,7 +10,7 @@ in the reveal's transaction, last: their rows are what concurrent reveals of one
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TypeAlias
 from uuid import UUID
@@ -25,7 +25,7 @@ from services.common.idempotency import RequestKey
 from services.common.identity import User
 from services.common.paging import Page, keyset
 from services.common.uow import Handlers, uow
-from services.common.vocabulary import Rating, Visibility
+from services.common.vocabulary import Rating, Reliability, Visibility
 from services.review import cache as review_cache
 from services.review import domain, reveals
 from services.review import notifications as review_notifications
@@ -76,6 +76,7 @@ class UserRating:
     user_id: str
     as_host: Rating
     as_guest: Rating
+    guest_reliability: Reliability = field(default_factory=Reliability)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +271,10 @@ class ReviewService:
         ratings = await self._cache.get_or_load(
             review_cache.rating_key(user_id), load, review_cache.RATINGS_CODEC, ttl=self._ttl
         )
-        return UserRating(user_id, ratings.get(Role.HOST.value, Rating()), ratings.get(Role.GUEST.value, Rating()))
+        async with db.connection(self._pool) as conn:  # not cached: marks change outside the review domain
+            reliability = await bookings.reliability(conn, user_id)
+        as_host, as_guest = ratings.get(Role.HOST.value, Rating()), ratings.get(Role.GUEST.value, Rating())
+        return UserRating(user_id, as_host, as_guest, reliability)
 
     async def host_profile(self, user_id: str) -> HostProfile:
         async def load() -> reviews.HostProfileRow:

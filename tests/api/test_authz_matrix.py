@@ -32,6 +32,7 @@ from datetime import timedelta
 
 import grpc
 import pytest
+from cowatch.booking.v1 import resources_pb2 as booking_pb2
 from cowatch.booking.v1 import service_pb2 as booking_service_pb2
 from cowatch.booking.v1 import service_pb2_grpc as booking_grpc
 from cowatch.event.v1 import resources_pb2 as event_pb2
@@ -85,6 +86,20 @@ ListBookings      | public  | UNAUTH    | HIDDEN    | HIDDEN    | OK        | HI
 ListBookings      | private | UNAUTH    | HIDDEN    | HIDDEN    | OK        | HIDDEN    | HIDDEN
 CancelBooking     | public  | UNAUTH    | NOT_FOUND | NOT_FOUND | OK        | NOT_FOUND | DENIED
 CancelBooking     | private | UNAUTH    | NOT_FOUND | NOT_FOUND | OK        | NOT_FOUND | DENIED
+JoinWaitlist      | public  | UNAUTH    | PRECONDITION | PRECONDITION | EXISTS | PRECONDITION | PRECONDITION
+JoinWaitlist      | private | UNAUTH    | NOT_FOUND | PRECONDITION | EXISTS  | NOT_FOUND | PRECONDITION
+GetWaitlistEntry  | public  | UNAUTH    | NOT_FOUND | NOT_FOUND | NOT_FOUND | NOT_FOUND | NOT_FOUND
+GetWaitlistEntry  | private | UNAUTH    | NOT_FOUND | NOT_FOUND | NOT_FOUND | NOT_FOUND | NOT_FOUND
+ListWaitlist      | public  | UNAUTH    | DENIED    | DENIED    | DENIED    | DENIED    | OK
+ListWaitlist      | private | UNAUTH    | NOT_FOUND | NOT_FOUND | DENIED    | NOT_FOUND | OK
+LeaveWaitlist     | public  | UNAUTH    | NOT_FOUND | NOT_FOUND | NOT_FOUND | NOT_FOUND | NOT_FOUND
+LeaveWaitlist     | private | UNAUTH    | NOT_FOUND | NOT_FOUND | NOT_FOUND | NOT_FOUND | NOT_FOUND
+ClaimOffer        | public  | UNAUTH    | NOT_FOUND | NOT_FOUND | NOT_FOUND | NOT_FOUND | NOT_FOUND
+ClaimOffer        | private | UNAUTH    | NOT_FOUND | NOT_FOUND | NOT_FOUND | NOT_FOUND | NOT_FOUND
+DeclineOffer      | public  | UNAUTH    | NOT_FOUND | NOT_FOUND | NOT_FOUND | NOT_FOUND | NOT_FOUND
+DeclineOffer      | private | UNAUTH    | NOT_FOUND | NOT_FOUND | NOT_FOUND | NOT_FOUND | NOT_FOUND
+MarkAttendance    | public  | UNAUTH    | NOT_FOUND | NOT_FOUND | DENIED    | NOT_FOUND | OK
+MarkAttendance    | private | UNAUTH    | NOT_FOUND | NOT_FOUND | DENIED    | NOT_FOUND | OK
 CreateReview      | public  | UNAUTH    | DENIED    | DENIED    | EXISTS    | DENIED    | OK
 CreateReview      | private | UNAUTH    | NOT_FOUND | NOT_FOUND | EXISTS    | NOT_FOUND | OK
 UpdateReview      | public  | UNAUTH    | NOT_FOUND | NOT_FOUND | OK        | NOT_FOUND | NOT_FOUND
@@ -297,6 +312,55 @@ async def cancel_booking(api: Api, w: World, role: str) -> str:
     return "OK"
 
 
+def _entry_id(world: World) -> str:
+    """A waitlist entry of the event that nobody joined as (the world's event has free seats: nobody can wait);
+    who may join, and who sees a real entry, are tested in tests/api/test_waitlist.py."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, world.event.name))
+
+
+def _entry(world: World) -> str:
+    return f"{world.event.name}/waitlistEntries/{_entry_id(world)}"
+
+
+async def join_waitlist(api: Api, w: World, role: str) -> str:
+    request = booking_service_pb2.JoinWaitlistRequest(parent=w.event.name, invite_token=_token(w, role))
+    await api.bookings.JoinWaitlist(request, metadata=_md(w, role))
+    return "OK"
+
+
+async def get_waitlist_entry(api: Api, w: World, role: str) -> str:
+    request = booking_service_pb2.GetWaitlistEntryRequest(name=_entry(w))
+    await api.bookings.GetWaitlistEntry(request, metadata=_md(w, role))
+    return "OK"
+
+
+async def list_waitlist(api: Api, w: World, role: str) -> str:
+    await api.bookings.ListWaitlist(booking_service_pb2.ListWaitlistRequest(parent=w.event.name), metadata=_md(w, role))
+    return "OK"
+
+
+async def leave_waitlist(api: Api, w: World, role: str) -> str:
+    request = booking_service_pb2.LeaveWaitlistRequest(name=_entry(w))
+    await api.bookings.LeaveWaitlist(request, metadata=_md(w, role))
+    return "OK"
+
+
+async def claim_offer(api: Api, w: World, role: str) -> str:
+    await api.bookings.ClaimOffer(booking_service_pb2.ClaimOfferRequest(name=_entry(w)), metadata=_md(w, role))
+    return "OK"
+
+
+async def decline_offer(api: Api, w: World, role: str) -> str:
+    await api.bookings.DeclineOffer(booking_service_pb2.DeclineOfferRequest(name=_entry(w)), metadata=_md(w, role))
+    return "OK"
+
+
+async def mark_attendance(api: Api, w: World, role: str) -> str:
+    request = booking_service_pb2.MarkAttendanceRequest(name=w.guest_booking, attendance=booking_pb2.ATTENDED)
+    await api.bookings.MarkAttendance(request, metadata=_md(w, role))
+    return "OK"
+
+
 async def create_review(api: Api, w: World, role: str) -> str:
     await api.reviews.CreateReview(review_request(w.event.name, EVENT, 5), metadata=_md(w, role))
     return "OK"
@@ -364,6 +428,13 @@ RPCS: dict[str, Rpc] = {
     "GetBooking": Rpc(get_booking),
     "ListBookings": Rpc(list_bookings),
     "CancelBooking": Rpc(cancel_booking, mutates=True),
+    "JoinWaitlist": Rpc(join_waitlist, mutates=True),
+    "GetWaitlistEntry": Rpc(get_waitlist_entry),
+    "ListWaitlist": Rpc(list_waitlist),
+    "LeaveWaitlist": Rpc(leave_waitlist),
+    "ClaimOffer": Rpc(claim_offer),
+    "DeclineOffer": Rpc(decline_offer),
+    "MarkAttendance": Rpc(mark_attendance, held=True),
     "CreateReview": Rpc(create_review, mutates=True, held=True),
     "UpdateReview": Rpc(update_review, mutates=True, held=True),
     "DeleteReview": Rpc(delete_review, mutates=True, held=True),
@@ -396,7 +467,7 @@ async def _answer(api: Api, rpc: Rpc, world: World, role: str) -> tuple[str, str
 
 def _ids(world: World) -> list[str]:
     names = (world.event.name, world.guest_booking, world.guest_review)
-    return [n.split("/", 1)[1] for n in names if n] + [world.host.id]
+    return [n.split("/", 1)[1] for n in names if n] + [world.host.id, _entry_id(world)]
 
 
 def ghost(world: World) -> World:

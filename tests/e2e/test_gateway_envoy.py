@@ -498,6 +498,35 @@ async def test_killing_one_of_two_event_replicas_mid_traffic_keeps_idempotent_ca
     assert f"127.0.0.1:{survivor.port}" in gateway.envoy.healthy_hosts()["event"]
 
 
+def test_json_waitlist_join_offer_and_claim(gateway: Gateway) -> None:
+    """The README's waitlist walk-through, over Envoy's JSON routes."""
+    host, guest, alice = new_caller("Host"), new_caller("Guest"), new_caller("Alice")
+    status, _, body = post_json(f"{gateway.url}/v1/events", event_json(unique_city(), capacity=2), host)
+    assert status == 200, body
+    event = json.loads(body)["name"]
+    status, _, body = post_json(f"{gateway.url}/v1/bookings", {"event": event, "seats": 2}, guest)
+    assert status == 200, body
+    booking = json.loads(body)["name"]
+    status, _, body = post_json(f"{gateway.url}/v1/{event}/waitlistEntries", {"seats": 2}, alice)
+    assert status == 200, body
+    entry = json.loads(body)
+    assert (entry["state"], entry["position"]) == ("WAITING", 1)
+    shown = json.loads(http("GET", f"{gateway.url}/v1/{event}")[2])
+    assert (shown["seatsAvailable"], shown["waitlistSize"]) == (0, 1)
+    status, _, body = post_json(f"{gateway.url}/v1/{booking}:cancel", {}, guest)
+    assert status == 200, body
+    auth = {"authorization": f"Bearer {alice.token}"}
+    offered = json.loads(http("GET", f"{gateway.url}/v1/{entry['name']}", headers=auth)[2])
+    assert offered["state"] == "OFFERED" and offered["offerExpireTime"]
+    hosted = {"authorization": f"Bearer {host.token}"}
+    listed = json.loads(http("GET", f"{gateway.url}/v1/{event}/waitlistEntries", headers=hosted)[2])
+    assert [e["name"] for e in listed["waitlistEntries"]] == [entry["name"]]
+    status, _, body = post_json(f"{gateway.url}/v1/{entry['name']}:claim", {}, alice)
+    assert status == 200, body
+    claimed = json.loads(body)
+    assert (claimed["state"], claimed["seats"], claimed["guest"]) == ("CONFIRMED", 2, alice.resource)
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 
 

@@ -6,21 +6,23 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import pytest_asyncio
 from cowatch_client import types
 
 from services.booking.app import BookingApp, BookingSettings
-from services.common.clock import ManualClock
+from services.common.clock import Clock, ManualClock
+from services.common.settings import CommonSettings
 from services.event.app import EventApp, EventSettings
 from services.review.app import ReviewApp, ReviewSettings
 from tests.support import servers
 from tests.support.grpc_proxy import GrpcProxy
 
-SERVICES = [
+SERVICES: list[tuple[str, Callable[[Any, Clock], Any], type[CommonSettings]]] = [
     ("cowatch.event.v1.EventService", EventApp, EventSettings),
     ("cowatch.booking.v1.BookingService", BookingApp, BookingSettings),
     ("cowatch.review.v1.ReviewService", ReviewApp, ReviewSettings),

@@ -43,12 +43,19 @@ def test_only_reads_and_writes_with_a_request_id_are_retried():
         "BookingService/GetBooking",
         "BookingService/ListBookings",
         "BookingService/CancelBooking",
+        "BookingService/JoinWaitlist",
+        "BookingService/GetWaitlistEntry",
+        "BookingService/ListWaitlist",
+        "BookingService/LeaveWaitlist",
+        "BookingService/ClaimOffer",
+        "BookingService/DeclineOffer",
         "ReviewService/CreateReview",
         "ReviewService/ListReviews",
         "ReviewService/GetUserRating",
         "ReviewService/GetHostProfile",
         "ReviewService/ListHeldEvents",
-    }  # not UpdateEvent, CompleteEvent, RotateInviteToken, RotateCalendarToken, UpdateReview, DeleteReview
+    }  # not UpdateEvent, CompleteEvent, RotateInviteToken, RotateCalendarToken, UpdateReview, DeleteReview,
+    # MarkAttendance
     (config,) = json.loads(service_config(RetryPolicy()))["methodConfig"]
     assert config["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
     assert json.loads(service_config(RetryPolicy(max_attempts=1))) == {"methodConfig": []}

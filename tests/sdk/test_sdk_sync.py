@@ -10,15 +10,17 @@ from datetime import timedelta
 
 import pytest
 from cowatch_client import (
+    AlreadyExists,
     Conflict,
     CowatchClient,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     SoldOut,
     Unavailable,
 )
 from cowatch_client._proto.cowatch.booking.v1 import service_pb2 as booking_service
-from cowatch_client.types import Booking
+from cowatch_client.types import Booking, WaitlistEntry
 
 from tests.sdk.conftest import new_event, unique_city
 from tests.support.api import new_caller
@@ -133,3 +135,31 @@ async def test_the_caller_may_choose_the_request_id(target: str, proxy: GrpcProx
         booking_service.CreateBookingRequest.FromString(a.request).request_id
         for a in proxy.attempts_of("CreateBooking")
     } == {key}
+
+
+async def test_join_the_waitlist_get_an_offer_and_claim_it(target: str, proxy: GrpcProxy):
+    def scenario() -> None:
+        with (
+            CowatchClient(target, token=new_caller("Host").token) as host,
+            CowatchClient(target, token=new_caller("Ana").token) as ana,
+            CowatchClient(target, token=new_caller("Ben").token) as ben,
+        ):
+            event = host.events.create(new_event(capacity=1, start_in=timedelta(days=5)))
+            booking = ana.bookings.create(event.name)
+            entry = ben.bookings.join_waitlist(event.name)
+            assert (entry.state, entry.position) == (WaitlistEntry.WAITING, 1)
+            with pytest.raises(AlreadyExists) as caught:
+                ben.bookings.join_waitlist(event.name)
+            assert caught.value.reason == "ALREADY_WAITLISTED" and caught.value.metadata["waitlist_entry"] == entry.name
+            with pytest.raises(FailedPrecondition) as refused:
+                ben.bookings.claim_offer(entry.name)
+            assert refused.value.reason == "NO_OPEN_OFFER"
+            assert [e.name for e in host.bookings.waitlist(event.name)] == [entry.name]
+            ana.bookings.cancel(booking.name)
+            assert ben.bookings.waitlist_entry(entry.name).state == WaitlistEntry.OFFERED
+            claimed = ben.bookings.claim_offer(entry.name)
+            assert (claimed.state, claimed.event) == (Booking.CONFIRMED, event.name)
+
+    await in_thread(scenario)
+    # writes carry a request id, so the client retries them; each went through once here
+    assert len(proxy.attempts_of("ClaimOffer")) == 2 and len(proxy.attempts_of("JoinWaitlist")) == 2

@@ -23,7 +23,7 @@ from tests.support import nginx
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
-APP_SERVICES = {"event", "booking", "review", "worker", "notification"}
+APP_SERVICES = {"event", "booking", "review", "worker", "offer-sweep", "notification"}
 GRPC_SERVICES = {"event": 50051, "booking": 50052, "review": 50053}
 # Variables of third-party images, documented by those images (postgres, dbmate, nginx's entrypoint).
 THIRD_PARTY_ENV = {
@@ -92,6 +92,7 @@ def test_services_have_images_healthchecks_and_no_fixed_names(services: dict[str
         assert services[name]["command"] == [name]
         assert services[name]["deploy"]["replicas"] >= 2
     assert services["worker"]["command"] == ["worker"]
+    assert services["offer-sweep"]["command"] == ["offer-sweep"]
     assert services["notification"]["command"] == ["standin"]
     # the only ways in from the host: NGINX's two listeners
     published = {name for name, service in services.items() if service.get("ports")}

@@ -9,13 +9,21 @@ import pytest
 from pydantic_settings import BaseSettings
 
 from services.booking.app import BookingSettings
+from services.booking.offer_sweep import OfferSweepSettings
 from services.common.settings import env_names
 from services.event.app import EventSettings
 from services.notification.settings import StandinSettings, WorkerSettings
 from services.review.app import ReviewSettings
 
 ENV_EXAMPLE = Path(__file__).resolve().parents[2] / ".env.example"
-SETTINGS: list[type[BaseSettings]] = [EventSettings, BookingSettings, ReviewSettings, WorkerSettings, StandinSettings]
+SETTINGS: list[type[BaseSettings]] = [
+    EventSettings,
+    BookingSettings,
+    ReviewSettings,
+    WorkerSettings,
+    StandinSettings,
+    OfferSweepSettings,
+]
 
 
 def documented() -> set[str]:

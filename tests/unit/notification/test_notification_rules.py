@@ -14,6 +14,7 @@ import pytest
 from services.booking import notifications as booking_messages
 from services.booking.domain import BookableEvent, Booking
 from services.booking.domain import State as BookingState
+from services.booking.waitlist import Ended, Offer, OfferWarning
 from services.common.identity import User
 from services.event import notifications as event_messages
 from services.event.domain import Event, EventDetails, FieldChange, Film, Place, State, Visibility
@@ -163,6 +164,11 @@ def _all_messages() -> Iterator[Message]:
     yield booking_messages.booking_confirmed(bookable, booking, guest, link)
     yield booking_messages.new_guest(bookable, booking, guest, link)
     yield booking_messages.booking_cancelled(bookable, booking, guest, link)
+    entry, deadline = uuid.UUID(int=4), START - timedelta(hours=1)
+    yield booking_messages.waitlist_offer(bookable, Offer(entry, "g", 2, deadline), link)
+    yield booking_messages.waitlist_offer_closing(bookable, OfferWarning(entry, event.id, "g", 2, deadline), link)
+    yield booking_messages.waitlist_offer_expired(bookable, Ended(entry, "g", 2), link)
+    yield booking_messages.waitlist_closed(bookable, Ended(entry, "g", 2), "the event has started", link)
     for kind in ("24H", "1H"):
         yield messages.reminder(FACTS, kind, "g", is_host=False, seats=1, link=link, due_time=START)
 

@@ -22,12 +22,13 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from cowatch.type.v1 import rating_pb2 as cowatch_dot_type_dot_v1_dot_rating__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"cowatch/booking/v1/resources.proto\x12\x12\x63owatch.booking.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa8\x04\n\x07\x42ooking\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12)\n\x05\x65vent\x18\x02 \x01(\tB\x1a\xe2\x41\x02\x02\x05\xfa\x41\x12\n\x10\x63owatch.io/Event\x12\x13\n\x05guest\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x14\n\x05seats\x18\x04 \x01(\x05\x42\x05\xe2\x41\x02\x01\x05\x12\x36\n\x05state\x18\x05 \x01(\x0e\x32!.cowatch.booking.v1.Booking.StateB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x65vent_title\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12:\n\x10\x65vent_start_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x38\n\x0e\x65vent_end_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63\x61ncel_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"<\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\r\n\tCONFIRMED\x10\x01\x12\r\n\tCANCELLED\x10\x02:>\xea\x41;\n\x12\x63owatch.io/Booking\x12\x12\x62ookings/{booking}*\x08\x62ookings2\x07\x62ookingb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"cowatch/booking/v1/resources.proto\x12\x12\x63owatch.booking.v1\x1a\x1c\x63owatch/type/v1/rating.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe2\x04\n\x07\x42ooking\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12)\n\x05\x65vent\x18\x02 \x01(\tB\x1a\xe2\x41\x02\x02\x05\xfa\x41\x12\n\x10\x63owatch.io/Event\x12\x13\n\x05guest\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x14\n\x05seats\x18\x04 \x01(\x05\x42\x05\xe2\x41\x02\x01\x05\x12\x36\n\x05state\x18\x05 \x01(\x0e\x32!.cowatch.booking.v1.Booking.StateB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x65vent_title\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12:\n\x10\x65vent_start_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x38\n\x0e\x65vent_end_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63\x61ncel_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x38\n\nattendance\x18\x0b \x01(\x0e\x32\x1e.cowatch.booking.v1.AttendanceB\x04\xe2\x41\x01\x03\"<\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\r\n\tCONFIRMED\x10\x01\x12\r\n\tCANCELLED\x10\x02:>\xea\x41;\n\x12\x63owatch.io/Booking\x12\x12\x62ookings/{booking}*\x08\x62ookings2\x07\x62ooking\"\xb1\x06\n\rWaitlistEntry\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x13\n\x05guest\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12 \n\x12guest_display_name\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x14\n\x05seats\x18\x04 \x01(\x05\x42\x05\xe2\x41\x02\x01\x05\x12<\n\x05state\x18\x05 \x01(\x0e\x32\'.cowatch.booking.v1.WaitlistEntry.StateB\x04\xe2\x41\x01\x03\x12\x16\n\x08position\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\noffer_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12;\n\x11offer_expire_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12,\n\x07\x62ooking\x18\x0b \x01(\tB\x1b\xe2\x41\x01\x03\xfa\x41\x14\n\x12\x63owatch.io/Booking\x12=\n\x11guest_reliability\x18\x0c \x01(\x0b\x32\x1c.cowatch.type.v1.ReliabilityB\x04\xe2\x41\x01\x03\x12\x33\n\x0cguest_rating\x18\r \x01(\x0b\x32\x17.cowatch.type.v1.RatingB\x04\xe2\x41\x01\x03\"v\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07WAITING\x10\x01\x12\x0b\n\x07OFFERED\x10\x02\x12\x0b\n\x07\x43LAIMED\x10\x03\x12\x0c\n\x08\x44\x45\x43LINED\x10\x04\x12\x0b\n\x07\x45XPIRED\x10\x05\x12\x08\n\x04LEFT\x10\x06\x12\n\n\x06\x43LOSED\x10\x07:n\xea\x41k\n\x18\x63owatch.io/WaitlistEntry\x12/events/{event}/waitlistEntries/{waitlist_entry}*\x0fwaitlistEntries2\rwaitlistEntry*C\n\nAttendance\x12\x1a\n\x16\x41TTENDANCE_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x41TTENDED\x10\x01\x12\x0b\n\x07NO_SHOW\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -54,10 +55,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BOOKING'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
   _globals['_BOOKING'].fields_by_name['cancel_time']._loaded_options = None
   _globals['_BOOKING'].fields_by_name['cancel_time']._serialized_options = b'\342A\001\003'
+  _globals['_BOOKING'].fields_by_name['attendance']._loaded_options = None
+  _globals['_BOOKING'].fields_by_name['attendance']._serialized_options = b'\342A\001\003'
   _globals['_BOOKING']._loaded_options = None
   _globals['_BOOKING']._serialized_options = b'\352A;\n\022cowatch.io/Booking\022\022bookings/{booking}*\010bookings2\007booking'
-  _globals['_BOOKING']._serialized_start=152
-  _globals['_BOOKING']._serialized_end=704
-  _globals['_BOOKING_STATE']._serialized_start=580
-  _globals['_BOOKING_STATE']._serialized_end=640
+  _globals['_WAITLISTENTRY'].fields_by_name['name']._loaded_options = None
+  _globals['_WAITLISTENTRY'].fields_by_name['name']._serialized_options = b'\342A\001\010'
+  _globals['_WAITLISTENTRY'].fields_by_name['guest']._loaded_options = None
+  _globals['_WAITLISTENTRY'].fields_by_name['guest']._serialized_options = b'\342A\001\003'
+  _globals['_WAITLISTENTRY'].fields_by_name['guest_display_name']._loaded_options = None
+  _globals['_WAITLISTENTRY'].fields_by_name['guest_display_name']._serialized_options = b'\342A\001\003'
+  _globals['_WAITLISTENTRY'].fields_by_name['seats']._loaded_options = None
+  _globals['_WAITLISTENTRY'].fields_by_name['seats']._serialized_options = b'\342A\002\001\005'
+  _globals['_WAITLISTENTRY'].fields_by_name['state']._loaded_options = None
+  _globals['_WAITLISTENTRY'].fields_by_name['state']._serialized_options = b'\342A\001\003'
+  _globals['_WAITLISTENTRY'].fields_by_name['position']._loaded_options = None
+  _globals['_WAITLISTENTRY'].fields_by_name['position']._serialized_options = b'\342A\001\003'
+  _globals['_WAITLISTENTRY'].fields_by_name['create_time']._loaded_options = None
+  _globals['_WAITLISTENTRY'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_WAITLISTENTRY'].fields_by_name['update_time']._loaded_options = None
+  _globals['_WAITLISTENTRY'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_WAITLISTENTRY'].fields_by_name['offer_time']._loaded_options = None
+  _globals['_WAITLISTENTRY'].fields_by_name['offer_time']._serialized_options = b'\342A\001\003'
+  _globals['_WAITLISTENTRY'].fields_by_name['offer_expire_time']._loaded_options = None
+  _globals['_WAITLISTENTRY'].fields_by_name['offer_expire_time']._serialized_options = b'\342A\001\003'
+  _globals['_WAITLISTENTRY'].fields_by_name['booking']._loaded_options = None
+  _globals['_WAITLISTENTRY'].fields_by_name['booking']._serialized_options = b'\342A\001\003\372A\024\n\022cowatch.io/Booking'
+  _globals['_WAITLISTENTRY'].fields_by_name['guest_reliability']._loaded_options = None
+  _globals['_WAITLISTENTRY'].fields_by_name['guest_reliability']._serialized_options = b'\342A\001\003'
+  _globals['_WAITLISTENTRY'].fields_by_name['guest_rating']._loaded_options = None
+  _globals['_WAITLISTENTRY'].fields_by_name['guest_rating']._serialized_options = b'\342A\001\003'
+  _globals['_WAITLISTENTRY']._loaded_options = None
+  _globals['_WAITLISTENTRY']._serialized_options = b'\352Ak\n\030cowatch.io/WaitlistEntry\022/events/{event}/waitlistEntries/{waitlist_entry}*\017waitlistEntries2\rwaitlistEntry'
+  _globals['_ATTENDANCE']._serialized_start=1614
+  _globals['_ATTENDANCE']._serialized_end=1681
+  _globals['_BOOKING']._serialized_start=182
+  _globals['_BOOKING']._serialized_end=792
+  _globals['_BOOKING_STATE']._serialized_start=668
+  _globals['_BOOKING_STATE']._serialized_end=728
+  _globals['_WAITLISTENTRY']._serialized_start=795
+  _globals['_WAITLISTENTRY']._serialized_end=1612
+  _globals['_WAITLISTENTRY_STATE']._serialized_start=1382
+  _globals['_WAITLISTENTRY_STATE']._serialized_end=1500
 # @@protoc_insertion_point(module_scope)

@@ -191,3 +191,223 @@ class CancelBookingRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelBookingRequest: _TypeAlias = CancelBookingRequest  # noqa: Y015
+
+@_typing.final
+class JoinWaitlistRequest(_message.Message):
+    """Request for JoinWaitlist."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    WAITLIST_ENTRY_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    INVITE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The event, `events/{event}`."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155), a UUID scoped to the caller."""
+    invite_token: _builtins.str
+    """Invite token of a private event, from its share link."""
+    @_builtins.property
+    def waitlist_entry(self) -> _resources_pb2.WaitlistEntry:
+        """The entry: `seats` (optional, 0 means 1)."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        waitlist_entry: _resources_pb2.WaitlistEntry | None = ...,
+        request_id: _builtins.str = ...,
+        invite_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["waitlist_entry", b"waitlist_entry"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invite_token", b"invite_token", "parent", b"parent", "request_id", b"request_id", "waitlist_entry", b"waitlist_entry"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JoinWaitlistRequest: _TypeAlias = JoinWaitlistRequest  # noqa: Y015
+
+@_typing.final
+class GetWaitlistEntryRequest(_message.Message):
+    """Request for GetWaitlistEntry."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`events/{event}/waitlistEntries/{waitlist_entry}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetWaitlistEntryRequest: _TypeAlias = GetWaitlistEntryRequest  # noqa: Y015
+
+@_typing.final
+class ListWaitlistRequest(_message.Message):
+    """Request for ListWaitlist."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The event, `events/{event}`."""
+    page_size: _builtins.int
+    """Maximum number of entries to return, 0 → 50, capped at 100."""
+    page_token: _builtins.str
+    """`next_page_token` of the previous page."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWaitlistRequest: _TypeAlias = ListWaitlistRequest  # noqa: Y015
+
+@_typing.final
+class ListWaitlistResponse(_message.Message):
+    """Response of ListWaitlist."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WAITLIST_ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def waitlist_entries(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.WaitlistEntry]:
+        """The page of entries, in join order."""
+
+    def __init__(
+        self,
+        *,
+        waitlist_entries: _abc.Iterable[_resources_pb2.WaitlistEntry] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "waitlist_entries", b"waitlist_entries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWaitlistResponse: _TypeAlias = ListWaitlistResponse  # noqa: Y015
+
+@_typing.final
+class LeaveWaitlistRequest(_message.Message):
+    """Request for LeaveWaitlist."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`events/{event}/waitlistEntries/{waitlist_entry}`."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155), a UUID scoped to the caller."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaveWaitlistRequest: _TypeAlias = LeaveWaitlistRequest  # noqa: Y015
+
+@_typing.final
+class ClaimOfferRequest(_message.Message):
+    """Request for ClaimOffer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`events/{event}/waitlistEntries/{waitlist_entry}`."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155), a UUID scoped to the caller."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimOfferRequest: _TypeAlias = ClaimOfferRequest  # noqa: Y015
+
+@_typing.final
+class DeclineOfferRequest(_message.Message):
+    """Request for DeclineOffer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`events/{event}/waitlistEntries/{waitlist_entry}`."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155), a UUID scoped to the caller."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeclineOfferRequest: _TypeAlias = DeclineOfferRequest  # noqa: Y015
+
+@_typing.final
+class MarkAttendanceRequest(_message.Message):
+    """Request for MarkAttendance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ATTENDANCE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The guest's booking, `bookings/{booking}`."""
+    attendance: _resources_pb2.Attendance.ValueType
+    """ATTENDED or NO_SHOW."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        attendance: _resources_pb2.Attendance.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attendance", b"attendance", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkAttendanceRequest: _TypeAlias = MarkAttendanceRequest  # noqa: Y015

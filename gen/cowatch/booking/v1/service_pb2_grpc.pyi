@@ -53,7 +53,8 @@ class BookingServiceStub:
     def __new__(cls, channel: _aio.Channel) -> BookingServiceAsyncStub: ...
     CreateBooking: _grpc.UnaryUnaryMultiCallable[_service_pb2.CreateBookingRequest, _resources_pb2.Booking]
     """Books seats of a scheduled, future event for the caller. Never more seats
-    than the event's capacity, whatever the concurrency.
+    than the event's capacity, whatever the concurrency; seats held for
+    waitlist offers are not bookable (see JoinWaitlist).
 
     Errors: NOT_FOUND `EVENT_NOT_FOUND` (also a private event without a
     valid `invite_token` to a caller who holds no booking there: it does not
@@ -85,6 +86,71 @@ class BookingServiceStub:
     (the event's host may read but not cancel it), FAILED_PRECONDITION
     `EVENT_ALREADY_STARTED`, INVALID_ARGUMENT `REQUEST_ID_REUSED`.
     """
+    JoinWaitlist: _grpc.UnaryUnaryMultiCallable[_service_pb2.JoinWaitlistRequest, _resources_pb2.WaitlistEntry]
+    """Joins the waitlist of a scheduled event that has fewer seats bookable now
+    than asked for (seats may be free but held by offers). The same rules as
+    CreateBooking decide who may join.
+
+    Errors: NOT_FOUND `EVENT_NOT_FOUND` (also a private event without its
+    valid `invite_token`), FAILED_PRECONDITION `HOST_CANNOT_BOOK`,
+    FAILED_PRECONDITION `EVENT_NOT_BOOKABLE` (cancelled, held or started:
+    the waitlist closes at the start), ALREADY_EXISTS `ALREADY_BOOKED`,
+    ALREADY_EXISTS `ALREADY_WAITLISTED` (one open entry per guest per event;
+    metadata `waitlist_entry`), FAILED_PRECONDITION `SEATS_AVAILABLE`
+    (enough seats are bookable now: book them instead; metadata
+    `seats_available`), FAILED_PRECONDITION `BOOKING_OVERLAP`,
+    INVALID_ARGUMENT `REQUEST_ID_REUSED`.
+    """
+    GetWaitlistEntry: _grpc.UnaryUnaryMultiCallable[_service_pb2.GetWaitlistEntryRequest, _resources_pb2.WaitlistEntry]
+    """Gets a waitlist entry: its state, position and offer deadline. Visible
+    to its guest and to the event's host; to anyone else it does not exist.
+
+    Errors: NOT_FOUND `WAITLIST_ENTRY_NOT_FOUND`.
+    """
+    ListWaitlist: _grpc.UnaryUnaryMultiCallable[_service_pb2.ListWaitlistRequest, _service_pb2.ListWaitlistResponse]
+    """Lists an event's open waitlist entries (waiting and offered) in join
+    order, with each guest's rating and reliability. Host only.
+
+    Errors: NOT_FOUND `EVENT_NOT_FOUND`, PERMISSION_DENIED `NOT_EVENT_HOST`,
+    INVALID_ARGUMENT `INVALID_PAGE_TOKEN`.
+    """
+    LeaveWaitlist: _grpc.UnaryUnaryMultiCallable[_service_pb2.LeaveWaitlistRequest, _resources_pb2.WaitlistEntry]
+    """Leaves the waitlist. An offered entry's held seats go to the next entry.
+    Leaving a closed entry returns it unchanged.
+
+    Errors: NOT_FOUND `WAITLIST_ENTRY_NOT_FOUND`, PERMISSION_DENIED
+    `NOT_WAITLIST_GUEST` (the host may read but not change it),
+    INVALID_ARGUMENT `REQUEST_ID_REUSED`.
+    """
+    ClaimOffer: _grpc.UnaryUnaryMultiCallable[_service_pb2.ClaimOfferRequest, _resources_pb2.Booking]
+    """Claims an offer: the held seats become a confirmed booking (with the
+    usual confirmation mail and reminders). A retry with the same request id
+    returns the same booking.
+
+    Errors: NOT_FOUND `WAITLIST_ENTRY_NOT_FOUND`, PERMISSION_DENIED
+    `NOT_WAITLIST_GUEST`, FAILED_PRECONDITION `NO_OPEN_OFFER` (the entry is
+    waiting, or its offer was claimed, declined or has expired; metadata
+    `state`), FAILED_PRECONDITION `EVENT_NOT_BOOKABLE`, FAILED_PRECONDITION
+    `BOOKING_OVERLAP`, ALREADY_EXISTS `ALREADY_BOOKED`, INVALID_ARGUMENT
+    `REQUEST_ID_REUSED`.
+    """
+    DeclineOffer: _grpc.UnaryUnaryMultiCallable[_service_pb2.DeclineOfferRequest, _resources_pb2.WaitlistEntry]
+    """Declines an offer: the held seats go to the next entry that fits.
+
+    Errors: NOT_FOUND `WAITLIST_ENTRY_NOT_FOUND`, PERMISSION_DENIED
+    `NOT_WAITLIST_GUEST`, FAILED_PRECONDITION `NO_OPEN_OFFER`,
+    INVALID_ARGUMENT `REQUEST_ID_REUSED`.
+    """
+    MarkAttendance: _grpc.UnaryUnaryMultiCallable[_service_pb2.MarkAttendanceRequest, _resources_pb2.Booking]
+    """Marks whether a confirmed guest came to a held event. Host only;
+    idempotent; changeable until the attendance period (default 7 days after
+    the event was held) ends.
+
+    Errors: NOT_FOUND `BOOKING_NOT_FOUND`, PERMISSION_DENIED
+    `NOT_EVENT_HOST`, FAILED_PRECONDITION `EVENT_NOT_HELD`,
+    FAILED_PRECONDITION `BOOKING_NOT_CONFIRMED`, FAILED_PRECONDITION
+    `ATTENDANCE_PERIOD_OVER`.
+    """
 
 @_typing.type_check_only
 class BookingServiceAsyncStub(BookingServiceStub):
@@ -110,7 +176,8 @@ class BookingServiceAsyncStub(BookingServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateBooking: _aio.UnaryUnaryMultiCallable[_service_pb2.CreateBookingRequest, _resources_pb2.Booking]  # type: ignore[assignment]
     """Books seats of a scheduled, future event for the caller. Never more seats
-    than the event's capacity, whatever the concurrency.
+    than the event's capacity, whatever the concurrency; seats held for
+    waitlist offers are not bookable (see JoinWaitlist).
 
     Errors: NOT_FOUND `EVENT_NOT_FOUND` (also a private event without a
     valid `invite_token` to a caller who holds no booking there: it does not
@@ -142,6 +209,71 @@ class BookingServiceAsyncStub(BookingServiceStub):
     (the event's host may read but not cancel it), FAILED_PRECONDITION
     `EVENT_ALREADY_STARTED`, INVALID_ARGUMENT `REQUEST_ID_REUSED`.
     """
+    JoinWaitlist: _aio.UnaryUnaryMultiCallable[_service_pb2.JoinWaitlistRequest, _resources_pb2.WaitlistEntry]  # type: ignore[assignment]
+    """Joins the waitlist of a scheduled event that has fewer seats bookable now
+    than asked for (seats may be free but held by offers). The same rules as
+    CreateBooking decide who may join.
+
+    Errors: NOT_FOUND `EVENT_NOT_FOUND` (also a private event without its
+    valid `invite_token`), FAILED_PRECONDITION `HOST_CANNOT_BOOK`,
+    FAILED_PRECONDITION `EVENT_NOT_BOOKABLE` (cancelled, held or started:
+    the waitlist closes at the start), ALREADY_EXISTS `ALREADY_BOOKED`,
+    ALREADY_EXISTS `ALREADY_WAITLISTED` (one open entry per guest per event;
+    metadata `waitlist_entry`), FAILED_PRECONDITION `SEATS_AVAILABLE`
+    (enough seats are bookable now: book them instead; metadata
+    `seats_available`), FAILED_PRECONDITION `BOOKING_OVERLAP`,
+    INVALID_ARGUMENT `REQUEST_ID_REUSED`.
+    """
+    GetWaitlistEntry: _aio.UnaryUnaryMultiCallable[_service_pb2.GetWaitlistEntryRequest, _resources_pb2.WaitlistEntry]  # type: ignore[assignment]
+    """Gets a waitlist entry: its state, position and offer deadline. Visible
+    to its guest and to the event's host; to anyone else it does not exist.
+
+    Errors: NOT_FOUND `WAITLIST_ENTRY_NOT_FOUND`.
+    """
+    ListWaitlist: _aio.UnaryUnaryMultiCallable[_service_pb2.ListWaitlistRequest, _service_pb2.ListWaitlistResponse]  # type: ignore[assignment]
+    """Lists an event's open waitlist entries (waiting and offered) in join
+    order, with each guest's rating and reliability. Host only.
+
+    Errors: NOT_FOUND `EVENT_NOT_FOUND`, PERMISSION_DENIED `NOT_EVENT_HOST`,
+    INVALID_ARGUMENT `INVALID_PAGE_TOKEN`.
+    """
+    LeaveWaitlist: _aio.UnaryUnaryMultiCallable[_service_pb2.LeaveWaitlistRequest, _resources_pb2.WaitlistEntry]  # type: ignore[assignment]
+    """Leaves the waitlist. An offered entry's held seats go to the next entry.
+    Leaving a closed entry returns it unchanged.
+
+    Errors: NOT_FOUND `WAITLIST_ENTRY_NOT_FOUND`, PERMISSION_DENIED
+    `NOT_WAITLIST_GUEST` (the host may read but not change it),
+    INVALID_ARGUMENT `REQUEST_ID_REUSED`.
+    """
+    ClaimOffer: _aio.UnaryUnaryMultiCallable[_service_pb2.ClaimOfferRequest, _resources_pb2.Booking]  # type: ignore[assignment]
+    """Claims an offer: the held seats become a confirmed booking (with the
+    usual confirmation mail and reminders). A retry with the same request id
+    returns the same booking.
+
+    Errors: NOT_FOUND `WAITLIST_ENTRY_NOT_FOUND`, PERMISSION_DENIED
+    `NOT_WAITLIST_GUEST`, FAILED_PRECONDITION `NO_OPEN_OFFER` (the entry is
+    waiting, or its offer was claimed, declined or has expired; metadata
+    `state`), FAILED_PRECONDITION `EVENT_NOT_BOOKABLE`, FAILED_PRECONDITION
+    `BOOKING_OVERLAP`, ALREADY_EXISTS `ALREADY_BOOKED`, INVALID_ARGUMENT
+    `REQUEST_ID_REUSED`.
+    """
+    DeclineOffer: _aio.UnaryUnaryMultiCallable[_service_pb2.DeclineOfferRequest, _resources_pb2.WaitlistEntry]  # type: ignore[assignment]
+    """Declines an offer: the held seats go to the next entry that fits.
+
+    Errors: NOT_FOUND `WAITLIST_ENTRY_NOT_FOUND`, PERMISSION_DENIED
+    `NOT_WAITLIST_GUEST`, FAILED_PRECONDITION `NO_OPEN_OFFER`,
+    INVALID_ARGUMENT `REQUEST_ID_REUSED`.
+    """
+    MarkAttendance: _aio.UnaryUnaryMultiCallable[_service_pb2.MarkAttendanceRequest, _resources_pb2.Booking]  # type: ignore[assignment]
+    """Marks whether a confirmed guest came to a held event. Host only;
+    idempotent; changeable until the attendance period (default 7 days after
+    the event was held) ends.
+
+    Errors: NOT_FOUND `BOOKING_NOT_FOUND`, PERMISSION_DENIED
+    `NOT_EVENT_HOST`, FAILED_PRECONDITION `EVENT_NOT_HELD`,
+    FAILED_PRECONDITION `BOOKING_NOT_CONFIRMED`, FAILED_PRECONDITION
+    `ATTENDANCE_PERIOD_OVER`.
+    """
 
 class BookingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Guests book and cancel seats. Every method needs a token.
@@ -170,7 +302,8 @@ class BookingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.Booking, _abc.Awaitable[_resources_pb2.Booking]]:
         """Books seats of a scheduled, future event for the caller. Never more seats
-        than the event's capacity, whatever the concurrency.
+        than the event's capacity, whatever the concurrency; seats held for
+        waitlist offers are not bookable (see JoinWaitlist).
 
         Errors: NOT_FOUND `EVENT_NOT_FOUND` (also a private event without a
         valid `invite_token` to a caller who holds no booking there: it does not
@@ -219,6 +352,113 @@ class BookingServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: NOT_FOUND `BOOKING_NOT_FOUND`, PERMISSION_DENIED `NOT_BOOKING_GUEST`
         (the event's host may read but not cancel it), FAILED_PRECONDITION
         `EVENT_ALREADY_STARTED`, INVALID_ARGUMENT `REQUEST_ID_REUSED`.
+        """
+
+    @_abc_1.abstractmethod
+    def JoinWaitlist(
+        self,
+        request: _service_pb2.JoinWaitlistRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_resources_pb2.WaitlistEntry, _abc.Awaitable[_resources_pb2.WaitlistEntry]]:
+        """Joins the waitlist of a scheduled event that has fewer seats bookable now
+        than asked for (seats may be free but held by offers). The same rules as
+        CreateBooking decide who may join.
+
+        Errors: NOT_FOUND `EVENT_NOT_FOUND` (also a private event without its
+        valid `invite_token`), FAILED_PRECONDITION `HOST_CANNOT_BOOK`,
+        FAILED_PRECONDITION `EVENT_NOT_BOOKABLE` (cancelled, held or started:
+        the waitlist closes at the start), ALREADY_EXISTS `ALREADY_BOOKED`,
+        ALREADY_EXISTS `ALREADY_WAITLISTED` (one open entry per guest per event;
+        metadata `waitlist_entry`), FAILED_PRECONDITION `SEATS_AVAILABLE`
+        (enough seats are bookable now: book them instead; metadata
+        `seats_available`), FAILED_PRECONDITION `BOOKING_OVERLAP`,
+        INVALID_ARGUMENT `REQUEST_ID_REUSED`.
+        """
+
+    @_abc_1.abstractmethod
+    def GetWaitlistEntry(
+        self,
+        request: _service_pb2.GetWaitlistEntryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_resources_pb2.WaitlistEntry, _abc.Awaitable[_resources_pb2.WaitlistEntry]]:
+        """Gets a waitlist entry: its state, position and offer deadline. Visible
+        to its guest and to the event's host; to anyone else it does not exist.
+
+        Errors: NOT_FOUND `WAITLIST_ENTRY_NOT_FOUND`.
+        """
+
+    @_abc_1.abstractmethod
+    def ListWaitlist(
+        self,
+        request: _service_pb2.ListWaitlistRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.ListWaitlistResponse, _abc.Awaitable[_service_pb2.ListWaitlistResponse]]:
+        """Lists an event's open waitlist entries (waiting and offered) in join
+        order, with each guest's rating and reliability. Host only.
+
+        Errors: NOT_FOUND `EVENT_NOT_FOUND`, PERMISSION_DENIED `NOT_EVENT_HOST`,
+        INVALID_ARGUMENT `INVALID_PAGE_TOKEN`.
+        """
+
+    @_abc_1.abstractmethod
+    def LeaveWaitlist(
+        self,
+        request: _service_pb2.LeaveWaitlistRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_resources_pb2.WaitlistEntry, _abc.Awaitable[_resources_pb2.WaitlistEntry]]:
+        """Leaves the waitlist. An offered entry's held seats go to the next entry.
+        Leaving a closed entry returns it unchanged.
+
+        Errors: NOT_FOUND `WAITLIST_ENTRY_NOT_FOUND`, PERMISSION_DENIED
+        `NOT_WAITLIST_GUEST` (the host may read but not change it),
+        INVALID_ARGUMENT `REQUEST_ID_REUSED`.
+        """
+
+    @_abc_1.abstractmethod
+    def ClaimOffer(
+        self,
+        request: _service_pb2.ClaimOfferRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_resources_pb2.Booking, _abc.Awaitable[_resources_pb2.Booking]]:
+        """Claims an offer: the held seats become a confirmed booking (with the
+        usual confirmation mail and reminders). A retry with the same request id
+        returns the same booking.
+
+        Errors: NOT_FOUND `WAITLIST_ENTRY_NOT_FOUND`, PERMISSION_DENIED
+        `NOT_WAITLIST_GUEST`, FAILED_PRECONDITION `NO_OPEN_OFFER` (the entry is
+        waiting, or its offer was claimed, declined or has expired; metadata
+        `state`), FAILED_PRECONDITION `EVENT_NOT_BOOKABLE`, FAILED_PRECONDITION
+        `BOOKING_OVERLAP`, ALREADY_EXISTS `ALREADY_BOOKED`, INVALID_ARGUMENT
+        `REQUEST_ID_REUSED`.
+        """
+
+    @_abc_1.abstractmethod
+    def DeclineOffer(
+        self,
+        request: _service_pb2.DeclineOfferRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_resources_pb2.WaitlistEntry, _abc.Awaitable[_resources_pb2.WaitlistEntry]]:
+        """Declines an offer: the held seats go to the next entry that fits.
+
+        Errors: NOT_FOUND `WAITLIST_ENTRY_NOT_FOUND`, PERMISSION_DENIED
+        `NOT_WAITLIST_GUEST`, FAILED_PRECONDITION `NO_OPEN_OFFER`,
+        INVALID_ARGUMENT `REQUEST_ID_REUSED`.
+        """
+
+    @_abc_1.abstractmethod
+    def MarkAttendance(
+        self,
+        request: _service_pb2.MarkAttendanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_resources_pb2.Booking, _abc.Awaitable[_resources_pb2.Booking]]:
+        """Marks whether a confirmed guest came to a held event. Host only;
+        idempotent; changeable until the attendance period (default 7 days after
+        the event was held) ends.
+
+        Errors: NOT_FOUND `BOOKING_NOT_FOUND`, PERMISSION_DENIED
+        `NOT_EVENT_HOST`, FAILED_PRECONDITION `EVENT_NOT_HELD`,
+        FAILED_PRECONDITION `BOOKING_NOT_CONFIRMED`, FAILED_PRECONDITION
+        `ATTENDANCE_PERIOD_OVER`.
         """
 
 def add_BookingServiceServicer_to_server(servicer: BookingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

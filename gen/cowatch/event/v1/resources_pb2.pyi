@@ -107,6 +107,7 @@ class Event(_message.Message):
     CANCEL_TIME_FIELD_NUMBER: _builtins.int
     COMPLETE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    WAITLIST_SIZE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `events/{event}` where `{event}` is a server-assigned UUID.
     Ignored on create; identifies the event on update.
@@ -127,12 +128,15 @@ class Event(_message.Message):
     """True when `place.address` was withheld from this caller."""
     capacity: _builtins.int
     """Number of seats, 1–1000. On update it can never drop below
-    `seats_taken`.
+    `seats_taken` plus the seats held for open waitlist offers; raising it
+    offers the new seats to the waitlist.
     """
     seats_taken: _builtins.int
     """Seats held by confirmed bookings."""
     seats_available: _builtins.int
-    """`capacity` - `seats_taken`."""
+    """Seats bookable now: `capacity` - `seats_taken` - seats held for open
+    waitlist offers.
+    """
     visibility: Global___Event.Visibility.ValueType
     """PUBLIC or PRIVATE; required on create."""
     state: Global___Event.State.ValueType
@@ -150,6 +154,8 @@ class Event(_message.Message):
     CompleteEvent; a stale value fails with ABORTED (`ETAG_MISMATCH`).
     Empty means "don't check".
     """
+    waitlist_size: _builtins.int
+    """Guests waiting for seats (waitlist entries not yet offered seats)."""
     @_builtins.property
     def film(self) -> Global___Film:
         """The film being shown."""
@@ -220,10 +226,11 @@ class Event(_message.Message):
         cancel_time: _timestamp_pb2.Timestamp | None = ...,
         complete_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        waitlist_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cancel_time", b"cancel_time", "complete_time", b"complete_time", "create_time", b"create_time", "duration", b"duration", "end_time", b"end_time", "film", b"film", "host_rating", b"host_rating", "place", b"place", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address_hidden", b"address_hidden", "cancel_time", b"cancel_time", "capacity", b"capacity", "complete_time", b"complete_time", "create_time", b"create_time", "description", b"description", "duration", b"duration", "end_time", b"end_time", "etag", b"etag", "film", b"film", "host", b"host", "host_display_name", b"host_display_name", "host_rating", b"host_rating", "invite_token", b"invite_token", "name", b"name", "place", b"place", "seats_available", b"seats_available", "seats_taken", b"seats_taken", "share_link", b"share_link", "start_time", b"start_time", "state", b"state", "time_zone", b"time_zone", "title", b"title", "update_time", b"update_time", "visibility", b"visibility"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address_hidden", b"address_hidden", "cancel_time", b"cancel_time", "capacity", b"capacity", "complete_time", b"complete_time", "create_time", b"create_time", "description", b"description", "duration", b"duration", "end_time", b"end_time", "etag", b"etag", "film", b"film", "host", b"host", "host_display_name", b"host_display_name", "host_rating", b"host_rating", "invite_token", b"invite_token", "name", b"name", "place", b"place", "seats_available", b"seats_available", "seats_taken", b"seats_taken", "share_link", b"share_link", "start_time", b"start_time", "state", b"state", "time_zone", b"time_zone", "title", b"title", "update_time", b"update_time", "visibility", b"visibility", "waitlist_size", b"waitlist_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -299,6 +306,7 @@ class Guest(_message.Message):
     BOOKING_FIELD_NUMBER: _builtins.int
     BOOK_TIME_FIELD_NUMBER: _builtins.int
     GUEST_RATING_FIELD_NUMBER: _builtins.int
+    GUEST_RELIABILITY_FIELD_NUMBER: _builtins.int
     user: _builtins.str
     """The guest, `users/{user}`."""
     display_name: _builtins.str
@@ -315,6 +323,12 @@ class Guest(_message.Message):
     def guest_rating(self) -> _rating_pb2.Rating:
         """The guest's rating as a guest, over all events they took part in."""
 
+    @_builtins.property
+    def guest_reliability(self) -> _rating_pb2.Reliability:
+        """How reliably the guest comes to events they booked (hosts' attendance
+        marks).
+        """
+
     def __init__(
         self,
         *,
@@ -324,10 +338,11 @@ class Guest(_message.Message):
         booking: _builtins.str = ...,
         book_time: _timestamp_pb2.Timestamp | None = ...,
         guest_rating: _rating_pb2.Rating | None = ...,
+        guest_reliability: _rating_pb2.Reliability | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["book_time", b"book_time", "guest_rating", b"guest_rating"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["book_time", b"book_time", "guest_rating", b"guest_rating", "guest_reliability", b"guest_reliability"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["book_time", b"book_time", "booking", b"booking", "display_name", b"display_name", "guest_rating", b"guest_rating", "seats", b"seats", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["book_time", b"book_time", "booking", b"booking", "display_name", b"display_name", "guest_rating", b"guest_rating", "guest_reliability", b"guest_reliability", "seats", b"seats", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

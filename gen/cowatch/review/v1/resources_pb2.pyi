@@ -183,6 +183,7 @@ class UserRating(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     AS_HOST_FIELD_NUMBER: _builtins.int
     AS_GUEST_FIELD_NUMBER: _builtins.int
+    GUEST_RELIABILITY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `users/{user}/rating`."""
     @_builtins.property
@@ -193,16 +194,23 @@ class UserRating(_message.Message):
     def as_guest(self) -> _rating_pb2.Rating:
         """Rating received as a guest (GUEST reviews)."""
 
+    @_builtins.property
+    def guest_reliability(self) -> _rating_pb2.Reliability:
+        """How reliably the user comes to events they booked as a guest (hosts'
+        attendance marks).
+        """
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         as_host: _rating_pb2.Rating | None = ...,
         as_guest: _rating_pb2.Rating | None = ...,
+        guest_reliability: _rating_pb2.Reliability | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["as_guest", b"as_guest", "as_host", b"as_host"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_guest", b"as_guest", "as_host", b"as_host", "guest_reliability", b"guest_reliability"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_guest", b"as_guest", "as_host", b"as_host", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_guest", b"as_guest", "as_host", b"as_host", "guest_reliability", b"guest_reliability", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63owatch/type/v1/rating.proto\x12\x0f\x63owatch.type.v1\x1a\x1fgoogle/api/field_behavior.proto\"4\n\x06Rating\x12\x15\n\x07\x61verage\x18\x01 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x13\n\x05\x63ount\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63owatch/type/v1/rating.proto\x12\x0f\x63owatch.type.v1\x1a\x1fgoogle/api/field_behavior.proto\"4\n\x06Rating\x12\x15\n\x07\x61verage\x18\x01 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x13\n\x05\x63ount\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x03\"l\n\x0bReliability\x12\x16\n\x08\x61ttended\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x15\n\x07no_show\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0bhas_history\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x13\n\x05ratio\x18\x04 \x01(\x01\x42\x04\xe2\x41\x01\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,6 +36,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RATING'].fields_by_name['average']._serialized_options = b'\342A\001\003'
   _globals['_RATING'].fields_by_name['count']._loaded_options = None
   _globals['_RATING'].fields_by_name['count']._serialized_options = b'\342A\001\003'
+  _globals['_RELIABILITY'].fields_by_name['attended']._loaded_options = None
+  _globals['_RELIABILITY'].fields_by_name['attended']._serialized_options = b'\342A\001\003'
+  _globals['_RELIABILITY'].fields_by_name['no_show']._loaded_options = None
+  _globals['_RELIABILITY'].fields_by_name['no_show']._serialized_options = b'\342A\001\003'
+  _globals['_RELIABILITY'].fields_by_name['has_history']._loaded_options = None
+  _globals['_RELIABILITY'].fields_by_name['has_history']._serialized_options = b'\342A\001\003'
+  _globals['_RELIABILITY'].fields_by_name['ratio']._loaded_options = None
+  _globals['_RELIABILITY'].fields_by_name['ratio']._serialized_options = b'\342A\001\003'
   _globals['_RATING']._serialized_start=82
   _globals['_RATING']._serialized_end=134
+  _globals['_RELIABILITY']._serialized_start=136
+  _globals['_RELIABILITY']._serialized_end=244
 # @@protoc_insertion_point(module_scope)

@@ -155,6 +155,42 @@ def cancel_booking(name: str, rid: str | None) -> booking_service.CancelBookingR
     return booking_service.CancelBookingRequest(name=name, request_id=request_id(rid))
 
 
+# ---------------------------------------------------------------------------------------------- waitlist
+
+
+def join_waitlist(event: str, seats: int, invite_token: str, rid: str | None) -> booking_service.JoinWaitlistRequest:
+    return booking_service.JoinWaitlistRequest(
+        parent=event,
+        waitlist_entry=booking_pb2.WaitlistEntry(seats=seats),
+        invite_token=invite_token,
+        request_id=request_id(rid),
+    )
+
+
+def get_waitlist_entry(name: str) -> booking_service.GetWaitlistEntryRequest:
+    return booking_service.GetWaitlistEntryRequest(name=name)
+
+
+def list_waitlist(event: str, page_size: int) -> booking_service.ListWaitlistRequest:
+    return booking_service.ListWaitlistRequest(parent=event, page_size=page_size)
+
+
+def leave_waitlist(name: str, rid: str | None) -> booking_service.LeaveWaitlistRequest:
+    return booking_service.LeaveWaitlistRequest(name=name, request_id=request_id(rid))
+
+
+def claim_offer(name: str, rid: str | None) -> booking_service.ClaimOfferRequest:
+    return booking_service.ClaimOfferRequest(name=name, request_id=request_id(rid))
+
+
+def decline_offer(name: str, rid: str | None) -> booking_service.DeclineOfferRequest:
+    return booking_service.DeclineOfferRequest(name=name, request_id=request_id(rid))
+
+
+def mark_attendance(name: str, attendance: booking_pb2.Attendance.ValueType) -> booking_service.MarkAttendanceRequest:
+    return booking_service.MarkAttendanceRequest(name=name, attendance=attendance)
+
+
 # ---------------------------------------------------------------------------------------------- reviews
 
 

@@ -169,7 +169,7 @@ class AsyncEvents:
 
 
 class AsyncBookings:
-    """BookingService: guests book and cancel seats."""
+    """BookingService: guests book and cancel seats, wait for them (waitlist offers), hosts mark attendance."""
 
     def __init__(self, stub: booking_grpc.BookingServiceAsyncStub, call: _Invoker) -> None:
         self._stub = stub
@@ -209,6 +209,57 @@ class AsyncBookings:
     ) -> booking_pb2.Booking:
         """Cancels the caller's booking and frees its seats."""
         return await self._call(self._stub.CancelBooking, req.cancel_booking(name, request_id), timeout)
+
+    # ------------------------------------------------------------------ waitlist
+
+    async def join_waitlist(
+        self,
+        event: str,
+        *,
+        seats: int = 1,
+        invite_token: str = "",
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> booking_pb2.WaitlistEntry:
+        """Joins the waitlist of a sold-out ``events/{id}``. Retried safely: one ``request_id``, one entry."""
+        request = req.join_waitlist(event, seats, invite_token, request_id)
+        return await self._call(self._stub.JoinWaitlist, request, timeout)
+
+    async def waitlist_entry(self, name: str, *, timeout: float | None = None) -> booking_pb2.WaitlistEntry:
+        """The entry ``events/{id}/waitlistEntries/{id}``: state, position, offer deadline."""
+        return await self._call(self._stub.GetWaitlistEntry, req.get_waitlist_entry(name), timeout)
+
+    def waitlist(
+        self, event: str, *, page_size: int = 0, timeout: float | None = None
+    ) -> AsyncIterator[booking_pb2.WaitlistEntry]:
+        """The host's view of an event's open entries in join order, page by page as iterated."""
+        request = req.list_waitlist(event, page_size)
+        return self._call.paginate(self._stub.ListWaitlist, request, lambda page: page.waitlist_entries, timeout)
+
+    async def leave_waitlist(
+        self, name: str, *, request_id: str | None = None, timeout: float | None = None
+    ) -> booking_pb2.WaitlistEntry:
+        """Leaves the waitlist; an offer's held seats go to the next entry."""
+        return await self._call(self._stub.LeaveWaitlist, req.leave_waitlist(name, request_id), timeout)
+
+    async def claim_offer(
+        self, name: str, *, request_id: str | None = None, timeout: float | None = None
+    ) -> booking_pb2.Booking:
+        """Turns an open offer into a confirmed booking. Retried safely: one ``request_id``, one booking."""
+        return await self._call(self._stub.ClaimOffer, req.claim_offer(name, request_id), timeout)
+
+    async def decline_offer(
+        self, name: str, *, request_id: str | None = None, timeout: float | None = None
+    ) -> booking_pb2.WaitlistEntry:
+        """Declines an open offer: the seats go to the next entry that fits."""
+        return await self._call(self._stub.DeclineOffer, req.decline_offer(name, request_id), timeout)
+
+    async def mark_attendance(
+        self, booking: str, attendance: booking_pb2.Attendance.ValueType, *, timeout: float | None = None
+    ) -> booking_pb2.Booking:
+        """(Host) marks a confirmed guest of a held event ``ATTENDED`` or ``NO_SHOW``; idempotent (a plain set, so
+        not retried by the client: repeat it yourself)."""
+        return await self._call(self._stub.MarkAttendance, req.mark_attendance(booking, attendance), timeout)
 
 
 class AsyncReviews:

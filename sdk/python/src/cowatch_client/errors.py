@@ -122,12 +122,13 @@ class NotFound(CowatchError):
 
 
 class AlreadyExists(CowatchError):
-    """The caller already did this (``ALREADY_BOOKED``, ``ALREADY_REVIEWED``); ``metadata`` names the existing
-    resource when the server knows it."""
+    """The caller already did this (``ALREADY_BOOKED``, ``ALREADY_REVIEWED``, ``ALREADY_WAITLISTED``); ``metadata``
+    names the existing resource when the server knows it (``waitlist_entry``)."""
 
 
 class FailedPrecondition(CowatchError):
-    """The resource's state forbids the call (``EVENT_NOT_BOOKABLE``, ``BOOKING_OVERLAP``, ``HOST_CANNOT_BOOK``...)."""
+    """The resource's state forbids the call (``EVENT_NOT_BOOKABLE``, ``BOOKING_OVERLAP``, ``HOST_CANNOT_BOOK``,
+    ``NO_OPEN_OFFER``, ``SEATS_AVAILABLE``...)."""
 
 
 class SoldOut(CowatchError):
@@ -170,6 +171,13 @@ _BY_REASON: Final[Mapping[str, type[CowatchError]]] = {
     "CONCURRENT_MODIFICATION": Conflict,
     "ALREADY_BOOKED": AlreadyExists,
     "ALREADY_REVIEWED": AlreadyExists,
+    "ALREADY_WAITLISTED": AlreadyExists,
+    "WAITLIST_ENTRY_NOT_FOUND": NotFound,
+    "NOT_WAITLIST_GUEST": PermissionDenied,
+    "NO_OPEN_OFFER": FailedPrecondition,
+    "SEATS_AVAILABLE": FailedPrecondition,
+    "BOOKING_NOT_CONFIRMED": FailedPrecondition,
+    "ATTENDANCE_PERIOD_OVER": FailedPrecondition,
     "INVALID_ARGUMENT": InvalidArgument,
     "INVALID_PAGE_TOKEN": InvalidArgument,
     "REQUEST_ID_REUSED": InvalidArgument,

@@ -4,6 +4,8 @@
 
 import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { Rating, Reliability } from "../../type/v1/rating_pb.js";
+import { file_cowatch_type_v1_rating } from "../../type/v1/rating_pb.js";
 import { file_google_api_field_behavior } from "../../../google/api/field_behavior_pb.js";
 import { file_google_api_resource } from "../../../google/api/resource_pb.js";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
@@ -14,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cowatch/booking/v1/resources.proto.
  */
 export const file_cowatch_booking_v1_resources: GenFile = /*@__PURE__*/
-  fileDesc("CiJjb3dhdGNoL2Jvb2tpbmcvdjEvcmVzb3VyY2VzLnByb3RvEhJjb3dhdGNoLmJvb2tpbmcudjEiqAQKB0Jvb2tpbmcSEgoEbmFtZRgBIAEoCUIE4kEBCBIpCgVldmVudBgCIAEoCUIa4kECAgX6QRIKEGNvd2F0Y2guaW8vRXZlbnQSEwoFZ3Vlc3QYAyABKAlCBOJBAQMSFAoFc2VhdHMYBCABKAVCBeJBAgEFEjYKBXN0YXRlGAUgASgOMiEuY293YXRjaC5ib29raW5nLnYxLkJvb2tpbmcuU3RhdGVCBOJBAQMSGQoLZXZlbnRfdGl0bGUYBiABKAlCBOJBAQMSOgoQZXZlbnRfc3RhcnRfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSOAoOZXZlbnRfZW5kX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEjUKC2NyZWF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxI1CgtjYW5jZWxfdGltZRgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMiPAoFU3RhdGUSFQoRU1RBVEVfVU5TUEVDSUZJRUQQABINCglDT05GSVJNRUQQARINCglDQU5DRUxMRUQQAjo+6kE7ChJjb3dhdGNoLmlvL0Jvb2tpbmcSEmJvb2tpbmdzL3tib29raW5nfSoIYm9va2luZ3MyB2Jvb2tpbmdiBnByb3RvMw", [file_google_api_field_behavior, file_google_api_resource, file_google_protobuf_timestamp]);
+  fileDesc("CiJjb3dhdGNoL2Jvb2tpbmcvdjEvcmVzb3VyY2VzLnByb3RvEhJjb3dhdGNoLmJvb2tpbmcudjEi4gQKB0Jvb2tpbmcSEgoEbmFtZRgBIAEoCUIE4kEBCBIpCgVldmVudBgCIAEoCUIa4kECAgX6QRIKEGNvd2F0Y2guaW8vRXZlbnQSEwoFZ3Vlc3QYAyABKAlCBOJBAQMSFAoFc2VhdHMYBCABKAVCBeJBAgEFEjYKBXN0YXRlGAUgASgOMiEuY293YXRjaC5ib29raW5nLnYxLkJvb2tpbmcuU3RhdGVCBOJBAQMSGQoLZXZlbnRfdGl0bGUYBiABKAlCBOJBAQMSOgoQZXZlbnRfc3RhcnRfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSOAoOZXZlbnRfZW5kX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEjUKC2NyZWF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxI1CgtjYW5jZWxfdGltZRgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSOAoKYXR0ZW5kYW5jZRgLIAEoDjIeLmNvd2F0Y2guYm9va2luZy52MS5BdHRlbmRhbmNlQgTiQQEDIjwKBVN0YXRlEhUKEVNUQVRFX1VOU1BFQ0lGSUVEEAASDQoJQ09ORklSTUVEEAESDQoJQ0FOQ0VMTEVEEAI6PupBOwoSY293YXRjaC5pby9Cb29raW5nEhJib29raW5ncy97Ym9va2luZ30qCGJvb2tpbmdzMgdib29raW5nIrEGCg1XYWl0bGlzdEVudHJ5EhIKBG5hbWUYASABKAlCBOJBAQgSEwoFZ3Vlc3QYAiABKAlCBOJBAQMSIAoSZ3Vlc3RfZGlzcGxheV9uYW1lGAMgASgJQgTiQQEDEhQKBXNlYXRzGAQgASgFQgXiQQIBBRI8CgVzdGF0ZRgFIAEoDjInLmNvd2F0Y2guYm9va2luZy52MS5XYWl0bGlzdEVudHJ5LlN0YXRlQgTiQQEDEhYKCHBvc2l0aW9uGAYgASgFQgTiQQEDEjUKC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxI1Cgt1cGRhdGVfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSNAoKb2ZmZXJfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSOwoRb2ZmZXJfZXhwaXJlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEiwKB2Jvb2tpbmcYCyABKAlCG+JBAQP6QRQKEmNvd2F0Y2guaW8vQm9va2luZxI9ChFndWVzdF9yZWxpYWJpbGl0eRgMIAEoCzIcLmNvd2F0Y2gudHlwZS52MS5SZWxpYWJpbGl0eUIE4kEBAxIzCgxndWVzdF9yYXRpbmcYDSABKAsyFy5jb3dhdGNoLnR5cGUudjEuUmF0aW5nQgTiQQEDInYKBVN0YXRlEhUKEVNUQVRFX1VOU1BFQ0lGSUVEEAASCwoHV0FJVElORxABEgsKB09GRkVSRUQQAhILCgdDTEFJTUVEEAMSDAoIREVDTElORUQQBBILCgdFWFBJUkVEEAUSCAoETEVGVBAGEgoKBkNMT1NFRBAHOm7qQWsKGGNvd2F0Y2guaW8vV2FpdGxpc3RFbnRyeRIvZXZlbnRzL3tldmVudH0vd2FpdGxpc3RFbnRyaWVzL3t3YWl0bGlzdF9lbnRyeX0qD3dhaXRsaXN0RW50cmllczINd2FpdGxpc3RFbnRyeSpDCgpBdHRlbmRhbmNlEhoKFkFUVEVOREFOQ0VfVU5TUEVDSUZJRUQQABIMCghBVFRFTkRFRBABEgsKB05PX1NIT1cQAmIGcHJvdG8z", [file_cowatch_type_v1_rating, file_google_api_field_behavior, file_google_api_resource, file_google_protobuf_timestamp]);
 
 /**
  * A guest's seats at an event.
@@ -91,6 +93,14 @@ export type Booking = Message<"cowatch.booking.v1.Booking"> & {
    * @generated from field: google.protobuf.Timestamp cancel_time = 10;
    */
   cancelTime?: Timestamp | undefined;
+
+  /**
+   * Whether the guest came, as marked by the host after the event was held
+   * (MarkAttendance); unspecified until marked.
+   *
+   * @generated from field: cowatch.booking.v1.Attendance attendance = 11;
+   */
+  attendance: Attendance;
 };
 
 /**
@@ -134,4 +144,224 @@ export enum Booking_State {
  */
 export const Booking_StateSchema: GenEnum<Booking_State> = /*@__PURE__*/
   enumDesc(file_cowatch_booking_v1_resources, 0, 0);
+
+/**
+ * A guest's place in an event's waitlist, and the offer of seats made to it.
+ *
+ * Offers go to entries in join order: whenever seats come free (a booking
+ * cancelled, the capacity raised, an offer declined, left or expired) the
+ * first `WAITING` entry whose `seats` fit is `OFFERED` and the seats are held
+ * for it until `offer_expire_time`; nobody else can book them meanwhile.
+ *
+ * @generated from message cowatch.booking.v1.WaitlistEntry
+ */
+export type WaitlistEntry = Message<"cowatch.booking.v1.WaitlistEntry"> & {
+  /**
+   * Resource name, `events/{event}/waitlistEntries/{waitlist_entry}`
+   * (server-assigned UUID).
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The guest, `users/{user}`: the authenticated caller who joined.
+   *
+   * @generated from field: string guest = 2;
+   */
+  guest: string;
+
+  /**
+   * The guest's display name.
+   *
+   * @generated from field: string guest_display_name = 3;
+   */
+  guestDisplayName: string;
+
+  /**
+   * Seats wanted, 1 to the configured maximum per booking (default 4); 0
+   * means 1.
+   *
+   * @generated from field: int32 seats = 4;
+   */
+  seats: number;
+
+  /**
+   * Lifecycle state.
+   *
+   * @generated from field: cowatch.booking.v1.WaitlistEntry.State state = 5;
+   */
+  state: WaitlistEntry_State;
+
+  /**
+   * 1-based place among the event's open entries (waiting or offered) in
+   * join order, while the entry is open; 0 otherwise.
+   *
+   * @generated from field: int32 position = 6;
+   */
+  position: number;
+
+  /**
+   * When the entry joined.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 7;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * When the entry last changed state.
+   *
+   * @generated from field: google.protobuf.Timestamp update_time = 8;
+   */
+  updateTime?: Timestamp | undefined;
+
+  /**
+   * When seats were offered; unset before an offer.
+   *
+   * @generated from field: google.protobuf.Timestamp offer_time = 9;
+   */
+  offerTime?: Timestamp | undefined;
+
+  /**
+   * Deadline of the offer (never after the event's start); unset before an
+   * offer.
+   *
+   * @generated from field: google.protobuf.Timestamp offer_expire_time = 10;
+   */
+  offerExpireTime?: Timestamp | undefined;
+
+  /**
+   * The booking a claimed offer became, `bookings/{booking}`.
+   *
+   * @generated from field: string booking = 11;
+   */
+  booking: string;
+
+  /**
+   * The guest's reliability (attendance marks); filled in for the host.
+   *
+   * @generated from field: cowatch.type.v1.Reliability guest_reliability = 12;
+   */
+  guestReliability?: Reliability | undefined;
+
+  /**
+   * The guest's rating as a guest; filled in for the host.
+   *
+   * @generated from field: cowatch.type.v1.Rating guest_rating = 13;
+   */
+  guestRating?: Rating | undefined;
+};
+
+/**
+ * Describes the message cowatch.booking.v1.WaitlistEntry.
+ * Use `create(WaitlistEntrySchema)` to create a new message.
+ */
+export const WaitlistEntrySchema: GenMessage<WaitlistEntry> = /*@__PURE__*/
+  messageDesc(file_cowatch_booking_v1_resources, 1);
+
+/**
+ * Lifecycle of an entry.
+ *
+ * @generated from enum cowatch.booking.v1.WaitlistEntry.State
+ */
+export enum WaitlistEntry_State {
+  /**
+   * Never returned.
+   *
+   * @generated from enum value: STATE_UNSPECIFIED = 0;
+   */
+  STATE_UNSPECIFIED = 0,
+
+  /**
+   * Waiting for seats; `position` says where in the queue.
+   *
+   * @generated from enum value: WAITING = 1;
+   */
+  WAITING = 1,
+
+  /**
+   * Seats are held for the guest until `offer_expire_time`: ClaimOffer
+   * books them, DeclineOffer gives them to the next entry.
+   *
+   * @generated from enum value: OFFERED = 2;
+   */
+  OFFERED = 2,
+
+  /**
+   * The guest claimed the offer: `booking` is the confirmed booking.
+   * Terminal.
+   *
+   * @generated from enum value: CLAIMED = 3;
+   */
+  CLAIMED = 3,
+
+  /**
+   * The guest declined the offer. Terminal.
+   *
+   * @generated from enum value: DECLINED = 4;
+   */
+  DECLINED = 4,
+
+  /**
+   * The offer's window passed unclaimed. Terminal.
+   *
+   * @generated from enum value: EXPIRED = 5;
+   */
+  EXPIRED = 5,
+
+  /**
+   * The guest left the waitlist. Terminal.
+   *
+   * @generated from enum value: LEFT = 6;
+   */
+  LEFT = 6,
+
+  /**
+   * The event started or was cancelled before the entry got seats.
+   * Terminal.
+   *
+   * @generated from enum value: CLOSED = 7;
+   */
+  CLOSED = 7,
+}
+
+/**
+ * Describes the enum cowatch.booking.v1.WaitlistEntry.State.
+ */
+export const WaitlistEntry_StateSchema: GenEnum<WaitlistEntry_State> = /*@__PURE__*/
+  enumDesc(file_cowatch_booking_v1_resources, 1, 0);
+
+/**
+ * The host's mark of whether a confirmed guest came to a held event.
+ *
+ * @generated from enum cowatch.booking.v1.Attendance
+ */
+export enum Attendance {
+  /**
+   * Not marked.
+   *
+   * @generated from enum value: ATTENDANCE_UNSPECIFIED = 0;
+   */
+  ATTENDANCE_UNSPECIFIED = 0,
+
+  /**
+   * The guest came.
+   *
+   * @generated from enum value: ATTENDED = 1;
+   */
+  ATTENDED = 1,
+
+  /**
+   * The guest booked and did not come.
+   *
+   * @generated from enum value: NO_SHOW = 2;
+   */
+  NO_SHOW = 2,
+}
+
+/**
+ * Describes the enum cowatch.booking.v1.Attendance.
+ */
+export const AttendanceSchema: GenEnum<Attendance> = /*@__PURE__*/
+  enumDesc(file_cowatch_booking_v1_resources, 0);
 

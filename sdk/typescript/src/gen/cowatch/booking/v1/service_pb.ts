@@ -4,7 +4,7 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Booking, Booking_State, BookingSchema } from "./resources_pb.js";
+import type { Attendance, Booking, Booking_State, BookingSchema, WaitlistEntry, WaitlistEntrySchema } from "./resources_pb.js";
 import { file_cowatch_booking_v1_resources } from "./resources_pb.js";
 import { file_google_api_annotations } from "../../../google/api/annotations_pb.js";
 import { file_google_api_client } from "../../../google/api/client_pb.js";
@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cowatch/booking/v1/service.proto.
  */
 export const file_cowatch_booking_v1_service: GenFile = /*@__PURE__*/
-  fileDesc("CiBjb3dhdGNoL2Jvb2tpbmcvdjEvc2VydmljZS5wcm90bxISY293YXRjaC5ib29raW5nLnYxIoABChRDcmVhdGVCb29raW5nUmVxdWVzdBIyCgdib29raW5nGAEgASgLMhsuY293YXRjaC5ib29raW5nLnYxLkJvb2tpbmdCBOJBAQISGAoKcmVxdWVzdF9pZBgCIAEoCUIE4kEBARIaCgxpbnZpdGVfdG9rZW4YAyABKAlCBOJBAQEiPgoRR2V0Qm9va2luZ1JlcXVlc3QSKQoEbmFtZRgBIAEoCUIb4kEBAvpBFAoSY293YXRjaC5pby9Cb29raW5nIrQBChNMaXN0Qm9va2luZ3NSZXF1ZXN0EhcKCXBhZ2Vfc2l6ZRgBIAEoBUIE4kEBARIYCgpwYWdlX3Rva2VuGAIgASgJQgTiQQEBEjYKBXN0YXRlGAMgASgOMiEuY293YXRjaC5ib29raW5nLnYxLkJvb2tpbmcuU3RhdGVCBOJBAQESMgoEdGltZRgEIAEoDjIeLmNvd2F0Y2guYm9va2luZy52MS5UaW1lRmlsdGVyQgTiQQEBIl4KFExpc3RCb29raW5nc1Jlc3BvbnNlEi0KCGJvb2tpbmdzGAEgAygLMhsuY293YXRjaC5ib29raW5nLnYxLkJvb2tpbmcSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlsKFENhbmNlbEJvb2tpbmdSZXF1ZXN0EikKBG5hbWUYASABKAlCG+JBAQL6QRQKEmNvd2F0Y2guaW8vQm9va2luZxIYCgpyZXF1ZXN0X2lkGAIgASgJQgTiQQEBKkEKClRpbWVGaWx0ZXISGwoXVElNRV9GSUxURVJfVU5TUEVDSUZJRUQQABIMCghVUENPTUlORxABEggKBFBBU1QQAjKiBAoOQm9va2luZ1NlcnZpY2USfwoNQ3JlYXRlQm9va2luZxIoLmNvd2F0Y2guYm9va2luZy52MS5DcmVhdGVCb29raW5nUmVxdWVzdBobLmNvd2F0Y2guYm9va2luZy52MS5Cb29raW5nIifaQQdib29raW5ngtPkkwIXOgdib29raW5nIgwvdjEvYm9va2luZ3MSdgoKR2V0Qm9va2luZxIlLmNvd2F0Y2guYm9va2luZy52MS5HZXRCb29raW5nUmVxdWVzdBobLmNvd2F0Y2guYm9va2luZy52MS5Cb29raW5nIiTaQQRuYW1lgtPkkwIXEhUvdjEve25hbWU9Ym9va2luZ3MvKn0SdwoMTGlzdEJvb2tpbmdzEicuY293YXRjaC5ib29raW5nLnYxLkxpc3RCb29raW5nc1JlcXVlc3QaKC5jb3dhdGNoLmJvb2tpbmcudjEuTGlzdEJvb2tpbmdzUmVzcG9uc2UiFILT5JMCDhIML3YxL2Jvb2tpbmdzEoYBCg1DYW5jZWxCb29raW5nEiguY293YXRjaC5ib29raW5nLnYxLkNhbmNlbEJvb2tpbmdSZXF1ZXN0GhsuY293YXRjaC5ib29raW5nLnYxLkJvb2tpbmciLtpBBG5hbWWC0+STAiE6ASoiHC92MS97bmFtZT1ib29raW5ncy8qfTpjYW5jZWwaFcpBEmJvb2tpbmcuY293YXRjaC5pb2IGcHJvdG8z", [file_cowatch_booking_v1_resources, file_google_api_annotations, file_google_api_client, file_google_api_field_behavior, file_google_api_resource]);
+  fileDesc("CiBjb3dhdGNoL2Jvb2tpbmcvdjEvc2VydmljZS5wcm90bxISY293YXRjaC5ib29raW5nLnYxIoABChRDcmVhdGVCb29raW5nUmVxdWVzdBIyCgdib29raW5nGAEgASgLMhsuY293YXRjaC5ib29raW5nLnYxLkJvb2tpbmdCBOJBAQISGAoKcmVxdWVzdF9pZBgCIAEoCUIE4kEBARIaCgxpbnZpdGVfdG9rZW4YAyABKAlCBOJBAQEiPgoRR2V0Qm9va2luZ1JlcXVlc3QSKQoEbmFtZRgBIAEoCUIb4kEBAvpBFAoSY293YXRjaC5pby9Cb29raW5nIrQBChNMaXN0Qm9va2luZ3NSZXF1ZXN0EhcKCXBhZ2Vfc2l6ZRgBIAEoBUIE4kEBARIYCgpwYWdlX3Rva2VuGAIgASgJQgTiQQEBEjYKBXN0YXRlGAMgASgOMiEuY293YXRjaC5ib29raW5nLnYxLkJvb2tpbmcuU3RhdGVCBOJBAQESMgoEdGltZRgEIAEoDjIeLmNvd2F0Y2guYm9va2luZy52MS5UaW1lRmlsdGVyQgTiQQEBIl4KFExpc3RCb29raW5nc1Jlc3BvbnNlEi0KCGJvb2tpbmdzGAEgAygLMhsuY293YXRjaC5ib29raW5nLnYxLkJvb2tpbmcSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlsKFENhbmNlbEJvb2tpbmdSZXF1ZXN0EikKBG5hbWUYASABKAlCG+JBAQL6QRQKEmNvd2F0Y2guaW8vQm9va2luZxIYCgpyZXF1ZXN0X2lkGAIgASgJQgTiQQEBIrcBChNKb2luV2FpdGxpc3RSZXF1ZXN0EikKBnBhcmVudBgBIAEoCUIZ4kEBAvpBEgoQY293YXRjaC5pby9FdmVudBI/Cg53YWl0bGlzdF9lbnRyeRgCIAEoCzIhLmNvd2F0Y2guYm9va2luZy52MS5XYWl0bGlzdEVudHJ5QgTiQQEBEhgKCnJlcXVlc3RfaWQYAyABKAlCBOJBAQESGgoMaW52aXRlX3Rva2VuGAQgASgJQgTiQQEBIkoKF0dldFdhaXRsaXN0RW50cnlSZXF1ZXN0Ei8KBG5hbWUYASABKAlCIeJBAQL6QRoKGGNvd2F0Y2guaW8vV2FpdGxpc3RFbnRyeSJzChNMaXN0V2FpdGxpc3RSZXF1ZXN0EikKBnBhcmVudBgBIAEoCUIZ4kEBAvpBEgoQY293YXRjaC5pby9FdmVudBIXCglwYWdlX3NpemUYAiABKAVCBOJBAQESGAoKcGFnZV90b2tlbhgDIAEoCUIE4kEBASJsChRMaXN0V2FpdGxpc3RSZXNwb25zZRI7ChB3YWl0bGlzdF9lbnRyaWVzGAEgAygLMiEuY293YXRjaC5ib29raW5nLnYxLldhaXRsaXN0RW50cnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImEKFExlYXZlV2FpdGxpc3RSZXF1ZXN0Ei8KBG5hbWUYASABKAlCIeJBAQL6QRoKGGNvd2F0Y2guaW8vV2FpdGxpc3RFbnRyeRIYCgpyZXF1ZXN0X2lkGAIgASgJQgTiQQEBIl4KEUNsYWltT2ZmZXJSZXF1ZXN0Ei8KBG5hbWUYASABKAlCIeJBAQL6QRoKGGNvd2F0Y2guaW8vV2FpdGxpc3RFbnRyeRIYCgpyZXF1ZXN0X2lkGAIgASgJQgTiQQEBImAKE0RlY2xpbmVPZmZlclJlcXVlc3QSLwoEbmFtZRgBIAEoCUIh4kEBAvpBGgoYY293YXRjaC5pby9XYWl0bGlzdEVudHJ5EhgKCnJlcXVlc3RfaWQYAiABKAlCBOJBAQEifAoVTWFya0F0dGVuZGFuY2VSZXF1ZXN0EikKBG5hbWUYASABKAlCG+JBAQL6QRQKEmNvd2F0Y2guaW8vQm9va2luZxI4CgphdHRlbmRhbmNlGAIgASgOMh4uY293YXRjaC5ib29raW5nLnYxLkF0dGVuZGFuY2VCBOJBAQIqQQoKVGltZUZpbHRlchIbChdUSU1FX0ZJTFRFUl9VTlNQRUNJRklFRBAAEgwKCFVQQ09NSU5HEAESCAoEUEFTVBACMvkMCg5Cb29raW5nU2VydmljZRJ/Cg1DcmVhdGVCb29raW5nEiguY293YXRjaC5ib29raW5nLnYxLkNyZWF0ZUJvb2tpbmdSZXF1ZXN0GhsuY293YXRjaC5ib29raW5nLnYxLkJvb2tpbmciJ9pBB2Jvb2tpbmeC0+STAhc6B2Jvb2tpbmciDC92MS9ib29raW5ncxJ2CgpHZXRCb29raW5nEiUuY293YXRjaC5ib29raW5nLnYxLkdldEJvb2tpbmdSZXF1ZXN0GhsuY293YXRjaC5ib29raW5nLnYxLkJvb2tpbmciJNpBBG5hbWWC0+STAhcSFS92MS97bmFtZT1ib29raW5ncy8qfRJ3CgxMaXN0Qm9va2luZ3MSJy5jb3dhdGNoLmJvb2tpbmcudjEuTGlzdEJvb2tpbmdzUmVxdWVzdBooLmNvd2F0Y2guYm9va2luZy52MS5MaXN0Qm9va2luZ3NSZXNwb25zZSIUgtPkkwIOEgwvdjEvYm9va2luZ3MShgEKDUNhbmNlbEJvb2tpbmcSKC5jb3dhdGNoLmJvb2tpbmcudjEuQ2FuY2VsQm9va2luZ1JlcXVlc3QaGy5jb3dhdGNoLmJvb2tpbmcudjEuQm9va2luZyIu2kEEbmFtZYLT5JMCIToBKiIcL3YxL3tuYW1lPWJvb2tpbmdzLyp9OmNhbmNlbBKxAQoMSm9pbldhaXRsaXN0EicuY293YXRjaC5ib29raW5nLnYxLkpvaW5XYWl0bGlzdFJlcXVlc3QaIS5jb3dhdGNoLmJvb2tpbmcudjEuV2FpdGxpc3RFbnRyeSJV2kEVcGFyZW50LHdhaXRsaXN0X2VudHJ5gtPkkwI3Og53YWl0bGlzdF9lbnRyeSIlL3YxL3twYXJlbnQ9ZXZlbnRzLyp9L3dhaXRsaXN0RW50cmllcxKYAQoQR2V0V2FpdGxpc3RFbnRyeRIrLmNvd2F0Y2guYm9va2luZy52MS5HZXRXYWl0bGlzdEVudHJ5UmVxdWVzdBohLmNvd2F0Y2guYm9va2luZy52MS5XYWl0bGlzdEVudHJ5IjTaQQRuYW1lgtPkkwInEiUvdjEve25hbWU9ZXZlbnRzLyovd2FpdGxpc3RFbnRyaWVzLyp9EpkBCgxMaXN0V2FpdGxpc3QSJy5jb3dhdGNoLmJvb2tpbmcudjEuTGlzdFdhaXRsaXN0UmVxdWVzdBooLmNvd2F0Y2guYm9va2luZy52MS5MaXN0V2FpdGxpc3RSZXNwb25zZSI22kEGcGFyZW50gtPkkwInEiUvdjEve3BhcmVudD1ldmVudHMvKn0vd2FpdGxpc3RFbnRyaWVzEpsBCg1MZWF2ZVdhaXRsaXN0EiguY293YXRjaC5ib29raW5nLnYxLkxlYXZlV2FpdGxpc3RSZXF1ZXN0GiEuY293YXRjaC5ib29raW5nLnYxLldhaXRsaXN0RW50cnkiPdpBBG5hbWWC0+STAjA6ASoiKy92MS97bmFtZT1ldmVudHMvKi93YWl0bGlzdEVudHJpZXMvKn06bGVhdmUSjwEKCkNsYWltT2ZmZXISJS5jb3dhdGNoLmJvb2tpbmcudjEuQ2xhaW1PZmZlclJlcXVlc3QaGy5jb3dhdGNoLmJvb2tpbmcudjEuQm9va2luZyI92kEEbmFtZYLT5JMCMDoBKiIrL3YxL3tuYW1lPWV2ZW50cy8qL3dhaXRsaXN0RW50cmllcy8qfTpjbGFpbRKbAQoMRGVjbGluZU9mZmVyEicuY293YXRjaC5ib29raW5nLnYxLkRlY2xpbmVPZmZlclJlcXVlc3QaIS5jb3dhdGNoLmJvb2tpbmcudjEuV2FpdGxpc3RFbnRyeSI/2kEEbmFtZYLT5JMCMjoBKiItL3YxL3tuYW1lPWV2ZW50cy8qL3dhaXRsaXN0RW50cmllcy8qfTpkZWNsaW5lEpsBCg5NYXJrQXR0ZW5kYW5jZRIpLmNvd2F0Y2guYm9va2luZy52MS5NYXJrQXR0ZW5kYW5jZVJlcXVlc3QaGy5jb3dhdGNoLmJvb2tpbmcudjEuQm9va2luZyJB2kEPbmFtZSxhdHRlbmRhbmNlgtPkkwIpOgEqIiQvdjEve25hbWU9Ym9va2luZ3MvKn06bWFya0F0dGVuZGFuY2UaFcpBEmJvb2tpbmcuY293YXRjaC5pb2IGcHJvdG8z", [file_cowatch_booking_v1_resources, file_google_api_annotations, file_google_api_client, file_google_api_field_behavior, file_google_api_resource]);
 
 /**
  * Request for CreateBooking.
@@ -177,6 +177,244 @@ export const CancelBookingRequestSchema: GenMessage<CancelBookingRequest> = /*@_
   messageDesc(file_cowatch_booking_v1_service, 4);
 
 /**
+ * Request for JoinWaitlist.
+ *
+ * @generated from message cowatch.booking.v1.JoinWaitlistRequest
+ */
+export type JoinWaitlistRequest = Message<"cowatch.booking.v1.JoinWaitlistRequest"> & {
+  /**
+   * The event, `events/{event}`.
+   *
+   * @generated from field: string parent = 1;
+   */
+  parent: string;
+
+  /**
+   * The entry: `seats` (optional, 0 means 1).
+   *
+   * @generated from field: cowatch.booking.v1.WaitlistEntry waitlist_entry = 2;
+   */
+  waitlistEntry?: WaitlistEntry | undefined;
+
+  /**
+   * Idempotency key (AIP-155), a UUID scoped to the caller.
+   *
+   * @generated from field: string request_id = 3;
+   */
+  requestId: string;
+
+  /**
+   * Invite token of a private event, from its share link.
+   *
+   * @generated from field: string invite_token = 4;
+   */
+  inviteToken: string;
+};
+
+/**
+ * Describes the message cowatch.booking.v1.JoinWaitlistRequest.
+ * Use `create(JoinWaitlistRequestSchema)` to create a new message.
+ */
+export const JoinWaitlistRequestSchema: GenMessage<JoinWaitlistRequest> = /*@__PURE__*/
+  messageDesc(file_cowatch_booking_v1_service, 5);
+
+/**
+ * Request for GetWaitlistEntry.
+ *
+ * @generated from message cowatch.booking.v1.GetWaitlistEntryRequest
+ */
+export type GetWaitlistEntryRequest = Message<"cowatch.booking.v1.GetWaitlistEntryRequest"> & {
+  /**
+   * `events/{event}/waitlistEntries/{waitlist_entry}`.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message cowatch.booking.v1.GetWaitlistEntryRequest.
+ * Use `create(GetWaitlistEntryRequestSchema)` to create a new message.
+ */
+export const GetWaitlistEntryRequestSchema: GenMessage<GetWaitlistEntryRequest> = /*@__PURE__*/
+  messageDesc(file_cowatch_booking_v1_service, 6);
+
+/**
+ * Request for ListWaitlist.
+ *
+ * @generated from message cowatch.booking.v1.ListWaitlistRequest
+ */
+export type ListWaitlistRequest = Message<"cowatch.booking.v1.ListWaitlistRequest"> & {
+  /**
+   * The event, `events/{event}`.
+   *
+   * @generated from field: string parent = 1;
+   */
+  parent: string;
+
+  /**
+   * Maximum number of entries to return, 0 → 50, capped at 100.
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * `next_page_token` of the previous page.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message cowatch.booking.v1.ListWaitlistRequest.
+ * Use `create(ListWaitlistRequestSchema)` to create a new message.
+ */
+export const ListWaitlistRequestSchema: GenMessage<ListWaitlistRequest> = /*@__PURE__*/
+  messageDesc(file_cowatch_booking_v1_service, 7);
+
+/**
+ * Response of ListWaitlist.
+ *
+ * @generated from message cowatch.booking.v1.ListWaitlistResponse
+ */
+export type ListWaitlistResponse = Message<"cowatch.booking.v1.ListWaitlistResponse"> & {
+  /**
+   * The page of entries, in join order.
+   *
+   * @generated from field: repeated cowatch.booking.v1.WaitlistEntry waitlist_entries = 1;
+   */
+  waitlistEntries: WaitlistEntry[];
+
+  /**
+   * Token for the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message cowatch.booking.v1.ListWaitlistResponse.
+ * Use `create(ListWaitlistResponseSchema)` to create a new message.
+ */
+export const ListWaitlistResponseSchema: GenMessage<ListWaitlistResponse> = /*@__PURE__*/
+  messageDesc(file_cowatch_booking_v1_service, 8);
+
+/**
+ * Request for LeaveWaitlist.
+ *
+ * @generated from message cowatch.booking.v1.LeaveWaitlistRequest
+ */
+export type LeaveWaitlistRequest = Message<"cowatch.booking.v1.LeaveWaitlistRequest"> & {
+  /**
+   * `events/{event}/waitlistEntries/{waitlist_entry}`.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Idempotency key (AIP-155), a UUID scoped to the caller.
+   *
+   * @generated from field: string request_id = 2;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message cowatch.booking.v1.LeaveWaitlistRequest.
+ * Use `create(LeaveWaitlistRequestSchema)` to create a new message.
+ */
+export const LeaveWaitlistRequestSchema: GenMessage<LeaveWaitlistRequest> = /*@__PURE__*/
+  messageDesc(file_cowatch_booking_v1_service, 9);
+
+/**
+ * Request for ClaimOffer.
+ *
+ * @generated from message cowatch.booking.v1.ClaimOfferRequest
+ */
+export type ClaimOfferRequest = Message<"cowatch.booking.v1.ClaimOfferRequest"> & {
+  /**
+   * `events/{event}/waitlistEntries/{waitlist_entry}`.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Idempotency key (AIP-155), a UUID scoped to the caller.
+   *
+   * @generated from field: string request_id = 2;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message cowatch.booking.v1.ClaimOfferRequest.
+ * Use `create(ClaimOfferRequestSchema)` to create a new message.
+ */
+export const ClaimOfferRequestSchema: GenMessage<ClaimOfferRequest> = /*@__PURE__*/
+  messageDesc(file_cowatch_booking_v1_service, 10);
+
+/**
+ * Request for DeclineOffer.
+ *
+ * @generated from message cowatch.booking.v1.DeclineOfferRequest
+ */
+export type DeclineOfferRequest = Message<"cowatch.booking.v1.DeclineOfferRequest"> & {
+  /**
+   * `events/{event}/waitlistEntries/{waitlist_entry}`.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Idempotency key (AIP-155), a UUID scoped to the caller.
+   *
+   * @generated from field: string request_id = 2;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message cowatch.booking.v1.DeclineOfferRequest.
+ * Use `create(DeclineOfferRequestSchema)` to create a new message.
+ */
+export const DeclineOfferRequestSchema: GenMessage<DeclineOfferRequest> = /*@__PURE__*/
+  messageDesc(file_cowatch_booking_v1_service, 11);
+
+/**
+ * Request for MarkAttendance.
+ *
+ * @generated from message cowatch.booking.v1.MarkAttendanceRequest
+ */
+export type MarkAttendanceRequest = Message<"cowatch.booking.v1.MarkAttendanceRequest"> & {
+  /**
+   * The guest's booking, `bookings/{booking}`.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * ATTENDED or NO_SHOW.
+   *
+   * @generated from field: cowatch.booking.v1.Attendance attendance = 2;
+   */
+  attendance: Attendance;
+};
+
+/**
+ * Describes the message cowatch.booking.v1.MarkAttendanceRequest.
+ * Use `create(MarkAttendanceRequestSchema)` to create a new message.
+ */
+export const MarkAttendanceRequestSchema: GenMessage<MarkAttendanceRequest> = /*@__PURE__*/
+  messageDesc(file_cowatch_booking_v1_service, 12);
+
+/**
  * Which bookings ListBookings returns, by the event's time.
  *
  * @generated from enum cowatch.booking.v1.TimeFilter
@@ -234,7 +472,8 @@ export const TimeFilterSchema: GenEnum<TimeFilter> = /*@__PURE__*/
 export const BookingService: GenService<{
   /**
    * Books seats of a scheduled, future event for the caller. Never more seats
-   * than the event's capacity, whatever the concurrency.
+   * than the event's capacity, whatever the concurrency; seats held for
+   * waitlist offers are not bookable (see JoinWaitlist).
    *
    * Errors: NOT_FOUND `EVENT_NOT_FOUND` (also a private event without a
    * valid `invite_token` to a caller who holds no booking there: it does not
@@ -292,6 +531,120 @@ export const BookingService: GenService<{
   cancelBooking: {
     methodKind: "unary";
     input: typeof CancelBookingRequestSchema;
+    output: typeof BookingSchema;
+  },
+  /**
+   * Joins the waitlist of a scheduled event that has fewer seats bookable now
+   * than asked for (seats may be free but held by offers). The same rules as
+   * CreateBooking decide who may join.
+   *
+   * Errors: NOT_FOUND `EVENT_NOT_FOUND` (also a private event without its
+   * valid `invite_token`), FAILED_PRECONDITION `HOST_CANNOT_BOOK`,
+   * FAILED_PRECONDITION `EVENT_NOT_BOOKABLE` (cancelled, held or started:
+   * the waitlist closes at the start), ALREADY_EXISTS `ALREADY_BOOKED`,
+   * ALREADY_EXISTS `ALREADY_WAITLISTED` (one open entry per guest per event;
+   * metadata `waitlist_entry`), FAILED_PRECONDITION `SEATS_AVAILABLE`
+   * (enough seats are bookable now: book them instead; metadata
+   * `seats_available`), FAILED_PRECONDITION `BOOKING_OVERLAP`,
+   * INVALID_ARGUMENT `REQUEST_ID_REUSED`.
+   *
+   * @generated from rpc cowatch.booking.v1.BookingService.JoinWaitlist
+   */
+  joinWaitlist: {
+    methodKind: "unary";
+    input: typeof JoinWaitlistRequestSchema;
+    output: typeof WaitlistEntrySchema;
+  },
+  /**
+   * Gets a waitlist entry: its state, position and offer deadline. Visible
+   * to its guest and to the event's host; to anyone else it does not exist.
+   *
+   * Errors: NOT_FOUND `WAITLIST_ENTRY_NOT_FOUND`.
+   *
+   * @generated from rpc cowatch.booking.v1.BookingService.GetWaitlistEntry
+   */
+  getWaitlistEntry: {
+    methodKind: "unary";
+    input: typeof GetWaitlistEntryRequestSchema;
+    output: typeof WaitlistEntrySchema;
+  },
+  /**
+   * Lists an event's open waitlist entries (waiting and offered) in join
+   * order, with each guest's rating and reliability. Host only.
+   *
+   * Errors: NOT_FOUND `EVENT_NOT_FOUND`, PERMISSION_DENIED `NOT_EVENT_HOST`,
+   * INVALID_ARGUMENT `INVALID_PAGE_TOKEN`.
+   *
+   * @generated from rpc cowatch.booking.v1.BookingService.ListWaitlist
+   */
+  listWaitlist: {
+    methodKind: "unary";
+    input: typeof ListWaitlistRequestSchema;
+    output: typeof ListWaitlistResponseSchema;
+  },
+  /**
+   * Leaves the waitlist. An offered entry's held seats go to the next entry.
+   * Leaving a closed entry returns it unchanged.
+   *
+   * Errors: NOT_FOUND `WAITLIST_ENTRY_NOT_FOUND`, PERMISSION_DENIED
+   * `NOT_WAITLIST_GUEST` (the host may read but not change it),
+   * INVALID_ARGUMENT `REQUEST_ID_REUSED`.
+   *
+   * @generated from rpc cowatch.booking.v1.BookingService.LeaveWaitlist
+   */
+  leaveWaitlist: {
+    methodKind: "unary";
+    input: typeof LeaveWaitlistRequestSchema;
+    output: typeof WaitlistEntrySchema;
+  },
+  /**
+   * Claims an offer: the held seats become a confirmed booking (with the
+   * usual confirmation mail and reminders). A retry with the same request id
+   * returns the same booking.
+   *
+   * Errors: NOT_FOUND `WAITLIST_ENTRY_NOT_FOUND`, PERMISSION_DENIED
+   * `NOT_WAITLIST_GUEST`, FAILED_PRECONDITION `NO_OPEN_OFFER` (the entry is
+   * waiting, or its offer was claimed, declined or has expired; metadata
+   * `state`), FAILED_PRECONDITION `EVENT_NOT_BOOKABLE`, FAILED_PRECONDITION
+   * `BOOKING_OVERLAP`, ALREADY_EXISTS `ALREADY_BOOKED`, INVALID_ARGUMENT
+   * `REQUEST_ID_REUSED`.
+   *
+   * @generated from rpc cowatch.booking.v1.BookingService.ClaimOffer
+   */
+  claimOffer: {
+    methodKind: "unary";
+    input: typeof ClaimOfferRequestSchema;
+    output: typeof BookingSchema;
+  },
+  /**
+   * Declines an offer: the held seats go to the next entry that fits.
+   *
+   * Errors: NOT_FOUND `WAITLIST_ENTRY_NOT_FOUND`, PERMISSION_DENIED
+   * `NOT_WAITLIST_GUEST`, FAILED_PRECONDITION `NO_OPEN_OFFER`,
+   * INVALID_ARGUMENT `REQUEST_ID_REUSED`.
+   *
+   * @generated from rpc cowatch.booking.v1.BookingService.DeclineOffer
+   */
+  declineOffer: {
+    methodKind: "unary";
+    input: typeof DeclineOfferRequestSchema;
+    output: typeof WaitlistEntrySchema;
+  },
+  /**
+   * Marks whether a confirmed guest came to a held event. Host only;
+   * idempotent; changeable until the attendance period (default 7 days after
+   * the event was held) ends.
+   *
+   * Errors: NOT_FOUND `BOOKING_NOT_FOUND`, PERMISSION_DENIED
+   * `NOT_EVENT_HOST`, FAILED_PRECONDITION `EVENT_NOT_HELD`,
+   * FAILED_PRECONDITION `BOOKING_NOT_CONFIRMED`, FAILED_PRECONDITION
+   * `ATTENDANCE_PERIOD_OVER`.
+   *
+   * @generated from rpc cowatch.booking.v1.BookingService.MarkAttendance
+   */
+  markAttendance: {
+    methodKind: "unary";
+    input: typeof MarkAttendanceRequestSchema;
     output: typeof BookingSchema;
   },
 }> = /*@__PURE__*/

@@ -4,7 +4,7 @@
 
 import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Rating } from "../../type/v1/rating_pb.js";
+import type { Rating, Reliability } from "../../type/v1/rating_pb.js";
 import { file_cowatch_type_v1_rating } from "../../type/v1/rating_pb.js";
 import { file_google_api_field_behavior } from "../../../google/api/field_behavior_pb.js";
 import { file_google_api_resource } from "../../../google/api/resource_pb.js";
@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cowatch/event/v1/resources.proto.
  */
 export const file_cowatch_event_v1_resources: GenFile = /*@__PURE__*/
-  fileDesc("CiBjb3dhdGNoL2V2ZW50L3YxL3Jlc291cmNlcy5wcm90bxIQY293YXRjaC5ldmVudC52MSKUCQoFRXZlbnQSEgoEbmFtZRgBIAEoCUIE4kEBCBISCgRob3N0GAIgASgJQgTiQQEDEh8KEWhvc3RfZGlzcGxheV9uYW1lGAMgASgJQgTiQQEDEioKBGZpbG0YBCABKAsyFi5jb3dhdGNoLmV2ZW50LnYxLkZpbG1CBOJBAQISEwoFdGl0bGUYBSABKAlCBOJBAQISGQoLZGVzY3JpcHRpb24YBiABKAlCBOJBAQESNAoKc3RhcnRfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQISFwoJdGltZV96b25lGAggASgJQgTiQQECEjEKCGR1cmF0aW9uGAkgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQgTiQQECEjIKCGVuZF90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxIsCgVwbGFjZRgLIAEoCzIXLmNvd2F0Y2guZXZlbnQudjEuUGxhY2VCBOJBAQISHAoOYWRkcmVzc19oaWRkZW4YDCABKAhCBOJBAQMSFgoIY2FwYWNpdHkYDSABKAVCBOJBAQISGQoLc2VhdHNfdGFrZW4YDiABKAVCBOJBAQMSHQoPc2VhdHNfYXZhaWxhYmxlGA8gASgFQgTiQQEDEjwKCnZpc2liaWxpdHkYECABKA4yIi5jb3dhdGNoLmV2ZW50LnYxLkV2ZW50LlZpc2liaWxpdHlCBOJBAQISMgoFc3RhdGUYESABKA4yHS5jb3dhdGNoLmV2ZW50LnYxLkV2ZW50LlN0YXRlQgTiQQEDEhgKCnNoYXJlX2xpbmsYEiABKAlCBOJBAQMSGgoMaW52aXRlX3Rva2VuGBMgASgJQgTiQQEDEjIKC2hvc3RfcmF0aW5nGBQgASgLMhcuY293YXRjaC50eXBlLnYxLlJhdGluZ0IE4kEBAxI1CgtjcmVhdGVfdGltZRgVIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSNQoLdXBkYXRlX3RpbWUYFiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEjUKC2NhbmNlbF90aW1lGBcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxI3Cg1jb21wbGV0ZV90aW1lGBggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxISCgRldGFnGBkgASgJQgTiQQEBIksKBVN0YXRlEhUKEVNUQVRFX1VOU1BFQ0lGSUVEEAASDQoJU0NIRURVTEVEEAESDQoJQ0FOQ0VMTEVEEAISDQoJQ09NUExFVEVEEAMiQQoKVmlzaWJpbGl0eRIaChZWSVNJQklMSVRZX1VOU1BFQ0lGSUVEEAASCgoGUFVCTElDEAESCwoHUFJJVkFURRACOjTqQTEKEGNvd2F0Y2guaW8vRXZlbnQSDmV2ZW50cy97ZXZlbnR9KgZldmVudHMyBWV2ZW50Ii0KBEZpbG0SEAoCaWQYASABKAlCBOJBAQISEwoFdGl0bGUYAiABKAlCBOJBAQIiRgoFUGxhY2USEgoEbmFtZRgBIAEoCUIE4kEBAhIVCgdhZGRyZXNzGAIgASgJQgTiQQECEhIKBGNpdHkYAyABKAlCBOJBAQIizQEKBUd1ZXN0EhIKBHVzZXIYASABKAlCBOJBAQMSGgoMZGlzcGxheV9uYW1lGAIgASgJQgTiQQEDEhMKBXNlYXRzGAMgASgFQgTiQQEDEhUKB2Jvb2tpbmcYBCABKAlCBOJBAQMSMwoJYm9va190aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxIzCgxndWVzdF9yYXRpbmcYBiABKAsyFy5jb3dhdGNoLnR5cGUudjEuUmF0aW5nQgTiQQEDYgZwcm90bzM", [file_cowatch_type_v1_rating, file_google_api_field_behavior, file_google_api_resource, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("CiBjb3dhdGNoL2V2ZW50L3YxL3Jlc291cmNlcy5wcm90bxIQY293YXRjaC5ldmVudC52MSKxCQoFRXZlbnQSEgoEbmFtZRgBIAEoCUIE4kEBCBISCgRob3N0GAIgASgJQgTiQQEDEh8KEWhvc3RfZGlzcGxheV9uYW1lGAMgASgJQgTiQQEDEioKBGZpbG0YBCABKAsyFi5jb3dhdGNoLmV2ZW50LnYxLkZpbG1CBOJBAQISEwoFdGl0bGUYBSABKAlCBOJBAQISGQoLZGVzY3JpcHRpb24YBiABKAlCBOJBAQESNAoKc3RhcnRfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQISFwoJdGltZV96b25lGAggASgJQgTiQQECEjEKCGR1cmF0aW9uGAkgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQgTiQQECEjIKCGVuZF90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxIsCgVwbGFjZRgLIAEoCzIXLmNvd2F0Y2guZXZlbnQudjEuUGxhY2VCBOJBAQISHAoOYWRkcmVzc19oaWRkZW4YDCABKAhCBOJBAQMSFgoIY2FwYWNpdHkYDSABKAVCBOJBAQISGQoLc2VhdHNfdGFrZW4YDiABKAVCBOJBAQMSHQoPc2VhdHNfYXZhaWxhYmxlGA8gASgFQgTiQQEDEjwKCnZpc2liaWxpdHkYECABKA4yIi5jb3dhdGNoLmV2ZW50LnYxLkV2ZW50LlZpc2liaWxpdHlCBOJBAQISMgoFc3RhdGUYESABKA4yHS5jb3dhdGNoLmV2ZW50LnYxLkV2ZW50LlN0YXRlQgTiQQEDEhgKCnNoYXJlX2xpbmsYEiABKAlCBOJBAQMSGgoMaW52aXRlX3Rva2VuGBMgASgJQgTiQQEDEjIKC2hvc3RfcmF0aW5nGBQgASgLMhcuY293YXRjaC50eXBlLnYxLlJhdGluZ0IE4kEBAxI1CgtjcmVhdGVfdGltZRgVIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSNQoLdXBkYXRlX3RpbWUYFiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEjUKC2NhbmNlbF90aW1lGBcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxI3Cg1jb21wbGV0ZV90aW1lGBggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxISCgRldGFnGBkgASgJQgTiQQEBEhsKDXdhaXRsaXN0X3NpemUYGiABKAVCBOJBAQMiSwoFU3RhdGUSFQoRU1RBVEVfVU5TUEVDSUZJRUQQABINCglTQ0hFRFVMRUQQARINCglDQU5DRUxMRUQQAhINCglDT01QTEVURUQQAyJBCgpWaXNpYmlsaXR5EhoKFlZJU0lCSUxJVFlfVU5TUEVDSUZJRUQQABIKCgZQVUJMSUMQARILCgdQUklWQVRFEAI6NOpBMQoQY293YXRjaC5pby9FdmVudBIOZXZlbnRzL3tldmVudH0qBmV2ZW50czIFZXZlbnQiLQoERmlsbRIQCgJpZBgBIAEoCUIE4kEBAhITCgV0aXRsZRgCIAEoCUIE4kEBAiJGCgVQbGFjZRISCgRuYW1lGAEgASgJQgTiQQECEhUKB2FkZHJlc3MYAiABKAlCBOJBAQISEgoEY2l0eRgDIAEoCUIE4kEBAiKMAgoFR3Vlc3QSEgoEdXNlchgBIAEoCUIE4kEBAxIaCgxkaXNwbGF5X25hbWUYAiABKAlCBOJBAQMSEwoFc2VhdHMYAyABKAVCBOJBAQMSFQoHYm9va2luZxgEIAEoCUIE4kEBAxIzCglib29rX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEjMKDGd1ZXN0X3JhdGluZxgGIAEoCzIXLmNvd2F0Y2gudHlwZS52MS5SYXRpbmdCBOJBAQMSPQoRZ3Vlc3RfcmVsaWFiaWxpdHkYByABKAsyHC5jb3dhdGNoLnR5cGUudjEuUmVsaWFiaWxpdHlCBOJBAQNiBnByb3RvMw", [file_cowatch_type_v1_rating, file_google_api_field_behavior, file_google_api_resource, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * A co-watching screening: a host shows a film at a time and place to a
@@ -114,7 +114,8 @@ export type Event = Message<"cowatch.event.v1.Event"> & {
 
   /**
    * Number of seats, 1–1000. On update it can never drop below
-   * `seats_taken`.
+   * `seats_taken` plus the seats held for open waitlist offers; raising it
+   * offers the new seats to the waitlist.
    *
    * @generated from field: int32 capacity = 13;
    */
@@ -128,7 +129,8 @@ export type Event = Message<"cowatch.event.v1.Event"> & {
   seatsTaken: number;
 
   /**
-   * `capacity` - `seats_taken`.
+   * Seats bookable now: `capacity` - `seats_taken` - seats held for open
+   * waitlist offers.
    *
    * @generated from field: int32 seats_available = 15;
    */
@@ -207,6 +209,13 @@ export type Event = Message<"cowatch.event.v1.Event"> & {
    * @generated from field: string etag = 25;
    */
   etag: string;
+
+  /**
+   * Guests waiting for seats (waitlist entries not yet offered seats).
+   *
+   * @generated from field: int32 waitlist_size = 26;
+   */
+  waitlistSize: number;
 };
 
 /**
@@ -403,6 +412,14 @@ export type Guest = Message<"cowatch.event.v1.Guest"> & {
    * @generated from field: cowatch.type.v1.Rating guest_rating = 6;
    */
   guestRating?: Rating | undefined;
+
+  /**
+   * How reliably the guest comes to events they booked (hosts' attendance
+   * marks).
+   *
+   * @generated from field: cowatch.type.v1.Reliability guest_reliability = 7;
+   */
+  guestReliability?: Reliability | undefined;
 };
 
 /**

@@ -11,7 +11,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cowatch/type/v1/rating.proto.
  */
 export const file_cowatch_type_v1_rating: GenFile = /*@__PURE__*/
-  fileDesc("Chxjb3dhdGNoL3R5cGUvdjEvcmF0aW5nLnByb3RvEg9jb3dhdGNoLnR5cGUudjEiNAoGUmF0aW5nEhUKB2F2ZXJhZ2UYASABKAFCBOJBAQMSEwoFY291bnQYAiABKAVCBOJBAQNiBnByb3RvMw", [file_google_api_field_behavior]);
+  fileDesc("Chxjb3dhdGNoL3R5cGUvdjEvcmF0aW5nLnByb3RvEg9jb3dhdGNoLnR5cGUudjEiNAoGUmF0aW5nEhUKB2F2ZXJhZ2UYASABKAFCBOJBAQMSEwoFY291bnQYAiABKAVCBOJBAQMibAoLUmVsaWFiaWxpdHkSFgoIYXR0ZW5kZWQYASABKAVCBOJBAQMSFQoHbm9fc2hvdxgCIAEoBUIE4kEBAxIZCgtoYXNfaGlzdG9yeRgDIAEoCEIE4kEBAxITCgVyYXRpbxgEIAEoAUIE4kEBA2IGcHJvdG8z", [file_google_api_field_behavior]);
 
 /**
  * An aggregate of 1–5 star ratings, kept up to date in the same transaction as
@@ -41,4 +41,49 @@ export type Rating = Message<"cowatch.type.v1.Rating"> & {
  */
 export const RatingSchema: GenMessage<Rating> = /*@__PURE__*/
   messageDesc(file_cowatch_type_v1_rating, 0);
+
+/**
+ * How reliably a guest comes to the events they booked: the hosts' attendance
+ * marks, attended ÷ (attended + no-show). A guest without marks has "no
+ * history" (`has_history` false), never 0 %.
+ *
+ * @generated from message cowatch.type.v1.Reliability
+ */
+export type Reliability = Message<"cowatch.type.v1.Reliability"> & {
+  /**
+   * Events the guest was marked as having attended.
+   *
+   * @generated from field: int32 attended = 1;
+   */
+  attended: number;
+
+  /**
+   * Events the guest was marked as a no-show.
+   *
+   * @generated from field: int32 no_show = 2;
+   */
+  noShow: number;
+
+  /**
+   * False when the guest has no marks: `ratio` then means nothing.
+   *
+   * @generated from field: bool has_history = 3;
+   */
+  hasHistory: boolean;
+
+  /**
+   * attended ÷ (attended + no_show), 0–1, rounded to two decimals; 0 without
+   * history.
+   *
+   * @generated from field: double ratio = 4;
+   */
+  ratio: number;
+};
+
+/**
+ * Describes the message cowatch.type.v1.Reliability.
+ * Use `create(ReliabilitySchema)` to create a new message.
+ */
+export const ReliabilitySchema: GenMessage<Reliability> = /*@__PURE__*/
+  messageDesc(file_cowatch_type_v1_rating, 1);
 

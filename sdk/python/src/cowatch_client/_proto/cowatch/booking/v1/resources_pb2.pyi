@@ -3,6 +3,7 @@
 isort:skip_file
 """
 
+from cowatch_client._proto.cowatch.type.v1 import rating_pb2 as _rating_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -17,6 +18,30 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _Attendance:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AttendanceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Attendance.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ATTENDANCE_UNSPECIFIED: _Attendance.ValueType  # 0
+    """Not marked."""
+    ATTENDED: _Attendance.ValueType  # 1
+    """The guest came."""
+    NO_SHOW: _Attendance.ValueType  # 2
+    """The guest booked and did not come."""
+
+class Attendance(_Attendance, metaclass=_AttendanceEnumTypeWrapper):
+    """The host's mark of whether a confirmed guest came to a held event."""
+
+ATTENDANCE_UNSPECIFIED: Attendance.ValueType  # 0
+"""Not marked."""
+ATTENDED: Attendance.ValueType  # 1
+"""The guest came."""
+NO_SHOW: Attendance.ValueType  # 2
+"""The guest booked and did not come."""
+Global___Attendance: _TypeAlias = Attendance  # noqa: Y015
 
 @_typing.final
 class Booking(_message.Message):
@@ -61,6 +86,7 @@ class Booking(_message.Message):
     EVENT_END_TIME_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     CANCEL_TIME_FIELD_NUMBER: _builtins.int
+    ATTENDANCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `bookings/{booking}` (server-assigned UUID)."""
     event: _builtins.str
@@ -73,6 +99,10 @@ class Booking(_message.Message):
     """Lifecycle state."""
     event_title: _builtins.str
     """Title of the event, for display."""
+    attendance: Global___Attendance.ValueType
+    """Whether the guest came, as marked by the host after the event was held
+    (MarkAttendance); unspecified until marked.
+    """
     @_builtins.property
     def event_start_time(self) -> _timestamp_pb2.Timestamp:
         """Start of the event."""
@@ -102,11 +132,163 @@ class Booking(_message.Message):
         event_end_time: _timestamp_pb2.Timestamp | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         cancel_time: _timestamp_pb2.Timestamp | None = ...,
+        attendance: Global___Attendance.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cancel_time", b"cancel_time", "create_time", b"create_time", "event_end_time", b"event_end_time", "event_start_time", b"event_start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_time", b"cancel_time", "create_time", b"create_time", "event", b"event", "event_end_time", b"event_end_time", "event_start_time", b"event_start_time", "event_title", b"event_title", "guest", b"guest", "name", b"name", "seats", b"seats", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attendance", b"attendance", "cancel_time", b"cancel_time", "create_time", b"create_time", "event", b"event", "event_end_time", b"event_end_time", "event_start_time", b"event_start_time", "event_title", b"event_title", "guest", b"guest", "name", b"name", "seats", b"seats", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Booking: _TypeAlias = Booking  # noqa: Y015
+
+@_typing.final
+class WaitlistEntry(_message.Message):
+    """A guest's place in an event's waitlist, and the offer of seats made to it.
+
+    Offers go to entries in join order: whenever seats come free (a booking
+    cancelled, the capacity raised, an offer declined, left or expired) the
+    first `WAITING` entry whose `seats` fit is `OFFERED` and the seats are held
+    for it until `offer_expire_time`; nobody else can book them meanwhile.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _State:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[WaitlistEntry._State.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATE_UNSPECIFIED: WaitlistEntry._State.ValueType  # 0
+        """Never returned."""
+        WAITING: WaitlistEntry._State.ValueType  # 1
+        """Waiting for seats; `position` says where in the queue."""
+        OFFERED: WaitlistEntry._State.ValueType  # 2
+        """Seats are held for the guest until `offer_expire_time`: ClaimOffer
+        books them, DeclineOffer gives them to the next entry.
+        """
+        CLAIMED: WaitlistEntry._State.ValueType  # 3
+        """The guest claimed the offer: `booking` is the confirmed booking.
+        Terminal.
+        """
+        DECLINED: WaitlistEntry._State.ValueType  # 4
+        """The guest declined the offer. Terminal."""
+        EXPIRED: WaitlistEntry._State.ValueType  # 5
+        """The offer's window passed unclaimed. Terminal."""
+        LEFT: WaitlistEntry._State.ValueType  # 6
+        """The guest left the waitlist. Terminal."""
+        CLOSED: WaitlistEntry._State.ValueType  # 7
+        """The event started or was cancelled before the entry got seats.
+        Terminal.
+        """
+
+    class State(_State, metaclass=_StateEnumTypeWrapper):
+        """Lifecycle of an entry."""
+
+    STATE_UNSPECIFIED: WaitlistEntry.State.ValueType  # 0
+    """Never returned."""
+    WAITING: WaitlistEntry.State.ValueType  # 1
+    """Waiting for seats; `position` says where in the queue."""
+    OFFERED: WaitlistEntry.State.ValueType  # 2
+    """Seats are held for the guest until `offer_expire_time`: ClaimOffer
+    books them, DeclineOffer gives them to the next entry.
+    """
+    CLAIMED: WaitlistEntry.State.ValueType  # 3
+    """The guest claimed the offer: `booking` is the confirmed booking.
+    Terminal.
+    """
+    DECLINED: WaitlistEntry.State.ValueType  # 4
+    """The guest declined the offer. Terminal."""
+    EXPIRED: WaitlistEntry.State.ValueType  # 5
+    """The offer's window passed unclaimed. Terminal."""
+    LEFT: WaitlistEntry.State.ValueType  # 6
+    """The guest left the waitlist. Terminal."""
+    CLOSED: WaitlistEntry.State.ValueType  # 7
+    """The event started or was cancelled before the entry got seats.
+    Terminal.
+    """
+
+    NAME_FIELD_NUMBER: _builtins.int
+    GUEST_FIELD_NUMBER: _builtins.int
+    GUEST_DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    SEATS_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    OFFER_TIME_FIELD_NUMBER: _builtins.int
+    OFFER_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    BOOKING_FIELD_NUMBER: _builtins.int
+    GUEST_RELIABILITY_FIELD_NUMBER: _builtins.int
+    GUEST_RATING_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name, `events/{event}/waitlistEntries/{waitlist_entry}`
+    (server-assigned UUID).
+    """
+    guest: _builtins.str
+    """The guest, `users/{user}`: the authenticated caller who joined."""
+    guest_display_name: _builtins.str
+    """The guest's display name."""
+    seats: _builtins.int
+    """Seats wanted, 1 to the configured maximum per booking (default 4); 0
+    means 1.
+    """
+    state: Global___WaitlistEntry.State.ValueType
+    """Lifecycle state."""
+    position: _builtins.int
+    """1-based place among the event's open entries (waiting or offered) in
+    join order, while the entry is open; 0 otherwise.
+    """
+    booking: _builtins.str
+    """The booking a claimed offer became, `bookings/{booking}`."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the entry joined."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When the entry last changed state."""
+
+    @_builtins.property
+    def offer_time(self) -> _timestamp_pb2.Timestamp:
+        """When seats were offered; unset before an offer."""
+
+    @_builtins.property
+    def offer_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """Deadline of the offer (never after the event's start); unset before an
+        offer.
+        """
+
+    @_builtins.property
+    def guest_reliability(self) -> _rating_pb2.Reliability:
+        """The guest's reliability (attendance marks); filled in for the host."""
+
+    @_builtins.property
+    def guest_rating(self) -> _rating_pb2.Rating:
+        """The guest's rating as a guest; filled in for the host."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        guest: _builtins.str = ...,
+        guest_display_name: _builtins.str = ...,
+        seats: _builtins.int = ...,
+        state: Global___WaitlistEntry.State.ValueType = ...,
+        position: _builtins.int = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+        offer_time: _timestamp_pb2.Timestamp | None = ...,
+        offer_expire_time: _timestamp_pb2.Timestamp | None = ...,
+        booking: _builtins.str = ...,
+        guest_reliability: _rating_pb2.Reliability | None = ...,
+        guest_rating: _rating_pb2.Rating | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "guest_rating", b"guest_rating", "guest_reliability", b"guest_reliability", "offer_expire_time", b"offer_expire_time", "offer_time", b"offer_time", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["booking", b"booking", "create_time", b"create_time", "guest", b"guest", "guest_display_name", b"guest_display_name", "guest_rating", b"guest_rating", "guest_reliability", b"guest_reliability", "name", b"name", "offer_expire_time", b"offer_expire_time", "offer_time", b"offer_time", "position", b"position", "seats", b"seats", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WaitlistEntry: _TypeAlias = WaitlistEntry  # noqa: Y015

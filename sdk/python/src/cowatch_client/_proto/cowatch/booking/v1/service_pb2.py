@@ -29,7 +29,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n cowatch/booking/v1/service.proto\x12\x12\x63owatch.booking.v1\x1a\"cowatch/booking/v1/resources.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\"\x80\x01\n\x14\x43reateBookingRequest\x12\x32\n\x07\x62ooking\x18\x01 \x01(\x0b\x32\x1b.cowatch.booking.v1.BookingB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1a\n\x0cinvite_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\">\n\x11GetBookingRequest\x12)\n\x04name\x18\x01 \x01(\tB\x1b\xe2\x41\x01\x02\xfa\x41\x14\n\x12\x63owatch.io/Booking\"\xb4\x01\n\x13ListBookingsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x36\n\x05state\x18\x03 \x01(\x0e\x32!.cowatch.booking.v1.Booking.StateB\x04\xe2\x41\x01\x01\x12\x32\n\x04time\x18\x04 \x01(\x0e\x32\x1e.cowatch.booking.v1.TimeFilterB\x04\xe2\x41\x01\x01\"^\n\x14ListBookingsResponse\x12-\n\x08\x62ookings\x18\x01 \x03(\x0b\x32\x1b.cowatch.booking.v1.Booking\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"[\n\x14\x43\x61ncelBookingRequest\x12)\n\x04name\x18\x01 \x01(\tB\x1b\xe2\x41\x01\x02\xfa\x41\x14\n\x12\x63owatch.io/Booking\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01*A\n\nTimeFilter\x12\x1b\n\x17TIME_FILTER_UNSPECIFIED\x10\x00\x12\x0c\n\x08UPCOMING\x10\x01\x12\x08\n\x04PAST\x10\x02\x32\xa2\x04\n\x0e\x42ookingService\x12\x7f\n\rCreateBooking\x12(.cowatch.booking.v1.CreateBookingRequest\x1a\x1b.cowatch.booking.v1.Booking\"\'\xda\x41\x07\x62ooking\x82\xd3\xe4\x93\x02\x17\"\x0c/v1/bookings:\x07\x62ooking\x12v\n\nGetBooking\x12%.cowatch.booking.v1.GetBookingRequest\x1a\x1b.cowatch.booking.v1.Booking\"$\xda\x41\x04name\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/{name=bookings/*}\x12w\n\x0cListBookings\x12\'.cowatch.booking.v1.ListBookingsRequest\x1a(.cowatch.booking.v1.ListBookingsResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/bookings\x12\x86\x01\n\rCancelBooking\x12(.cowatch.booking.v1.CancelBookingRequest\x1a\x1b.cowatch.booking.v1.Booking\".\xda\x41\x04name\x82\xd3\xe4\x93\x02!\"\x1c/v1/{name=bookings/*}:cancel:\x01*\x1a\x15\xca\x41\x12\x62ooking.cowatch.iob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n cowatch/booking/v1/service.proto\x12\x12\x63owatch.booking.v1\x1a\"cowatch/booking/v1/resources.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\"\x80\x01\n\x14\x43reateBookingRequest\x12\x32\n\x07\x62ooking\x18\x01 \x01(\x0b\x32\x1b.cowatch.booking.v1.BookingB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1a\n\x0cinvite_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\">\n\x11GetBookingRequest\x12)\n\x04name\x18\x01 \x01(\tB\x1b\xe2\x41\x01\x02\xfa\x41\x14\n\x12\x63owatch.io/Booking\"\xb4\x01\n\x13ListBookingsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x36\n\x05state\x18\x03 \x01(\x0e\x32!.cowatch.booking.v1.Booking.StateB\x04\xe2\x41\x01\x01\x12\x32\n\x04time\x18\x04 \x01(\x0e\x32\x1e.cowatch.booking.v1.TimeFilterB\x04\xe2\x41\x01\x01\"^\n\x14ListBookingsResponse\x12-\n\x08\x62ookings\x18\x01 \x03(\x0b\x32\x1b.cowatch.booking.v1.Booking\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"[\n\x14\x43\x61ncelBookingRequest\x12)\n\x04name\x18\x01 \x01(\tB\x1b\xe2\x41\x01\x02\xfa\x41\x14\n\x12\x63owatch.io/Booking\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"\xb7\x01\n\x13JoinWaitlistRequest\x12)\n\x06parent\x18\x01 \x01(\tB\x19\xe2\x41\x01\x02\xfa\x41\x12\n\x10\x63owatch.io/Event\x12?\n\x0ewaitlist_entry\x18\x02 \x01(\x0b\x32!.cowatch.booking.v1.WaitlistEntryB\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1a\n\x0cinvite_token\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"J\n\x17GetWaitlistEntryRequest\x12/\n\x04name\x18\x01 \x01(\tB!\xe2\x41\x01\x02\xfa\x41\x1a\n\x18\x63owatch.io/WaitlistEntry\"s\n\x13ListWaitlistRequest\x12)\n\x06parent\x18\x01 \x01(\tB\x19\xe2\x41\x01\x02\xfa\x41\x12\n\x10\x63owatch.io/Event\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"l\n\x14ListWaitlistResponse\x12;\n\x10waitlist_entries\x18\x01 \x03(\x0b\x32!.cowatch.booking.v1.WaitlistEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"a\n\x14LeaveWaitlistRequest\x12/\n\x04name\x18\x01 \x01(\tB!\xe2\x41\x01\x02\xfa\x41\x1a\n\x18\x63owatch.io/WaitlistEntry\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"^\n\x11\x43laimOfferRequest\x12/\n\x04name\x18\x01 \x01(\tB!\xe2\x41\x01\x02\xfa\x41\x1a\n\x18\x63owatch.io/WaitlistEntry\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"`\n\x13\x44\x65\x63lineOfferRequest\x12/\n\x04name\x18\x01 \x01(\tB!\xe2\x41\x01\x02\xfa\x41\x1a\n\x18\x63owatch.io/WaitlistEntry\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"|\n\x15MarkAttendanceRequest\x12)\n\x04name\x18\x01 \x01(\tB\x1b\xe2\x41\x01\x02\xfa\x41\x14\n\x12\x63owatch.io/Booking\x12\x38\n\nattendance\x18\x02 \x01(\x0e\x32\x1e.cowatch.booking.v1.AttendanceB\x04\xe2\x41\x01\x02*A\n\nTimeFilter\x12\x1b\n\x17TIME_FILTER_UNSPECIFIED\x10\x00\x12\x0c\n\x08UPCOMING\x10\x01\x12\x08\n\x04PAST\x10\x02\x32\xf9\x0c\n\x0e\x42ookingService\x12\x7f\n\rCreateBooking\x12(.cowatch.booking.v1.CreateBookingRequest\x1a\x1b.cowatch.booking.v1.Booking\"\'\xda\x41\x07\x62ooking\x82\xd3\xe4\x93\x02\x17\"\x0c/v1/bookings:\x07\x62ooking\x12v\n\nGetBooking\x12%.cowatch.booking.v1.GetBookingRequest\x1a\x1b.cowatch.booking.v1.Booking\"$\xda\x41\x04name\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/{name=bookings/*}\x12w\n\x0cListBookings\x12\'.cowatch.booking.v1.ListBookingsRequest\x1a(.cowatch.booking.v1.ListBookingsResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/bookings\x12\x86\x01\n\rCancelBooking\x12(.cowatch.booking.v1.CancelBookingRequest\x1a\x1b.cowatch.booking.v1.Booking\".\xda\x41\x04name\x82\xd3\xe4\x93\x02!\"\x1c/v1/{name=bookings/*}:cancel:\x01*\x12\xb1\x01\n\x0cJoinWaitlist\x12\'.cowatch.booking.v1.JoinWaitlistRequest\x1a!.cowatch.booking.v1.WaitlistEntry\"U\xda\x41\x15parent,waitlist_entry\x82\xd3\xe4\x93\x02\x37\"%/v1/{parent=events/*}/waitlistEntries:\x0ewaitlist_entry\x12\x98\x01\n\x10GetWaitlistEntry\x12+.cowatch.booking.v1.GetWaitlistEntryRequest\x1a!.cowatch.booking.v1.WaitlistEntry\"4\xda\x41\x04name\x82\xd3\xe4\x93\x02\'\x12%/v1/{name=events/*/waitlistEntries/*}\x12\x99\x01\n\x0cListWaitlist\x12\'.cowatch.booking.v1.ListWaitlistRequest\x1a(.cowatch.booking.v1.ListWaitlistResponse\"6\xda\x41\x06parent\x82\xd3\xe4\x93\x02\'\x12%/v1/{parent=events/*}/waitlistEntries\x12\x9b\x01\n\rLeaveWaitlist\x12(.cowatch.booking.v1.LeaveWaitlistRequest\x1a!.cowatch.booking.v1.WaitlistEntry\"=\xda\x41\x04name\x82\xd3\xe4\x93\x02\x30\"+/v1/{name=events/*/waitlistEntries/*}:leave:\x01*\x12\x8f\x01\n\nClaimOffer\x12%.cowatch.booking.v1.ClaimOfferRequest\x1a\x1b.cowatch.booking.v1.Booking\"=\xda\x41\x04name\x82\xd3\xe4\x93\x02\x30\"+/v1/{name=events/*/waitlistEntries/*}:claim:\x01*\x12\x9b\x01\n\x0c\x44\x65\x63lineOffer\x12\'.cowatch.booking.v1.DeclineOfferRequest\x1a!.cowatch.booking.v1.WaitlistEntry\"?\xda\x41\x04name\x82\xd3\xe4\x93\x02\x32\"-/v1/{name=events/*/waitlistEntries/*}:decline:\x01*\x12\x9b\x01\n\x0eMarkAttendance\x12).cowatch.booking.v1.MarkAttendanceRequest\x1a\x1b.cowatch.booking.v1.Booking\"A\xda\x41\x0fname,attendance\x82\xd3\xe4\x93\x02)\"$/v1/{name=bookings/*}:markAttendance:\x01*\x1a\x15\xca\x41\x12\x62ooking.cowatch.iob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -56,6 +56,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CANCELBOOKINGREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\024\n\022cowatch.io/Booking'
   _globals['_CANCELBOOKINGREQUEST'].fields_by_name['request_id']._loaded_options = None
   _globals['_CANCELBOOKINGREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001'
+  _globals['_JOINWAITLISTREQUEST'].fields_by_name['parent']._loaded_options = None
+  _globals['_JOINWAITLISTREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002\372A\022\n\020cowatch.io/Event'
+  _globals['_JOINWAITLISTREQUEST'].fields_by_name['waitlist_entry']._loaded_options = None
+  _globals['_JOINWAITLISTREQUEST'].fields_by_name['waitlist_entry']._serialized_options = b'\342A\001\001'
+  _globals['_JOINWAITLISTREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_JOINWAITLISTREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001'
+  _globals['_JOINWAITLISTREQUEST'].fields_by_name['invite_token']._loaded_options = None
+  _globals['_JOINWAITLISTREQUEST'].fields_by_name['invite_token']._serialized_options = b'\342A\001\001'
+  _globals['_GETWAITLISTENTRYREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_GETWAITLISTENTRYREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\032\n\030cowatch.io/WaitlistEntry'
+  _globals['_LISTWAITLISTREQUEST'].fields_by_name['parent']._loaded_options = None
+  _globals['_LISTWAITLISTREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002\372A\022\n\020cowatch.io/Event'
+  _globals['_LISTWAITLISTREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTWAITLISTREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001'
+  _globals['_LISTWAITLISTREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTWAITLISTREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
+  _globals['_LEAVEWAITLISTREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_LEAVEWAITLISTREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\032\n\030cowatch.io/WaitlistEntry'
+  _globals['_LEAVEWAITLISTREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_LEAVEWAITLISTREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001'
+  _globals['_CLAIMOFFERREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_CLAIMOFFERREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\032\n\030cowatch.io/WaitlistEntry'
+  _globals['_CLAIMOFFERREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_CLAIMOFFERREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001'
+  _globals['_DECLINEOFFERREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_DECLINEOFFERREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\032\n\030cowatch.io/WaitlistEntry'
+  _globals['_DECLINEOFFERREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_DECLINEOFFERREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001'
+  _globals['_MARKATTENDANCEREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_MARKATTENDANCEREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\024\n\022cowatch.io/Booking'
+  _globals['_MARKATTENDANCEREQUEST'].fields_by_name['attendance']._loaded_options = None
+  _globals['_MARKATTENDANCEREQUEST'].fields_by_name['attendance']._serialized_options = b'\342A\001\002'
   _globals['_BOOKINGSERVICE']._loaded_options = None
   _globals['_BOOKINGSERVICE']._serialized_options = b'\312A\022booking.cowatch.io'
   _globals['_BOOKINGSERVICE'].methods_by_name['CreateBooking']._loaded_options = None
@@ -66,8 +98,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BOOKINGSERVICE'].methods_by_name['ListBookings']._serialized_options = b'\202\323\344\223\002\016\022\014/v1/bookings'
   _globals['_BOOKINGSERVICE'].methods_by_name['CancelBooking']._loaded_options = None
   _globals['_BOOKINGSERVICE'].methods_by_name['CancelBooking']._serialized_options = b'\332A\004name\202\323\344\223\002!\"\034/v1/{name=bookings/*}:cancel:\001*'
-  _globals['_TIMEFILTER']._serialized_start=774
-  _globals['_TIMEFILTER']._serialized_end=839
+  _globals['_BOOKINGSERVICE'].methods_by_name['JoinWaitlist']._loaded_options = None
+  _globals['_BOOKINGSERVICE'].methods_by_name['JoinWaitlist']._serialized_options = b'\332A\025parent,waitlist_entry\202\323\344\223\0027\"%/v1/{parent=events/*}/waitlistEntries:\016waitlist_entry'
+  _globals['_BOOKINGSERVICE'].methods_by_name['GetWaitlistEntry']._loaded_options = None
+  _globals['_BOOKINGSERVICE'].methods_by_name['GetWaitlistEntry']._serialized_options = b'\332A\004name\202\323\344\223\002\'\022%/v1/{name=events/*/waitlistEntries/*}'
+  _globals['_BOOKINGSERVICE'].methods_by_name['ListWaitlist']._loaded_options = None
+  _globals['_BOOKINGSERVICE'].methods_by_name['ListWaitlist']._serialized_options = b'\332A\006parent\202\323\344\223\002\'\022%/v1/{parent=events/*}/waitlistEntries'
+  _globals['_BOOKINGSERVICE'].methods_by_name['LeaveWaitlist']._loaded_options = None
+  _globals['_BOOKINGSERVICE'].methods_by_name['LeaveWaitlist']._serialized_options = b'\332A\004name\202\323\344\223\0020\"+/v1/{name=events/*/waitlistEntries/*}:leave:\001*'
+  _globals['_BOOKINGSERVICE'].methods_by_name['ClaimOffer']._loaded_options = None
+  _globals['_BOOKINGSERVICE'].methods_by_name['ClaimOffer']._serialized_options = b'\332A\004name\202\323\344\223\0020\"+/v1/{name=events/*/waitlistEntries/*}:claim:\001*'
+  _globals['_BOOKINGSERVICE'].methods_by_name['DeclineOffer']._loaded_options = None
+  _globals['_BOOKINGSERVICE'].methods_by_name['DeclineOffer']._serialized_options = b'\332A\004name\202\323\344\223\0022\"-/v1/{name=events/*/waitlistEntries/*}:decline:\001*'
+  _globals['_BOOKINGSERVICE'].methods_by_name['MarkAttendance']._loaded_options = None
+  _globals['_BOOKINGSERVICE'].methods_by_name['MarkAttendance']._serialized_options = b'\332A\017name,attendance\202\323\344\223\002)\"$/v1/{name=bookings/*}:markAttendance:\001*'
+  _globals['_TIMEFILTER']._serialized_start=1682
+  _globals['_TIMEFILTER']._serialized_end=1747
   _globals['_CREATEBOOKINGREQUEST']._serialized_start=208
   _globals['_CREATEBOOKINGREQUEST']._serialized_end=336
   _globals['_GETBOOKINGREQUEST']._serialized_start=338
@@ -78,6 +124,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTBOOKINGSRESPONSE']._serialized_end=679
   _globals['_CANCELBOOKINGREQUEST']._serialized_start=681
   _globals['_CANCELBOOKINGREQUEST']._serialized_end=772
-  _globals['_BOOKINGSERVICE']._serialized_start=842
-  _globals['_BOOKINGSERVICE']._serialized_end=1388
+  _globals['_JOINWAITLISTREQUEST']._serialized_start=775
+  _globals['_JOINWAITLISTREQUEST']._serialized_end=958
+  _globals['_GETWAITLISTENTRYREQUEST']._serialized_start=960
+  _globals['_GETWAITLISTENTRYREQUEST']._serialized_end=1034
+  _globals['_LISTWAITLISTREQUEST']._serialized_start=1036
+  _globals['_LISTWAITLISTREQUEST']._serialized_end=1151
+  _globals['_LISTWAITLISTRESPONSE']._serialized_start=1153
+  _globals['_LISTWAITLISTRESPONSE']._serialized_end=1261
+  _globals['_LEAVEWAITLISTREQUEST']._serialized_start=1263
+  _globals['_LEAVEWAITLISTREQUEST']._serialized_end=1360
+  _globals['_CLAIMOFFERREQUEST']._serialized_start=1362
+  _globals['_CLAIMOFFERREQUEST']._serialized_end=1456
+  _globals['_DECLINEOFFERREQUEST']._serialized_start=1458
+  _globals['_DECLINEOFFERREQUEST']._serialized_end=1554
+  _globals['_MARKATTENDANCEREQUEST']._serialized_start=1556
+  _globals['_MARKATTENDANCEREQUEST']._serialized_end=1680
+  _globals['_BOOKINGSERVICE']._serialized_start=1750
+  _globals['_BOOKINGSERVICE']._serialized_end=3407
 # @@protoc_insertion_point(module_scope)

@@ -72,6 +72,41 @@ class BookingServiceStub:
                 request_serializer=cowatch_dot_booking_dot_v1_dot_service__pb2.CancelBookingRequest.SerializeToString,
                 response_deserializer=cowatch_dot_booking_dot_v1_dot_resources__pb2.Booking.FromString,
                 _registered_method=True)
+        self.JoinWaitlist = channel.unary_unary(
+                '/cowatch.booking.v1.BookingService/JoinWaitlist',
+                request_serializer=cowatch_dot_booking_dot_v1_dot_service__pb2.JoinWaitlistRequest.SerializeToString,
+                response_deserializer=cowatch_dot_booking_dot_v1_dot_resources__pb2.WaitlistEntry.FromString,
+                _registered_method=True)
+        self.GetWaitlistEntry = channel.unary_unary(
+                '/cowatch.booking.v1.BookingService/GetWaitlistEntry',
+                request_serializer=cowatch_dot_booking_dot_v1_dot_service__pb2.GetWaitlistEntryRequest.SerializeToString,
+                response_deserializer=cowatch_dot_booking_dot_v1_dot_resources__pb2.WaitlistEntry.FromString,
+                _registered_method=True)
+        self.ListWaitlist = channel.unary_unary(
+                '/cowatch.booking.v1.BookingService/ListWaitlist',
+                request_serializer=cowatch_dot_booking_dot_v1_dot_service__pb2.ListWaitlistRequest.SerializeToString,
+                response_deserializer=cowatch_dot_booking_dot_v1_dot_service__pb2.ListWaitlistResponse.FromString,
+                _registered_method=True)
+        self.LeaveWaitlist = channel.unary_unary(
+                '/cowatch.booking.v1.BookingService/LeaveWaitlist',
+                request_serializer=cowatch_dot_booking_dot_v1_dot_service__pb2.LeaveWaitlistRequest.SerializeToString,
+                response_deserializer=cowatch_dot_booking_dot_v1_dot_resources__pb2.WaitlistEntry.FromString,
+                _registered_method=True)
+        self.ClaimOffer = channel.unary_unary(
+                '/cowatch.booking.v1.BookingService/ClaimOffer',
+                request_serializer=cowatch_dot_booking_dot_v1_dot_service__pb2.ClaimOfferRequest.SerializeToString,
+                response_deserializer=cowatch_dot_booking_dot_v1_dot_resources__pb2.Booking.FromString,
+                _registered_method=True)
+        self.DeclineOffer = channel.unary_unary(
+                '/cowatch.booking.v1.BookingService/DeclineOffer',
+                request_serializer=cowatch_dot_booking_dot_v1_dot_service__pb2.DeclineOfferRequest.SerializeToString,
+                response_deserializer=cowatch_dot_booking_dot_v1_dot_resources__pb2.WaitlistEntry.FromString,
+                _registered_method=True)
+        self.MarkAttendance = channel.unary_unary(
+                '/cowatch.booking.v1.BookingService/MarkAttendance',
+                request_serializer=cowatch_dot_booking_dot_v1_dot_service__pb2.MarkAttendanceRequest.SerializeToString,
+                response_deserializer=cowatch_dot_booking_dot_v1_dot_resources__pb2.Booking.FromString,
+                _registered_method=True)
 
 
 class BookingServiceServicer:
@@ -96,7 +131,8 @@ class BookingServiceServicer:
 
     def CreateBooking(self, request, context):
         """Books seats of a scheduled, future event for the caller. Never more seats
-        than the event's capacity, whatever the concurrency.
+        than the event's capacity, whatever the concurrency; seats held for
+        waitlist offers are not bookable (see JoinWaitlist).
 
         Errors: NOT_FOUND `EVENT_NOT_FOUND` (also a private event without a
         valid `invite_token` to a caller who holds no booking there: it does not
@@ -144,6 +180,99 @@ class BookingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def JoinWaitlist(self, request, context):
+        """Joins the waitlist of a scheduled event that has fewer seats bookable now
+        than asked for (seats may be free but held by offers). The same rules as
+        CreateBooking decide who may join.
+
+        Errors: NOT_FOUND `EVENT_NOT_FOUND` (also a private event without its
+        valid `invite_token`), FAILED_PRECONDITION `HOST_CANNOT_BOOK`,
+        FAILED_PRECONDITION `EVENT_NOT_BOOKABLE` (cancelled, held or started:
+        the waitlist closes at the start), ALREADY_EXISTS `ALREADY_BOOKED`,
+        ALREADY_EXISTS `ALREADY_WAITLISTED` (one open entry per guest per event;
+        metadata `waitlist_entry`), FAILED_PRECONDITION `SEATS_AVAILABLE`
+        (enough seats are bookable now: book them instead; metadata
+        `seats_available`), FAILED_PRECONDITION `BOOKING_OVERLAP`,
+        INVALID_ARGUMENT `REQUEST_ID_REUSED`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWaitlistEntry(self, request, context):
+        """Gets a waitlist entry: its state, position and offer deadline. Visible
+        to its guest and to the event's host; to anyone else it does not exist.
+
+        Errors: NOT_FOUND `WAITLIST_ENTRY_NOT_FOUND`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWaitlist(self, request, context):
+        """Lists an event's open waitlist entries (waiting and offered) in join
+        order, with each guest's rating and reliability. Host only.
+
+        Errors: NOT_FOUND `EVENT_NOT_FOUND`, PERMISSION_DENIED `NOT_EVENT_HOST`,
+        INVALID_ARGUMENT `INVALID_PAGE_TOKEN`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LeaveWaitlist(self, request, context):
+        """Leaves the waitlist. An offered entry's held seats go to the next entry.
+        Leaving a closed entry returns it unchanged.
+
+        Errors: NOT_FOUND `WAITLIST_ENTRY_NOT_FOUND`, PERMISSION_DENIED
+        `NOT_WAITLIST_GUEST` (the host may read but not change it),
+        INVALID_ARGUMENT `REQUEST_ID_REUSED`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClaimOffer(self, request, context):
+        """Claims an offer: the held seats become a confirmed booking (with the
+        usual confirmation mail and reminders). A retry with the same request id
+        returns the same booking.
+
+        Errors: NOT_FOUND `WAITLIST_ENTRY_NOT_FOUND`, PERMISSION_DENIED
+        `NOT_WAITLIST_GUEST`, FAILED_PRECONDITION `NO_OPEN_OFFER` (the entry is
+        waiting, or its offer was claimed, declined or has expired; metadata
+        `state`), FAILED_PRECONDITION `EVENT_NOT_BOOKABLE`, FAILED_PRECONDITION
+        `BOOKING_OVERLAP`, ALREADY_EXISTS `ALREADY_BOOKED`, INVALID_ARGUMENT
+        `REQUEST_ID_REUSED`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeclineOffer(self, request, context):
+        """Declines an offer: the held seats go to the next entry that fits.
+
+        Errors: NOT_FOUND `WAITLIST_ENTRY_NOT_FOUND`, PERMISSION_DENIED
+        `NOT_WAITLIST_GUEST`, FAILED_PRECONDITION `NO_OPEN_OFFER`,
+        INVALID_ARGUMENT `REQUEST_ID_REUSED`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MarkAttendance(self, request, context):
+        """Marks whether a confirmed guest came to a held event. Host only;
+        idempotent; changeable until the attendance period (default 7 days after
+        the event was held) ends.
+
+        Errors: NOT_FOUND `BOOKING_NOT_FOUND`, PERMISSION_DENIED
+        `NOT_EVENT_HOST`, FAILED_PRECONDITION `EVENT_NOT_HELD`,
+        FAILED_PRECONDITION `BOOKING_NOT_CONFIRMED`, FAILED_PRECONDITION
+        `ATTENDANCE_PERIOD_OVER`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BookingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -165,6 +294,41 @@ def add_BookingServiceServicer_to_server(servicer, server):
             'CancelBooking': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelBooking,
                     request_deserializer=cowatch_dot_booking_dot_v1_dot_service__pb2.CancelBookingRequest.FromString,
+                    response_serializer=cowatch_dot_booking_dot_v1_dot_resources__pb2.Booking.SerializeToString,
+            ),
+            'JoinWaitlist': grpc.unary_unary_rpc_method_handler(
+                    servicer.JoinWaitlist,
+                    request_deserializer=cowatch_dot_booking_dot_v1_dot_service__pb2.JoinWaitlistRequest.FromString,
+                    response_serializer=cowatch_dot_booking_dot_v1_dot_resources__pb2.WaitlistEntry.SerializeToString,
+            ),
+            'GetWaitlistEntry': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWaitlistEntry,
+                    request_deserializer=cowatch_dot_booking_dot_v1_dot_service__pb2.GetWaitlistEntryRequest.FromString,
+                    response_serializer=cowatch_dot_booking_dot_v1_dot_resources__pb2.WaitlistEntry.SerializeToString,
+            ),
+            'ListWaitlist': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWaitlist,
+                    request_deserializer=cowatch_dot_booking_dot_v1_dot_service__pb2.ListWaitlistRequest.FromString,
+                    response_serializer=cowatch_dot_booking_dot_v1_dot_service__pb2.ListWaitlistResponse.SerializeToString,
+            ),
+            'LeaveWaitlist': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaveWaitlist,
+                    request_deserializer=cowatch_dot_booking_dot_v1_dot_service__pb2.LeaveWaitlistRequest.FromString,
+                    response_serializer=cowatch_dot_booking_dot_v1_dot_resources__pb2.WaitlistEntry.SerializeToString,
+            ),
+            'ClaimOffer': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimOffer,
+                    request_deserializer=cowatch_dot_booking_dot_v1_dot_service__pb2.ClaimOfferRequest.FromString,
+                    response_serializer=cowatch_dot_booking_dot_v1_dot_resources__pb2.Booking.SerializeToString,
+            ),
+            'DeclineOffer': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeclineOffer,
+                    request_deserializer=cowatch_dot_booking_dot_v1_dot_service__pb2.DeclineOfferRequest.FromString,
+                    response_serializer=cowatch_dot_booking_dot_v1_dot_resources__pb2.WaitlistEntry.SerializeToString,
+            ),
+            'MarkAttendance': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkAttendance,
+                    request_deserializer=cowatch_dot_booking_dot_v1_dot_service__pb2.MarkAttendanceRequest.FromString,
                     response_serializer=cowatch_dot_booking_dot_v1_dot_resources__pb2.Booking.SerializeToString,
             ),
     }
@@ -292,6 +456,195 @@ class BookingService:
             target,
             '/cowatch.booking.v1.BookingService/CancelBooking',
             cowatch_dot_booking_dot_v1_dot_service__pb2.CancelBookingRequest.SerializeToString,
+            cowatch_dot_booking_dot_v1_dot_resources__pb2.Booking.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JoinWaitlist(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cowatch.booking.v1.BookingService/JoinWaitlist',
+            cowatch_dot_booking_dot_v1_dot_service__pb2.JoinWaitlistRequest.SerializeToString,
+            cowatch_dot_booking_dot_v1_dot_resources__pb2.WaitlistEntry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWaitlistEntry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cowatch.booking.v1.BookingService/GetWaitlistEntry',
+            cowatch_dot_booking_dot_v1_dot_service__pb2.GetWaitlistEntryRequest.SerializeToString,
+            cowatch_dot_booking_dot_v1_dot_resources__pb2.WaitlistEntry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWaitlist(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cowatch.booking.v1.BookingService/ListWaitlist',
+            cowatch_dot_booking_dot_v1_dot_service__pb2.ListWaitlistRequest.SerializeToString,
+            cowatch_dot_booking_dot_v1_dot_service__pb2.ListWaitlistResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaveWaitlist(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cowatch.booking.v1.BookingService/LeaveWaitlist',
+            cowatch_dot_booking_dot_v1_dot_service__pb2.LeaveWaitlistRequest.SerializeToString,
+            cowatch_dot_booking_dot_v1_dot_resources__pb2.WaitlistEntry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimOffer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cowatch.booking.v1.BookingService/ClaimOffer',
+            cowatch_dot_booking_dot_v1_dot_service__pb2.ClaimOfferRequest.SerializeToString,
+            cowatch_dot_booking_dot_v1_dot_resources__pb2.Booking.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeclineOffer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cowatch.booking.v1.BookingService/DeclineOffer',
+            cowatch_dot_booking_dot_v1_dot_service__pb2.DeclineOfferRequest.SerializeToString,
+            cowatch_dot_booking_dot_v1_dot_resources__pb2.WaitlistEntry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkAttendance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cowatch.booking.v1.BookingService/MarkAttendance',
+            cowatch_dot_booking_dot_v1_dot_service__pb2.MarkAttendanceRequest.SerializeToString,
             cowatch_dot_booking_dot_v1_dot_resources__pb2.Booking.FromString,
             options,
             channel_credentials,

@@ -43,3 +43,42 @@ class Rating(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Rating: _TypeAlias = Rating  # noqa: Y015
+
+@_typing.final
+class Reliability(_message.Message):
+    """How reliably a guest comes to the events they booked: the hosts' attendance
+    marks, attended ÷ (attended + no-show). A guest without marks has "no
+    history" (`has_history` false), never 0 %.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTENDED_FIELD_NUMBER: _builtins.int
+    NO_SHOW_FIELD_NUMBER: _builtins.int
+    HAS_HISTORY_FIELD_NUMBER: _builtins.int
+    RATIO_FIELD_NUMBER: _builtins.int
+    attended: _builtins.int
+    """Events the guest was marked as having attended."""
+    no_show: _builtins.int
+    """Events the guest was marked as a no-show."""
+    has_history: _builtins.bool
+    """False when the guest has no marks: `ratio` then means nothing."""
+    ratio: _builtins.float
+    """attended ÷ (attended + no_show), 0–1, rounded to two decimals; 0 without
+    history.
+    """
+    def __init__(
+        self,
+        *,
+        attended: _builtins.int = ...,
+        no_show: _builtins.int = ...,
+        has_history: _builtins.bool = ...,
+        ratio: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attended", b"attended", "has_history", b"has_history", "no_show", b"no_show", "ratio", b"ratio"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Reliability: _TypeAlias = Reliability  # noqa: Y015
