@@ -70,6 +70,19 @@ const REASONS: Record<string, string> = {
   Unavailable: "The service can't be reached right now. Please try again in a moment.",
   DeadlineExceeded: "The service took too long to answer. Please try again.",
   INVALID_ARGUMENT: "Some fields need fixing.",
+  REVIEW_FROZEN: "Your review is already visible to the other person, so it can no longer be changed or withdrawn.",
+  REVIEW_WINDOW_CLOSED: "The time for reviewing this event is over.",
+  REVIEW_NOT_FOUND: "Review not found.",
+  NOT_REVIEW_AUTHOR: "Only the person who wrote a review can change it.",
+  WAITLIST_ENTRY_NOT_FOUND: "Waitlist place not found.",
+  ALREADY_WAITLISTED: "You are already on the waitlist for this event.",
+  SEATS_AVAILABLE: "There are enough free seats right now: book them instead of waiting.",
+  NOT_WAITLIST_GUEST: "That is not your waitlist place.",
+  NO_OPEN_OFFER: "There is no seat offer open for you: it may have expired or been declined.",
+  BOOKING_NOT_CONFIRMED: "That booking is not confirmed, so attendance can't be marked.",
+  ATTENDANCE_PERIOD_OVER: "Attendance can only be marked within 7 days after the event is held.",
+  CALENDAR_NOT_FOUND: "That calendar link is no longer valid: make a new one from My bookings.",
+  INVALID_NOTIFICATION: "That notification could not be read.",
 };
 
 /** Plain words for any error a call can throw. */
@@ -118,6 +131,12 @@ export function formatTime(date: Date | undefined, timeZone?: string): string {
 export function formatRating(rating: { average: number; count: number } | undefined): string {
   if (!rating || rating.count === 0) return "no ratings yet";
   return `★ ${rating.average.toFixed(1)} (${rating.count} ${rating.count === 1 ? "rating" : "ratings"})`;
+}
+
+/** Attendance record in words: "came 3 of 4 (75 %)", or "no history" (never 0 % for someone never marked). */
+export function formatReliability(r: { attended: number; noShow: number; hasHistory: boolean; ratio: number } | undefined): string {
+  if (!r || !r.hasHistory) return "no history";
+  return `came ${r.attended} of ${r.attended + r.noShow} (${Math.round(r.ratio * 100)} %)`;
 }
 
 /** Moves focus to `el` (made focusable) — after navigation, to the page heading. */

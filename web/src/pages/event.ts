@@ -1,17 +1,22 @@
 /** The event page a share link opens: details, seats, the host; booking for guests; tools for the host. */
 import {
+  Attendance,
   Booking_State,
   CowatchError,
   Code,
   Event_State,
   Event_Visibility,
+  Review_State,
   Review_SubjectType,
+  WaitlistEntry_State,
   timestampDate,
   type Booking,
   type Event,
+  type Review,
+  type WaitlistEntry,
 } from "@cowatch/client";
 import { api, currentUser, eventId, userId } from "../session";
-import { errorBox, field, focus, formatRating, formatTime, h, input, loading, notice, showFieldErrors } from "../ui";
+import { errorBox, field, focus, formatRating, formatReliability, formatTime, h, input, loading, notice, showFieldErrors } from "../ui";
 import { link, rerender } from "../router";
 
 const STATE_LABEL: Record<number, string> = {
@@ -77,11 +82,13 @@ async function render(root: HTMLElement, e: Event, invite: string): Promise<void
           : soldOut
             ? h("strong", { class: "badge sold-out" }, "Sold out")
             : `${e.seatsAvailable} of ${e.capacity} left`,
+        e.state === Event_State.SCHEDULED && e.waitlistSize > 0 ? h("span", { "data-testid": "waitlist-size" }, ` · ${e.waitlistSize} on the waitlist`) : "",
       ),
       h("dt", {}, "Visibility"),
       h("dd", {}, e.visibility === Event_Visibility.PRIVATE ? "Private (invite only)" : "Public"),
     ),
     hostBox,
+    e.state === Event_State.SCHEDULED ? calendarButton(e, invite) : "",
   );
   focus(heading);
   void hostProfileSummary(hostBox, hostId);
@@ -137,10 +144,15 @@ async function guestTools(root: HTMLElement, e: Event, invite: string): Promise<
       section.append(cancel, status);
     }
   } else if (e.state === Event_State.SCHEDULED) {
-    if (e.seatsAvailable <= 0) {
-      section.append(h("p", { class: "sold-out-note", role: "status" }, "Sold out: every seat is taken."));
+    const entry = await myWaitlistEntry(e);
+    if (entry) section.append(waitlistStatus(e, entry));
+    else if (e.seatsAvailable <= 0) {
+      section.append(h("p", { class: "sold-out-note", role: "status" }, "Sold out: every seat is taken."), joinWaitlistForm(e, invite));
     } else {
-      section.append(bookForm(e, invite));
+      section.append(
+        bookForm(e, invite),
+        h("details", { class: "more-seats" }, h("summary", {}, "Need more seats than are left? Join the waitlist"), joinWaitlistForm(e, invite)),
+      );
     }
   } else {
     section.append(h("p", {}, "You didn't book this event."));
@@ -177,7 +189,143 @@ function bookForm(e: Event, invite: string): HTMLElement {
   return form;
 }
 
+// ---------------------------------------------------------------------------------------------- waitlist
+
+/** The page remembers the caller's waitlist entry per event (the API has no "my entries" list). */
+const entryKey = (e: Event): string => `cowatch.waitlist.${currentUser()?.id ?? ""}.${eventId(e.name)}`;
+
+async function myWaitlistEntry(e: Event): Promise<WaitlistEntry | null> {
+  const name = localStorage.getItem(entryKey(e));
+  if (!name) return null;
+  try {
+    const entry = await api.bookings.getWaitlistEntry({ name });
+    if (entry.state === WaitlistEntry_State.WAITING || entry.state === WaitlistEntry_State.OFFERED) return entry;
+  } catch {
+    /* gone: forget it below */
+  }
+  localStorage.removeItem(entryKey(e));
+  return null;
+}
+
+function joinWaitlistForm(e: Event, invite: string): HTMLElement {
+  const seats = input({ type: "number", value: 1, min: 1, max: 10, required: true });
+  const status = h("div", { "aria-live": "polite" });
+  const submit = h("button", { type: "submit" }, "Join waitlist");
+  const form = h(
+    "form",
+    { class: "waitlist", "aria-label": "Join the waitlist" },
+    h("p", {}, e.waitlistSize > 0 ? `${e.waitlistSize} ${e.waitlistSize === 1 ? "person is" : "people are"} waiting. ` : "", "When seats free up, they are offered in turn and held for you for a while."),
+    field("waitlist_entry.seats", "Seats wanted", seats),
+    submit,
+    status,
+  );
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    submit.disabled = true;
+    try {
+      const entry = await api.bookings.joinWaitlist({ parent: e.name, waitlistEntry: { seats: Number(seats.value) }, inviteToken: invite });
+      localStorage.setItem(entryKey(e), entry.name);
+      rerender();
+    } catch (err) {
+      if (err instanceof CowatchError && err.reason === "ALREADY_WAITLISTED" && err.info.waitlist_entry) {
+        localStorage.setItem(entryKey(e), err.info.waitlist_entry);
+        rerender();
+        return;
+      }
+      showFieldErrors(form, err);
+      status.replaceChildren(errorBox(err));
+      submit.disabled = false;
+    }
+  });
+  return form;
+}
+
+function waitlistStatus(e: Event, entry: WaitlistEntry): HTMLElement {
+  const status = h("div", { "aria-live": "polite" });
+  const seats = `${entry.seats} ${entry.seats === 1 ? "seat" : "seats"}`;
+  const act = (label: string, run: () => Promise<unknown>, cls = ""): HTMLButtonElement => {
+    const button = h("button", { type: "button", class: cls }, label);
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      try {
+        await run();
+        rerender();
+      } catch (err) {
+        const box = errorBox(err);
+        status.replaceChildren(box);
+        focus(box);
+        button.disabled = false;
+      }
+    });
+    return button;
+  };
+  const leave = act("Leave waitlist", () => api.bookings.leaveWaitlist({ name: entry.name }), "secondary");
+  if (entry.state === WaitlistEntry_State.OFFERED) {
+    const until = formatTime(entry.offerExpireTime ? timestampDate(entry.offerExpireTime) : undefined, e.timeZone);
+    return h(
+      "div",
+      { class: "offer", "data-testid": "waitlist-offer" },
+      h("p", { class: "notice ok", role: "status" }, `Seats freed up: ${seats} are held for you until ${until}.`),
+      h("div", { class: "actions" }, act("Claim the seats", () => api.bookings.claimOffer({ name: entry.name })), act("Decline", () => api.bookings.declineOffer({ name: entry.name }), "secondary")),
+      status,
+    );
+  }
+  return h(
+    "div",
+    { class: "waiting", "data-testid": "waitlist-entry" },
+    notice(`You are number ${entry.position} on the waitlist for ${seats}.`, "info"),
+    leave,
+    status,
+  );
+}
+
+function calendarButton(e: Event, invite: string): HTMLElement {
+  const status = h("span", { "aria-live": "polite" });
+  const button = h("button", { type: "button", class: "secondary" }, "Add to calendar");
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    try {
+      const body = await api.events.exportEventCalendar({ name: e.name, inviteToken: invite });
+      const url = URL.createObjectURL(new Blob([body.data as BlobPart], { type: body.contentType || "text/calendar" }));
+      const a = h("a", { href: url, download: `${eventId(e.name)}.ics` });
+      document.body.append(a);
+      a.click();
+      a.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 10_000);
+      status.replaceChildren(" Calendar file downloaded.");
+    } catch (err) {
+      status.replaceChildren(errorBox(err));
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return h("p", { class: "calendar" }, button, status);
+}
+
 // ---------------------------------------------------------------------------------------------- reviews
+
+/** The caller's own review after sending it: hidden until both sides reviewed (or the window closes); withdrawable meanwhile. */
+function reviewState(r: Review): HTMLElement[] {
+  if (r.state !== Review_State.PENDING_REVEAL) return [notice("Thanks — your review is saved and visible.")];
+  const close = formatTime(r.windowCloseTime ? timestampDate(r.windowCloseTime) : undefined);
+  const status = h("div", { "aria-live": "polite" });
+  const withdraw = h("button", { type: "button", class: "secondary" }, "Withdraw review");
+  withdraw.addEventListener("click", async () => {
+    withdraw.disabled = true;
+    try {
+      await api.reviews.deleteReview({ name: r.name });
+      rerender();
+    } catch (err) {
+      status.replaceChildren(errorBox(err));
+      withdraw.disabled = false;
+    }
+  });
+  return [
+    h("p", { class: "notice info", role: "status", "data-testid": "review-pending" }, `Thanks — your review is saved. It stays hidden until both of you have reviewed each other, or until ${close}.`),
+    withdraw,
+    status,
+  ];
+}
 
 function reviewForm(e: Event, subjectType: Review_SubjectType, subjectUser: string, label: string): HTMLElement {
   const rating = h("select", { required: true }, ...[5, 4, 3, 2, 1].map((n) => h("option", { value: String(n) }, `${n} ${"★".repeat(n)}`)));
@@ -203,10 +351,10 @@ function reviewForm(e: Event, subjectType: Review_SubjectType, subjectUser: stri
     ev.preventDefault();
     submit.disabled = true;
     try {
-      await api.reviews.createReview({
+      const review = await api.reviews.createReview({
         review: { event: e.name, subjectType, subjectUser, rating: Number(rating.value), text: text.value.trim() },
       });
-      form.replaceChildren(h("h3", {}, label), notice("Thanks — your review is saved."));
+      form.replaceChildren(h("h3", {}, label), ...reviewState(review));
     } catch (err) {
       showFieldErrors(form, err);
       status.replaceChildren(errorBox(err));
@@ -262,6 +410,47 @@ function hostTools(root: HTMLElement, e: Event): void {
   if (e.state === Event_State.SCHEDULED) tools.append(inviteForm(e));
   root.append(tools);
   void guestList(root, e);
+  if (e.state === Event_State.SCHEDULED) void waitlist(root, e);
+}
+
+async function waitlist(root: HTMLElement, e: Event): Promise<void> {
+  const section = h("section", { "aria-labelledby": "waitlist-h" }, h("h2", { id: "waitlist-h" }, "Waitlist"));
+  const body = loading("Loading the waitlist…");
+  section.append(body);
+  root.append(section);
+  try {
+    const res = await api.bookings.listWaitlist({ parent: e.name, pageSize: 100 });
+    if (res.waitlistEntries.length === 0) {
+      body.replaceWith(h("p", { class: "empty" }, "Nobody is waiting."));
+      return;
+    }
+    body.replaceWith(
+      h(
+        "table",
+        { class: "guests", "data-testid": "waitlist" },
+        h("caption", { class: "visually-hidden" }, "People waiting for seats, in turn"),
+        h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "#"), h("th", { scope: "col" }, "Guest"), h("th", { scope: "col" }, "Seats"), h("th", { scope: "col" }, "State"), h("th", { scope: "col" }, "Came to booked events"))),
+        h(
+          "tbody",
+          {},
+          res.waitlistEntries.map((w) =>
+            h(
+              "tr",
+              {},
+              h("td", {}, w.position || ""),
+              h("td", {}, w.guestDisplayName || userId(w.guest)),
+              h("td", {}, w.seats),
+              h("td", {}, w.state === WaitlistEntry_State.OFFERED ? `offered until ${formatTime(w.offerExpireTime ? timestampDate(w.offerExpireTime) : undefined, e.timeZone)}` : "waiting"),
+              h("td", {}, formatReliability(w.guestReliability)),
+            ),
+          ),
+        ),
+      ),
+    );
+    if (res.nextPageToken) section.append(h("p", {}, "Showing the first 100."));
+  } catch (err) {
+    body.replaceWith(errorBox(err));
+  }
 }
 
 function inviteForm(e: Event): HTMLElement {
@@ -300,14 +489,52 @@ async function guestList(root: HTMLElement, e: Event): Promise<void> {
       body.replaceWith(h("p", { class: "empty" }, "No guests yet."));
       return;
     }
+    const held = e.state === Event_State.COMPLETED;
+    const status = h("div", { "aria-live": "polite" });
+    const mark = (bookingName: string, who: string, attendance: Attendance, label: string): HTMLButtonElement => {
+      const button = h("button", { type: "button", class: "secondary small", "aria-label": `${label}: ${who}` }, label);
+      button.addEventListener("click", async () => {
+        button.disabled = true;
+        try {
+          await api.bookings.markAttendance({ name: bookingName, attendance });
+          rerender();
+        } catch (err) {
+          const box = errorBox(err);
+          status.replaceChildren(box);
+          focus(box);
+          button.disabled = false;
+        }
+      });
+      return button;
+    };
     body.replaceWith(
       h(
         "table",
         { class: "guests" },
-        h("caption", { class: "visually-hidden" }, "Guests and their ratings"),
-        h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Guest"), h("th", { scope: "col" }, "Seats"), h("th", { scope: "col" }, "Rating as a guest"))),
-        h("tbody", {}, guests.map((g) => h("tr", {}, h("td", {}, g.displayName || userId(g.user)), h("td", {}, g.seats), h("td", {}, formatRating(g.guestRating))))),
+        h("caption", { class: "visually-hidden" }, "Guests, their ratings and how reliably they come"),
+        h(
+          "thead",
+          {},
+          h("tr", {}, h("th", { scope: "col" }, "Guest"), h("th", { scope: "col" }, "Seats"), h("th", { scope: "col" }, "Rating as a guest"), h("th", { scope: "col" }, "Came to booked events"), held ? h("th", { scope: "col" }, "Attendance") : null),
+        ),
+        h(
+          "tbody",
+          {},
+          guests.map((g) => {
+            const who = g.displayName || userId(g.user);
+            return h(
+              "tr",
+              {},
+              h("td", {}, who),
+              h("td", {}, g.seats),
+              h("td", {}, formatRating(g.guestRating)),
+              h("td", { "data-testid": "reliability" }, formatReliability(g.guestReliability)),
+              held ? h("td", { class: "actions" }, mark(g.booking, who, Attendance.ATTENDED, "Attended"), mark(g.booking, who, Attendance.NO_SHOW, "No-show")) : null,
+            );
+          }),
+        ),
       ),
+      status,
     );
     if (e.state === Event_State.COMPLETED) {
       section.append(

@@ -48,7 +48,7 @@ export function bookingsPage(root: HTMLElement): void {
     return;
   }
   const body = loading();
-  root.append(body);
+  root.append(calendarFeed(), body);
   void (async () => {
     try {
       const rows: HTMLElement[] = [];
@@ -69,6 +69,35 @@ export function bookingsPage(root: HTMLElement): void {
       body.replaceWith(errorBox(err));
     }
   })();
+}
+
+/** "Calendar feed": makes a new feed link (the old one stops working) and shows it once. */
+function calendarFeed(): HTMLElement {
+  const status = h("div", { "aria-live": "polite" });
+  const button = h("button", { type: "button", class: "secondary" }, "Calendar feed");
+  const box = h(
+    "section",
+    { class: "calendar-feed", "aria-labelledby": "feed-h" },
+    h("h2", { id: "feed-h" }, "Calendar feed"),
+    h("p", {}, "Subscribe to your bookings in your calendar app. Making a link turns off any link made before; it is shown only once."),
+    button,
+    status,
+  );
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    try {
+      const res = await api.events.rotateCalendarToken({});
+      const url = input({ readonly: true, value: res.feedUrl, "data-testid": "feed-url" });
+      status.replaceChildren(field("feed_url", "Your feed link (copy it now)", url));
+      url.focus();
+      url.select();
+    } catch (err) {
+      status.replaceChildren(errorBox(err));
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return box;
 }
 
 export function signInPage(root: HTMLElement, next: string): void {
