@@ -5,7 +5,7 @@
 // directory). Prints `METRIC {json}` lines (time to first render) and exits non-zero on the first failure.
 import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
-import { mkdirSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
 import { join } from "node:path";
 
@@ -120,12 +120,19 @@ try {
   await guest.getByRole("heading", { name: "Solaris night" }).waitFor({ timeout: TIMEOUT });
   assert.match(await guest.getByTestId("place").innerText(), /shown once you have booked/);
   assert.doesNotMatch(await guest.getByTestId("place").innerText(), /Torstr/);
-  await guest.getByLabel("Seats").fill("2");
+  await guest.getByLabel("Seats", { exact: true }).fill("2");
   await guest.getByRole("button", { name: "Book" }).click();
   await guest.getByText("You have booked 2 seats.").waitFor({ timeout: TIMEOUT });
   assert.match(await guest.getByTestId("place").innerText(), /Torstr\. 1, 10119 Berlin/);
   assert.match(await guest.getByTestId("seats").innerText(), /1 of 3 left/);
   await shot(guest, "03-guest-booked-phone");
+
+  step("guest: add to calendar downloads the event's .ics");
+  const [download] = await Promise.all([guest.waitForEvent("download", { timeout: TIMEOUT }), guest.getByRole("button", { name: "Add to calendar" }).click()]);
+  assert.match(download.suggestedFilename(), /\.ics$/);
+  const ics = readFileSync(await download.path(), "utf8");
+  assert.match(ics, /BEGIN:VCALENDAR/);
+  assert.match(ics, /SUMMARY:Solaris night/);
 
   step("guest: my bookings lists it");
   await guest.getByRole("link", { name: "My bookings" }).click();
@@ -133,6 +140,15 @@ try {
   await mine.waitFor({ timeout: TIMEOUT });
   assert.match(await mine.innerText(), /2 seats · confirmed/);
   await assertLabelled(guest);
+  step("guest: the calendar feed link, shown once, serves the bookings");
+  await guest.getByRole("button", { name: "Calendar feed" }).click();
+  const feedUrl = await guest.getByLabel("Your feed link (copy it now)").inputValue();
+  assert.match(feedUrl, /^https?:\/\//);
+  const feed = await guest.request.get(feedUrl);
+  assert.equal(feed.status(), 200, feedUrl);
+  assert.match(await feed.text(), /SUMMARY:Solaris night/);
+  await assertLabelled(guest);
+  await shot(guest, "03b-calendar-feed-phone");
 
   // --- discover: the filters find it, with its seats -------------------------------------------------------
   step("discover finds the event by city");
@@ -173,23 +189,56 @@ try {
   await host.getByRole("heading", { name: "You host this event" }).waitFor({ timeout: TIMEOUT });
   await host.getByText("Bring snacks and a pillow.").waitFor({ timeout: TIMEOUT });
 
-  // --- a third user fills the last seat; then a fourth sees "sold out" -------------------------------------
-  step("third users: the last seat, then sold out");
+  // --- a third user fills the last seat; a fourth finds it sold out and joins the waitlist ---------------------
+  step("third users: the last seat, then sold out and the waitlist");
   const thirdCtx = await browser.newContext();
   const third = await thirdCtx.newPage();
   await signIn(third, "New user");
   await third.goto(shareLink);
   await third.getByRole("button", { name: "Book" }).click();
   await third.getByText("You have booked 1 seat.").waitFor({ timeout: TIMEOUT });
-  await thirdCtx.close();
-  const fourthCtx = await browser.newContext();
+  const fourthCtx = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
   const fourth = await fourthCtx.newPage();
   await signIn(fourth, "New user");
+  const fourthName = (await fourth.getByTestId("signed-in-as").innerText()).replace(/^Signed in as /, "");
   await fourth.goto(shareLink);
   await fourth.getByText("Sold out: every seat is taken.").waitFor({ timeout: TIMEOUT });
   assert.match(await fourth.getByTestId("seats").innerText(), /Sold out/);
   assert.equal(await fourth.getByRole("button", { name: "Book" }).count(), 0);
   await shot(fourth, "05-sold-out");
+  await assertLabelled(fourth);
+  await fourth.getByLabel("Seats wanted").fill("1");
+  await fourth.getByRole("button", { name: "Join waitlist" }).click();
+  await fourth.getByTestId("waitlist-entry").waitFor({ timeout: TIMEOUT });
+  assert.match(await fourth.getByTestId("waitlist-entry").innerText(), /number 1 on the waitlist for 1 seat/);
+  assert.match(await fourth.getByTestId("seats").innerText(), /1 on the waitlist/);
+  await shot(fourth, "05b-waitlisted-phone");
+
+  step("host sees the waitlist with the waiter's reliability");
+  await host.goto(shareLink);
+  const waitRow = host.getByTestId("waitlist").getByRole("row", { name: new RegExp(fourthName) });
+  await waitRow.waitFor({ timeout: TIMEOUT });
+  assert.match(await waitRow.innerText(), /waiting\s+no history/);
+  await shot(host, "05c-host-waitlist");
+
+  step("a booked guest cancels: the waiter is offered the seat and claims it");
+  await third.reload();
+  await third.getByRole("button", { name: "Cancel my booking" }).click();
+  await third.getByRole("button", { name: "Cancel my booking" }).waitFor({ state: "detached", timeout: TIMEOUT });
+  await thirdCtx.close();
+  const offer = fourth.getByTestId("waitlist-offer");
+  for (const until = Date.now() + TIMEOUT; ; ) {
+    await fourth.reload();
+    await fourth.locator('[data-testid="waitlist-offer"], [data-testid="waitlist-entry"]').first().waitFor({ timeout: TIMEOUT });
+    if (await offer.count()) break;
+    assert.ok(Date.now() < until, "no offer reached the waiter");
+    await fourth.waitForTimeout(500);
+  }
+  assert.match(await offer.innerText(), /1 seat is held for you until/);
+  await assertLabelled(fourth);
+  await shot(fourth, "05d-offer-phone");
+  await fourth.getByRole("button", { name: "Claim the seats" }).click();
+  await fourth.getByText("You have booked 1 seat.").waitFor({ timeout: TIMEOUT });
   await fourthCtx.close();
 
   // --- the host marks it held (once it has ended: the test moves it into the past) ---------------------------
@@ -201,6 +250,15 @@ try {
   await host.reload();
   await host.getByRole("button", { name: "Mark as held" }).click();
   await host.locator(".badge.state-held").waitFor({ timeout: TIMEOUT });
+
+  step("host marks attendance and sees reliability");
+  const attendedRow = host.getByRole("row", { name: /Guest User/ });
+  assert.match(await attendedRow.innerText(), /no history/);
+  await host.getByRole("button", { name: "Attended: Guest User" }).click();
+  await host.getByRole("row", { name: /Guest User/ }).filter({ hasText: "came 1 of 1 (100 %)" }).waitFor({ timeout: TIMEOUT });
+  await host.getByRole("button", { name: `No-show: ${fourthName}` }).click();
+  await host.getByRole("row", { name: new RegExp(fourthName) }).filter({ hasText: "came 0 of 1 (0 %)" }).waitFor({ timeout: TIMEOUT });
+  await shot(host, "06a-host-attendance");
 
   // --- both review -------------------------------------------------------------------------------------------
   step("guest and host review");
@@ -214,6 +272,8 @@ try {
   };
   await rate(guest, "Rate the event", 5, "Great film, great couch.");
   await rate(guest, "Rate the host, Dev User", 4, "Friendly host.");
+  // Blind: the guest's reviews stay hidden until the host has reviewed them back (or the window closes).
+  await guest.getByTestId("review-pending").first().waitFor({ timeout: TIMEOUT });
   await shot(guest, "06-guest-reviewed-phone");
   await host.reload();
   await rate(host, "Rate Guest User as a guest", 5, "Lovely guest.");

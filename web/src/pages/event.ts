@@ -265,7 +265,7 @@ function waitlistStatus(e: Event, entry: WaitlistEntry): HTMLElement {
     return h(
       "div",
       { class: "offer", "data-testid": "waitlist-offer" },
-      h("p", { class: "notice ok", role: "status" }, `Seats freed up: ${seats} are held for you until ${until}.`),
+      h("p", { class: "notice ok", role: "status" }, `Seats freed up: ${seats} ${entry.seats === 1 ? "is" : "are"} held for you until ${until}. Claim them to book, or decline to pass them on.`),
       h("div", { class: "actions" }, act("Claim the seats", () => api.bookings.claimOffer({ name: entry.name })), act("Decline", () => api.bookings.declineOffer({ name: entry.name }), "secondary")),
       status,
     );
