@@ -306,7 +306,8 @@ function calendarButton(e: Event, invite: string): HTMLElement {
 
 /** The caller's own review after sending it: hidden until both sides reviewed (or the window closes); withdrawable meanwhile. */
 function reviewState(r: Review): HTMLElement[] {
-  if (r.state !== Review_State.PENDING_REVEAL) return [notice("Thanks — your review is saved and visible.")];
+  const ofEvent = r.subjectType === Review_SubjectType.EVENT;
+  if (r.state !== Review_State.PENDING_REVEAL) return [notice("Thanks — your review is saved. You have both reviewed each other, so it is visible now.")];
   const close = formatTime(r.windowCloseTime ? timestampDate(r.windowCloseTime) : undefined);
   const status = h("div", { "aria-live": "polite" });
   const withdraw = h("button", { type: "button", class: "secondary" }, "Withdraw review");
@@ -321,7 +322,9 @@ function reviewState(r: Review): HTMLElement[] {
     }
   });
   return [
-    h("p", { class: "notice info", role: "status", "data-testid": "review-pending" }, `Thanks — your review is saved. It stays hidden until both of you have reviewed each other, or until ${close}.`),
+    h("p", { class: "notice info", role: "status", "data-testid": "review-pending" }, ofEvent
+        ? `Thanks — your review is saved. Reviews of the event stay hidden until reviewing closes, ${close}; until then you can withdraw it.`
+        : `Thanks — your review is saved. It stays hidden until both of you have reviewed each other, or until ${close}.`),
     withdraw,
     status,
   ];
