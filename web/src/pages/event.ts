@@ -532,7 +532,7 @@ async function guestList(root: HTMLElement, e: Event): Promise<void> {
               h("td", {}, g.seats),
               h("td", {}, formatRating(g.guestRating)),
               h("td", { "data-testid": "reliability" }, formatReliability(g.guestReliability)),
-              held ? h("td", { class: "actions" }, mark(g.booking, who, Attendance.ATTENDED, "Attended"), mark(g.booking, who, Attendance.NO_SHOW, "No-show")) : null,
+              held ? h("td", {}, h("div", { class: "actions" }, mark(g.booking, who, Attendance.ATTENDED, "Attended"), mark(g.booking, who, Attendance.NO_SHOW, "No-show"))) : null,
             );
           }),
         ),
