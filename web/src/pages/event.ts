@@ -189,6 +189,25 @@ function bookForm(e: Event, invite: string): HTMLElement {
   return form;
 }
 
+/** A button that runs `run`, then re-renders the page; a refusal is shown (and focused) in `status`. */
+function actionButton(status: HTMLElement, label: string, run: () => Promise<unknown>, attrs: Record<string, string>, onStart?: () => void): HTMLButtonElement {
+  const button = h("button", { type: "button", ...attrs }, label);
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    onStart?.();
+    try {
+      await run();
+      rerender();
+    } catch (err) {
+      const box = errorBox(err);
+      status.replaceChildren(box);
+      focus(box);
+      button.disabled = false;
+    }
+  });
+  return button;
+}
+
 // ---------------------------------------------------------------------------------------------- waitlist
 
 /** The page remembers the caller's waitlist entry per event (the API has no "my entries" list). */
@@ -243,22 +262,7 @@ function joinWaitlistForm(e: Event, invite: string): HTMLElement {
 function waitlistStatus(e: Event, entry: WaitlistEntry): HTMLElement {
   const status = h("div", { "aria-live": "polite" });
   const seats = `${entry.seats} ${entry.seats === 1 ? "seat" : "seats"}`;
-  const act = (label: string, run: () => Promise<unknown>, cls = ""): HTMLButtonElement => {
-    const button = h("button", { type: "button", class: cls }, label);
-    button.addEventListener("click", async () => {
-      button.disabled = true;
-      try {
-        await run();
-        rerender();
-      } catch (err) {
-        const box = errorBox(err);
-        status.replaceChildren(box);
-        focus(box);
-        button.disabled = false;
-      }
-    });
-    return button;
-  };
+  const act = (label: string, run: () => Promise<unknown>, cls = ""): HTMLButtonElement => actionButton(status, label, run, { class: cls });
   const leave = act("Leave waitlist", () => api.bookings.leaveWaitlist({ name: entry.name }), "secondary");
   if (entry.state === WaitlistEntry_State.OFFERED) {
     const until = formatTime(entry.offerExpireTime ? timestampDate(entry.offerExpireTime) : undefined, e.timeZone);
@@ -376,23 +380,8 @@ function hostTools(root: HTMLElement, e: Event): void {
   const tools = h("section", { "aria-labelledby": "host-h", class: "host-tools" }, h("h2", { id: "host-h" }, "You host this event"));
   tools.append(field("share_link", e.visibility === Event_Visibility.PRIVATE ? "Invite link (private: only people with this link can see and book)" : "Share link", shareInput), status);
 
-  const act = (label: string, run: () => Promise<unknown>, cls = ""): HTMLButtonElement => {
-    const button = h("button", { type: "button", class: cls }, label);
-    button.addEventListener("click", async () => {
-      button.disabled = true;
-      status.replaceChildren(loading());
-      try {
-        await run();
-        rerender();
-      } catch (err) {
-        const box = errorBox(err);
-        status.replaceChildren(box);
-        focus(box);
-        button.disabled = false;
-      }
-    });
-    return button;
-  };
+  const act = (label: string, run: () => Promise<unknown>, cls = ""): HTMLButtonElement =>
+    actionButton(status, label, run, { class: cls }, () => status.replaceChildren(loading()));
 
   const actions = h("div", { class: "actions" });
   if (e.state === Event_State.SCHEDULED) {
@@ -494,22 +483,8 @@ async function guestList(root: HTMLElement, e: Event): Promise<void> {
     }
     const held = e.state === Event_State.COMPLETED;
     const status = h("div", { "aria-live": "polite" });
-    const mark = (bookingName: string, who: string, attendance: Attendance, label: string): HTMLButtonElement => {
-      const button = h("button", { type: "button", class: "secondary small", "aria-label": `${label}: ${who}` }, label);
-      button.addEventListener("click", async () => {
-        button.disabled = true;
-        try {
-          await api.bookings.markAttendance({ name: bookingName, attendance });
-          rerender();
-        } catch (err) {
-          const box = errorBox(err);
-          status.replaceChildren(box);
-          focus(box);
-          button.disabled = false;
-        }
-      });
-      return button;
-    };
+    const mark = (bookingName: string, who: string, attendance: Attendance, label: string): HTMLButtonElement =>
+      actionButton(status, label, () => api.bookings.markAttendance({ name: bookingName, attendance }), { class: "secondary small", "aria-label": `${label}: ${who}` });
     body.replaceWith(
       h(
         "table",
