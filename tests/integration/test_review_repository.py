@@ -15,6 +15,7 @@ from services.review.domain import SubjectType
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 T0 = datetime(2031, 3, 1, 20, 0, tzinfo=UTC)
 WINDOW = timedelta(days=14)
+LONG_AGO = datetime(2001, 3, 1, 20, 0, tzinfo=UTC)
 
 
 async def _user(conn, name: str = "U") -> str:
@@ -80,8 +81,10 @@ async def test_the_due_claim_takes_one_events_pending_reviews_and_skips_a_locked
         host, a = await _user(setup), await _user(setup)
         first, second = await _event(setup, host), await _event(setup, host)
         for event_id in (first, second):
-            assert await reviews.insert(setup, _new(event_id, a, at=T0 - timedelta(days=30))) is not None
-    now = T0 - timedelta(days=30) + WINDOW
+            assert await reviews.insert(setup, _new(event_id, a, at=LONG_AGO)) is not None
+    # Due long before any review another test of the session leaves pending (those are due from today on), so the
+    # claims below can only find this test's two events.
+    now = LONG_AGO + WINDOW
     async with db_pool.acquire() as c1, db_pool.acquire() as c2, c1.transaction(), c2.transaction():
         one = await reviews.claim_due_event(c1, now)
         two = await reviews.claim_due_event(c2, now)

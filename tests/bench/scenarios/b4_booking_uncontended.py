@@ -28,6 +28,7 @@ from cowatch.booking.v1 import resources_pb2, service_pb2, service_pb2_grpc
 
 from services.account import users
 from services.booking import repository as bookings
+from services.booking import waitlist_repository
 from services.booking.service import BookingService, CreateBooking
 from services.common import idempotency
 from services.common.clock import SystemClock
@@ -87,6 +88,7 @@ class Baseline:
             )
             if created is None:
                 raise RuntimeError("baseline overlap")
+            await conn.execute(waitlist_repository.LEAVE_ON_BOOKING, event_id, guest_id, now)
             params = json.dumps(
                 {
                     "event": f"events/{event_id}",
