@@ -1,5 +1,6 @@
-"""Programs some tests need that pip cannot install (NGINX, redis-server, Chromium, Node.js): find them, skip the
-tests that need a missing one with one line saying what to install, and install them where that is possible.
+"""Programs some tests need that pip cannot install (NGINX, redis-server, Chromium, Node.js, kubectl, promtool): find
+them, skip the tests that need a missing one with one line saying what to install, and install them where that is
+possible.
 
     from tests.support.tools import require
     nginx = require("nginx")          # the path, or the test is skipped: "needs nginx: apt-get install nginx"
@@ -47,10 +48,15 @@ TOOLS: Final = {
         Tool("redis-server", "redis-server"),
         Tool("chromium", "chromium"),
         Tool("node", "nodejs"),
+        # kubectl's built-in kustomize renders deploy/k8s offline (tests/deploy/test_k8s.py); the suite needs one with
+        # kustomize v4 or later (kubectl 1.21+). Debian packages kubectl as kubernetes-client.
+        Tool("kubectl", "kubernetes-client"),
+        # promtool checks and unit-tests deploy/observability's alert rules (tests/deploy/test_observability.py).
+        Tool("promtool", "prometheus"),
     )
 }
 # What `make test` installs when it can; CI installs every tool in TOOLS.
-TEST_TOOLS: Final = ("nginx", "redis-server")
+TEST_TOOLS: Final = ("nginx", "redis-server", "kubectl", "promtool")
 
 
 def _hidden() -> set[str]:
