@@ -2,7 +2,7 @@
 #   make run     the whole stack locally (embedded PostgreSQL unless DATABASE_URL is set)
 #   make test    the whole suite (DATABASE_URL / REDIS_URL name servers to use; unset, it starts its own)
 #   make test-fast  unit + API tests, the inner loop (under a minute)
-# Programs pip cannot bring (nginx, redis-server) are installed by `make test`/`make bench` when run as root with
+# Programs pip cannot bring (nginx, redis-server, kubectl, promtool) are installed by `make test`/`make bench` when run as root with
 # apt-get; elsewhere the tests that need a missing one are skipped with one line saying what to install.
 
 SHELL := /bin/bash
@@ -57,7 +57,7 @@ lint: install ## ruff, mypy, import boundaries (lint-imports), buf lint, buf for
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code --path protos/cowatch
 
-tools: install ## install nginx and redis-server for the tests if missing (root + apt-get), else say what to install
+tools: install ## install nginx, redis-server, kubectl, promtool for the tests if missing (root + apt-get), else say what to install
 	@$(PY) -m tests.support.tools install \
 	  || echo "tools: not installed; the tests that need them will be skipped" >&2
 
