@@ -170,8 +170,10 @@ def test_probes_and_shutdown(overlay: str) -> None:
             port = GRPC_SERVICES[name]
             service = f"cowatch.{name}.v1.{name.capitalize()}Service"
             assert c["readinessProbe"]["grpc"] == {"port": port, "service": service}
-            # liveness without the service name: a database outage (NOT_SERVING for the service) restarts nothing
-            assert c["livenessProbe"]["grpc"] == {"port": port}
+            # liveness on the port, not grpc.health.v1 (whose overall status follows the database too): a database
+            # outage must restart nothing
+            assert c["livenessProbe"]["tcpSocket"] == {"port": port}
+            assert "grpc" not in c["startupProbe"] and "grpc" not in c["livenessProbe"]
             assert c["livenessProbe"]["failureThreshold"] * c["livenessProbe"]["periodSeconds"] >= 30
             env = {e["name"]: e for e in c["env"]}
             assert env["COWATCH_GRPC_PORT"]["value"] == str(port)
