@@ -40,9 +40,10 @@ install: ## create/refresh .venv from uv.lock (installs uv first if needed)
 
 gen: install ## regenerate gen/, protos/google, the Python SDK's stubs, the TypeScript SDK's src/gen and web/dist (the last two need Node)
 	$(PY) protos/generate.py
+	$(PY) -m services.dev.k8s_assets  # deploy/k8s/base's copies of the descriptor set and the gateway configs
 
 gen-check: gen ## fail if the committed generated code differs from a fresh `make gen`
-	@git diff --exit-code --stat -- gen/ protos/google/ $(SDK_PROTO) sdk/typescript/src/gen/ web/dist/ \
+	@git diff --exit-code --stat -- gen/ protos/google/ $(SDK_PROTO) sdk/typescript/src/gen/ web/dist/ deploy/k8s/base/ \
 	  || { echo "generated code is stale: run 'make gen' and commit the result" >&2; exit 1; }
 	@untracked="$$(git ls-files --others --exclude-standard -- gen/ protos/google/ $(SDK_PROTO) sdk/typescript/src/gen/ web/dist/)"; \
 	if [ -n "$$untracked" ]; then \
