@@ -20,8 +20,9 @@ and closes the breaker. No request waits on a replica known to be down, and the 
 process is NOT_SERVING: readiness stays "the primary answers", since every read can still be served.
 
 Lag is measured on the replica: 0 when it has replayed everything it received (or is no standby at all, e.g. a
-promoted one), else the age of the last transaction it replayed. A replica cut off from its primary only knows
-what it received, so monitor ``pg_stat_replication`` on the primary too (docs/architecture.md).
+promoted one), else the age of the last transaction it replayed. This errs on the safe side right after a quiet
+spell (the last replayed commit is old while new WAL is being applied: the breaker opens for a check or two). A
+replica cut off from its primary only knows what it received, so watch ``pg_stat_replication`` on the primary too.
 """
 
 from __future__ import annotations
