@@ -109,8 +109,12 @@ class ReadPool:
         """Would a read now go to the replica?"""
         return self.replica is not None and self.breaker.closed
 
-    async def fetch(self, read: Callable[[Conn], Awaitable[T]]) -> T:
-        """``await read(conn)`` on one connection of the replica, else of the primary (see the module's doc)."""
+    async def fetch(
+        self, read: Callable[[Conn], Awaitable[T]], *, recheck: type[Exception] | tuple[type[Exception], ...] = ()
+    ) -> T:
+        """``await read(conn)`` on one connection of the replica, else of the primary (see the module's doc).
+        ``recheck``: exceptions the replica's answer may owe to its lag (a row not replayed yet, e.g. NotFound):
+        then the primary answers instead."""
         if self.replica is not None and self.breaker.allow():
             try:
                 async with db.connection(self.replica) as conn:
@@ -118,6 +122,8 @@ class ReadPool:
             except _REPLICA_FAILED as exc:
                 _log.warning("read replica failed: reading the primary", error=type(exc).__name__)
                 self.breaker.failure()
+            except recheck:
+                self.breaker.success()  # it answered; the primary confirms
             else:
                 self.breaker.success()
                 return result

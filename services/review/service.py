@@ -268,8 +268,8 @@ class ReviewService:
                 domain.ensure_visible(await self._facts(conn, q.event_id, viewer, None), viewer)
             return await reviews.list_reviews(conn, query)
 
-        if viewer is None:  # revealed reviews only: may lag
-            rows = await self._reads.fetch(read)
+        if viewer is None:  # revealed reviews only: may lag (an event the replica lacks yet: the primary says)
+            rows = await self._reads.fetch(read, recheck=errors.NotFound)
         else:  # the caller's own pending reviews are in it, and their bookings decide what they see: the primary
             async with db.connection(self._pool) as conn:
                 rows = await read(conn)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -31,7 +32,9 @@ from cowatch.review.v1 import service_pb2_grpc as review_grpc
 from google.protobuf import field_mask_pb2
 
 from services.booking.app import BookingApp, BookingSettings
+from services.common import errors
 from services.common.clock import ManualClock
+from services.common.replica import FAILURE_THRESHOLD, ReadPool
 from services.dev.embedded_pg import EmbeddedPostgres
 from services.event.app import EventApp, EventSettings
 from services.review.app import ReviewApp, ReviewSettings
@@ -239,6 +242,8 @@ async def test_lag_tolerant_reads_come_from_the_standby_and_read_your_writes_fro
             # An event the standby does not have yet is looked up on the primary: a new share link works at once.
             fresh = await new_event(s.events, s.clock, host=renamed, title="Fresh")
             assert (await s.events.GetEvent(get(fresh))).title == "Fresh"
+            no_reviews = await s.reviews.ListReviews(review_service_pb2.ListReviewsRequest(event=fresh.name))
+            assert list(no_reviews.reviews) == []  # not NOT_FOUND: the primary has the event
             assert s.event_app.reads.uses_replica  # all of this within the allowed lag
 
         anonymous = await s.events.GetEvent(get(event))
@@ -292,3 +297,34 @@ async def test_a_cache_fill_never_comes_from_a_lagging_standby(cluster: Cluster,
             for _ in range(3):  # the miss after the invalidation, then hits of what it stored
                 assert (await s.events.GetEvent(get(event))).title == "After"
                 assert (await listed_titles(s.events))[event.name] == "After"
+
+
+async def test_the_read_pool_retries_on_the_primary_only_what_the_replica_could_not_answer(database_url: str):
+    """Against the session's server: a replica that refuses connections, and one that answers (the same server)."""
+    primary = await asyncpg.create_pool(database_url, min_size=0, max_size=2)
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        refused = sock.getsockname()[1]
+    down = ReadPool(primary, await asyncpg.create_pool(f"postgresql://postgres@127.0.0.1:{refused}/x", min_size=0))
+    up = ReadPool(primary, await asyncpg.create_pool(database_url, min_size=0, max_size=2))
+    try:
+        for _ in range(FAILURE_THRESHOLD):  # each read fails over at once
+            assert await down.fetch(lambda conn: conn.fetchval("SELECT 1")) == 1
+        assert not down.uses_replica  # then the breaker skips it
+
+        with pytest.raises(asyncpg.UndefinedTableError):  # the query's own error: not the replica's fault
+            await up.fetch(lambda conn: conn.fetch("SELECT * FROM no_such_table"))
+        calls: list[str] = []
+
+        async def missing_on_replica(conn: Any) -> str:
+            calls.append("read")
+            if len(calls) == 1:
+                raise errors.NotFound("EVENT_NOT_FOUND", "not replayed yet")
+            return "from the primary"
+
+        assert await up.fetch(missing_on_replica, recheck=errors.NotFound) == "from the primary"
+        assert up.uses_replica
+    finally:
+        await down.aclose()
+        await up.aclose()
+        await primary.close()
