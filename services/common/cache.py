@@ -112,10 +112,22 @@ class Cache(Protocol):
     """The port the services use; :class:`RedisCache` in production, :class:`NullCache` without Redis."""
 
     async def get_or_load(
-        self, key: str, loader: Callable[[], Awaitable[T]], codec: Codec[T], *, ttl: float, scope: str | None = None
+        self,
+        key: str,
+        loader: Callable[[], Awaitable[T]],
+        codec: Codec[T],
+        *,
+        ttl: float,
+        scope: str | None = None,
+        bypass: Callable[[], Awaitable[T]] | None = None,
     ) -> T:
         """The cached value of ``key``, else ``await loader()`` (stored for ``ttl`` seconds). A loader's
-        exception propagates and nothing is stored."""
+        exception propagates and nothing is stored.
+
+        ``bypass`` (default: ``loader``) answers instead when the value will not be stored (no Redis, or Redis
+        bypassed): it may read a lagging replica, since what it returns outlives no request. ``loader`` fills the
+        cache and must read the primary: a fill from a replica that has not replayed a write yet would store,
+        under the generation that write's invalidation just began, the value it replaced."""
         ...
 
     async def hold(self, *scopes: str) -> None:
@@ -139,9 +151,16 @@ class NullCache:
     """No Redis configured: every read is a load."""
 
     async def get_or_load(
-        self, key: str, loader: Callable[[], Awaitable[T]], codec: Codec[T], *, ttl: float, scope: str | None = None
+        self,
+        key: str,
+        loader: Callable[[], Awaitable[T]],
+        codec: Codec[T],
+        *,
+        ttl: float,
+        scope: str | None = None,
+        bypass: Callable[[], Awaitable[T]] | None = None,
     ) -> T:
-        return await loader()
+        return await (bypass or loader)()
 
     async def hold(self, *scopes: str) -> None:
         return None
@@ -223,7 +242,14 @@ class RedisCache:
     # --- reads -----------------------------------------------------------------------------------------------
 
     async def get_or_load(
-        self, key: str, loader: Callable[[], Awaitable[T]], codec: Codec[T], *, ttl: float, scope: str | None = None
+        self,
+        key: str,
+        loader: Callable[[], Awaitable[T]],
+        codec: Codec[T],
+        *,
+        ttl: float,
+        scope: str | None = None,
+        bypass: Callable[[], Awaitable[T]] | None = None,
     ) -> T:
         scope = scope or key
         value_key = self._value_key(key, scope)
@@ -243,7 +269,9 @@ class RedisCache:
                         self._metrics.cache_result(codec.name, "hit")
                         return found[0]
         self._metrics.cache_result(codec.name, "miss" if generation is not None else "bypass")
-        return await self._load(scope, value_key, generation, loader, codec, ttl)
+        # Without a generation nothing is stored, and only readers that bypass too join the flight: ``bypass``.
+        chosen = loader if generation is not None or bypass is None else bypass
+        return await self._load(scope, value_key, generation, chosen, codec, ttl)
 
     def _decode(self, raw: bytes, value_key: str, generation: bytes, codec: Codec[T]) -> tuple[T] | None:
         stored_generation, _, rest = raw.partition(_SEP)

@@ -57,17 +57,25 @@ async def _no_session_state_to_reset(conn: asyncpg.Connection[asyncpg.Record]) -
     return None
 
 
-async def create_pool(settings: CommonSettings, *, application_name: str | None = None) -> Pool:
-    """Open the process's pool. Never fails because Postgres is down: it then starts empty (connections are made
-    on demand, the first RPCs answer UNAVAILABLE and health stays NOT_SERVING until Postgres answers).
+async def create_pool(
+    settings: CommonSettings,
+    *,
+    application_name: str | None = None,
+    dsn: str | None = None,
+    max_size: int | None = None,
+) -> Pool:
+    """Open the process's pool (``dsn``/``max_size``: another server's, e.g. the read replica's). Never fails
+    because Postgres is down: it then starts empty (connections are made on demand, the first RPCs answer
+    UNAVAILABLE and health stays NOT_SERVING until Postgres answers).
 
     Also makes ``settings.db_acquire_timeout_seconds`` the default acquire timeout of :func:`connection` and
     :func:`transaction`.
     """
     global _acquire_timeout
     _acquire_timeout = settings.db_acquire_timeout_seconds
+    dsn = dsn or settings.database_url
     options: dict[str, Any] = {
-        "max_size": settings.db_pool_max_size,
+        "max_size": max_size or settings.db_pool_max_size,
         "command_timeout": settings.db_command_timeout_seconds,
         "timeout": settings.db_connect_timeout_seconds,
         # a connection idle for 5 minutes is closed; the pool reopens on demand
@@ -80,10 +88,12 @@ async def create_pool(settings: CommonSettings, *, application_name: str | None 
     }
     try:
         # asyncpg keeps min_size connections open from here on (reconnecting in the background).
-        pool: Pool = await asyncpg.create_pool(settings.database_url, min_size=settings.db_pool_min_size, **options)
+        pool: Pool = await asyncpg.create_pool(
+            dsn, min_size=min(settings.db_pool_min_size, options["max_size"]), **options
+        )
     except _DOWN as exc:
         _log.warning("postgres unavailable at start: starting with an empty pool", error=type(exc).__name__)
-        pool = await asyncpg.create_pool(settings.database_url, min_size=0, **options)
+        pool = await asyncpg.create_pool(dsn, min_size=0, **options)
     return pool
 
 

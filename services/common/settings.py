@@ -129,6 +129,19 @@ class CommonSettings(RedisSettings):
     db_command_timeout_seconds: float = Field(default=5.0, gt=0)
     db_connect_timeout_seconds: float = Field(default=2.0, gt=0)
     db_acquire_timeout_seconds: float = Field(default=2.0, gt=0)
+    read_database_url: str | None = Field(
+        default=None,
+        repr=False,  # carries the password
+        description="PostgreSQL DSN of a streaming replica for the lag-tolerant reads (README, Read replicas); "
+        "unset = they read the primary",
+    )
+    read_db_pool_max_size: int = Field(default=10, ge=1, description="Connections to the read replica per process")
+    read_db_max_lag_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="A replica further behind than this (or unreachable) is left alone: its reads go to the "
+        "primary until it catches up",
+    )
     cache_ttl_seconds: float = Field(
         default=60.0, gt=0, description="TTL of cached rows (events, ratings, profiles); invalidation is explicit"
     )
@@ -187,6 +200,13 @@ class CommonSettings(RedisSettings):
     @classmethod
     def _check_database_url(cls, value: str) -> str:
         if not value.startswith(("postgresql://", "postgres://")):
+            raise PydanticCustomError("dsn", "must start with postgresql:// or postgres://")
+        return value
+
+    @field_validator("read_database_url")
+    @classmethod
+    def _check_read_database_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
             raise PydanticCustomError("dsn", "must start with postgresql:// or postgres://")
         return value
 

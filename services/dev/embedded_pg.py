@@ -357,6 +357,28 @@ class EmbeddedPostgres:
     def __repr__(self) -> str:
         return f"EmbeddedPostgres(data_dir={str(self.data_dir)!r}, port={self._port}, pid={self.pid})"
 
+    def standby(self, **kwargs: object) -> EmbeddedPostgres:
+        """A hot standby of this running server, not yet started: ``pg_basebackup -R`` (streaming the WAL it
+        needs, writing ``standby.signal`` and ``primary_conninfo``) into a new temporary cluster, which then
+        replays this server's WAL as it streams in. The default ``wal_level`` (replica) and ``pg_hba.conf``
+        (replication from 127.0.0.1) of an ``initdb`` cluster allow it. ``kwargs``: :class:`EmbeddedPostgres`'s."""
+        standby = EmbeddedPostgres(**kwargs)  # type: ignore[arg-type]
+        args = [
+            str(self.bin_dir / "pg_basebackup"),
+            f"--dbname=host={HOST} port={self.port} user={PG_SUPERUSER}",
+            "--pgdata",
+            str(standby.data_dir),
+            "--write-recovery-conf",
+            "--wal-method=stream",
+            "--checkpoint=fast",
+            "--no-sync",
+        ]
+        result = subprocess.run(args, capture_output=True, text=True, timeout=120, env=self._child_env(), check=False)
+        if result.returncode != 0:
+            standby.close()
+            raise EmbeddedPostgresError(f"pg_basebackup failed (exit {result.returncode}):\n{result.stderr}")
+        return standby  # start() hands the copied cluster to the server's user and skips initdb
+
     # ----------------------------------------------------------------------------------------- internals
 
     def _ensure_run_dir(self) -> Path:

@@ -54,4 +54,5 @@ class EventApp(ServiceApp[EventService]):
             subscribers=review_cache.handlers(cache),  # a held event shows on the host's profile
             claim_window=timedelta(seconds=s.waitlist_claim_window_seconds),
             invitations_per_day=s.invitations_per_day if isinstance(s, EventSettings) else DEFAULT_INVITATIONS_PER_DAY,
+            reads=self.reads,
         )

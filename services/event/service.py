@@ -27,6 +27,7 @@ from services.common.errors import InvalidArgument, ResourceExhausted
 from services.common.idempotency import RequestKey
 from services.common.identity import User
 from services.common.paging import Keyset, Page, keyset
+from services.common.replica import ReadPool
 from services.common.uow import Handlers, UnitOfWork, uow
 from services.common.vocabulary import Rating, Reliability
 from services.event import cache as event_cache
@@ -178,7 +179,11 @@ class EventService:
     (:mod:`services.common.uow`) and emit domain events: the dispatcher turns them into outbox rows and reminder
     changes in the transaction, and into cache holds before COMMIT and invalidations after it — this domain's
     (:func:`event_cache.handlers`) and those of the domains listening (``subscribers``, wired by the process's
-    app). Access is decided per request, never cached."""
+    app). Access is decided per request, never cached.
+
+    ``reads`` (default: the primary) serves what may lag (:mod:`services.common.replica`): anonymous ``GetEvent``
+    and public ``ListEvents`` rows, never a cache fill (see :meth:`Cache.get_or_load`) nor what depends on the
+    caller's own bookings."""
 
     def __init__(
         self,
@@ -192,7 +197,9 @@ class EventService:
         subscribers: Handlers | None = None,
         claim_window: timedelta | None = None,
         invitations_per_day: int = DEFAULT_INVITATIONS_PER_DAY,
+        reads: ReadPool | None = None,
     ) -> None:
+        self._reads = reads or ReadPool(pool)
         self._claim_window = claim_window or timedelta(hours=2)
         self._pool = pool
         self._clock = clock
@@ -289,9 +296,17 @@ class EventService:
         async with db.connection(self._pool) as conn:
             return await self._load(conn, event_id)
 
+    async def _load_lagging(self, event_id: UUID) -> Event:
+        """The row from the read replica; one it does not have yet is looked for on the primary (a new event's link
+        is shared at once)."""
+        event = await self._reads.fetch(lambda conn: events.get(conn, event_id))
+        return event if event is not None else await self._load_row(event_id)
+
     async def get(self, q: GetEvent) -> EventView:
+        # Anonymous readers may see a lagging row; a signed-in one may be the host about to use the etag.
+        lagging = (lambda: self._load_lagging(q.event_id)) if q.user is None else None
         event = await self._cache.get_or_load(
-            event_key(q.event_id), lambda: self._load_row(q.event_id), EVENT_CODEC, ttl=self._ttl
+            event_key(q.event_id), lambda: self._load_row(q.event_id), EVENT_CODEC, ttl=self._ttl, bypass=lagging
         )
         is_guest = False
         if q.user is not None and q.user.id != event.host_id:  # the host can't book their own event
@@ -336,8 +351,11 @@ class EventService:
         if ks.after is None and not own:
             # A first page of public events: the same rows for everyone, so cached by the filters' fingerprint.
             return await self._cached_first_page(q, query, ks)
-        async with db.connection(self._pool) as conn:
-            rows = await events.list_events(conn, query)
+        if q.user is None:  # public discovery: may lag
+            rows = await self._reads.fetch(lambda conn: events.list_events(conn, query))
+        else:  # "you are going" comes from the caller's own bookings: the primary
+            async with db.connection(self._pool) as conn:
+                rows = await events.list_events(conn, query)
         page = ks.page(rows, lambda r: (r.event.details.start_time, r.event.id), start_from)
         items = [
             EventView(r.event, domain.access_for(r.event, q.user, is_guest=r.viewer_is_guest, invite_token=""))
@@ -353,8 +371,17 @@ class EventService:
                 rows = await events.list_events(conn, public)
             return CachedPage([r.event for r in rows], public.start_from)
 
+        async def load_lagging() -> CachedPage:  # the same public rows for everyone, stored nowhere: may lag
+            rows = await self._reads.fetch(lambda conn: events.list_events(conn, public))
+            return CachedPage([r.event for r in rows], public.start_from)
+
         cached = await self._cache.get_or_load(
-            list_key(ks.fingerprint, ks.limit), load, LIST_CODEC, ttl=self._list_ttl, scope=LIST_SCOPE
+            list_key(ks.fingerprint, ks.limit),
+            load,
+            LIST_CODEC,
+            ttl=self._list_ttl,
+            scope=LIST_SCOPE,
+            bypass=load_lagging,
         )
         page = ks.page(cached.rows, lambda e: (e.details.start_time, e.id), cached.start_from)
         shown = page.items

@@ -59,6 +59,7 @@ class ReviewApp(ServiceApp[ReviewService]):
             subscribers=event_cache.handlers(cache),
             review_window=timedelta(days=window_days),
             public_base_url=self._settings.public_base_url,
+            reads=self.reads,
         )
 
 

@@ -24,6 +24,7 @@ from services.common.dbtypes import Conn, Pool
 from services.common.idempotency import RequestKey
 from services.common.identity import User
 from services.common.paging import Page, keyset
+from services.common.replica import ReadPool
 from services.common.uow import Handlers, uow
 from services.common.vocabulary import Rating, Reliability, Visibility
 from services.review import cache as review_cache
@@ -114,7 +115,11 @@ class ReviewService:
     """Writes run in a unit of work (:mod:`services.common.uow`); a reveal emits ``ReviewRevealed`` (a
     ``ReviewPosted``): in the transaction the subject's mail, after COMMIT this domain's cache
     (:func:`review_cache.handlers`) and the listening ones (``subscribers``, wired by the app: the event rows show
-    the host's rating) drop what it made stale."""
+    the host's rating) drop what it made stale.
+
+    ``reads`` (default: the primary) serves what may lag (:mod:`services.common.replica`): ratings, host profiles
+    and anonymous ``ListReviews``, never a cache fill (see :meth:`Cache.get_or_load`) nor a signed-in caller's list
+    (their own pending reviews are in it)."""
 
     def __init__(
         self,
@@ -126,8 +131,10 @@ class ReviewService:
         subscribers: Handlers | None = None,
         review_window: timedelta = domain.DEFAULT_REVIEW_WINDOW,
         public_base_url: str = "http://localhost:8080",
+        reads: ReadPool | None = None,
     ) -> None:
         self._pool = pool
+        self._reads = reads or ReadPool(pool)
         self._clock = clock
         self._cache: Cache = cache or NullCache()
         self._ttl = cache_ttl
@@ -246,33 +253,45 @@ class ReviewService:
     async def list(self, q: ListReviews) -> ReviewPage:
         filters = {"event": q.event_id, "subject": q.subject_user_id, "type": q.subject_type and q.subject_type.value}
         ks = keyset(q.page_size, q.page_token, filters)
-        async with db.connection(self._pool) as conn:
+        viewer = q.user.id if q.user else None
+        query = reviews.ReviewQuery(
+            event_id=q.event_id,
+            subject_user_id=q.subject_user_id,
+            subject_type=q.subject_type,
+            after=ks.after,
+            limit=ks.fetch,
+            viewer_id=viewer,
+        )
+
+        async def read(conn: Conn) -> list[Review]:
             if q.event_id is not None:
-                facts = await self._facts(conn, q.event_id, q.user.id if q.user else None, None)
-                domain.ensure_visible(facts, q.user.id if q.user else None)
-            rows = await reviews.list_reviews(
-                conn,
-                reviews.ReviewQuery(
-                    event_id=q.event_id,
-                    subject_user_id=q.subject_user_id,
-                    subject_type=q.subject_type,
-                    after=ks.after,
-                    limit=ks.fetch,
-                    viewer_id=q.user.id if q.user else None,
-                ),
-            )
+                domain.ensure_visible(await self._facts(conn, q.event_id, viewer, None), viewer)
+            return await reviews.list_reviews(conn, query)
+
+        if viewer is None:  # revealed reviews only: may lag (an event the replica lacks yet: the primary says)
+            rows = await self._reads.fetch(read, recheck=errors.NotFound)
+        else:  # the caller's own pending reviews are in it, and their bookings decide what they see: the primary
+            async with db.connection(self._pool) as conn:
+                rows = await read(conn)
         return ks.page(rows, lambda r: (r.create_time, r.id))
 
     async def user_rating(self, user_id: str) -> UserRating:
+        async def ratings_of(conn: Conn) -> dict[str, Rating]:
+            return {role.value: r for role, r in (await reviews.user_ratings(conn, user_id)).items()}
+
         async def load() -> dict[str, Rating]:
             async with db.connection(self._pool) as conn:
-                return {role.value: r for role, r in (await reviews.user_ratings(conn, user_id)).items()}
+                return await ratings_of(conn)
 
         ratings = await self._cache.get_or_load(
-            review_cache.rating_key(user_id), load, review_cache.RATINGS_CODEC, ttl=self._ttl
+            review_cache.rating_key(user_id),
+            load,
+            review_cache.RATINGS_CODEC,
+            ttl=self._ttl,
+            bypass=lambda: self._reads.fetch(ratings_of),
         )
-        async with db.connection(self._pool) as conn:  # not cached: marks change outside the review domain
-            reliability = await bookings.reliability(conn, user_id)
+        # not cached: marks change outside the review domain
+        reliability = await self._reads.fetch(lambda conn: bookings.reliability(conn, user_id))
         as_host, as_guest = ratings.get(Role.HOST.value, Rating()), ratings.get(Role.GUEST.value, Rating())
         return UserRating(user_id, as_host, as_guest, reliability)
 
@@ -284,8 +303,12 @@ class ReviewService:
                 raise _user_not_found(user_id)  # not cached: the user may appear any moment
             return row
 
+        async def load_lagging() -> reviews.HostProfileRow:
+            row = await self._reads.fetch(lambda conn: reviews.host_profile(conn, user_id))
+            return row if row is not None else await load()  # perhaps not replayed yet: ask the primary
+
         row = await self._cache.get_or_load(
-            review_cache.profile_key(user_id), load, review_cache.PROFILE_CODEC, ttl=self._ttl
+            review_cache.profile_key(user_id), load, review_cache.PROFILE_CODEC, ttl=self._ttl, bypass=load_lagging
         )
         return HostProfile(user_id, row.display_name, row.rating, row.held_event_count)
 

@@ -290,3 +290,17 @@ async def test_overlapping_writes_keep_the_scope_held_until_the_last_one_ends(ca
     await cache.invalidate(k)
     await cached_value(cache, k, load)
     assert (await cached_value(cache, k, load))["load"] == 3
+
+
+async def test_only_a_load_that_will_be_stored_uses_the_filling_loader(cache: RedisCache):
+    """``bypass`` (a read replica's loader) answers only while nothing is stored: a fill always comes from
+    ``loader`` (the primary), so a lagging replica can never put an old value under a new generation."""
+    k, primary, replica = key(), Loader(), Loader()
+    replica.value = "lagging"
+    assert (await cache.get_or_load(k, primary, CODEC, ttl=30, bypass=replica))["value"] == "v1"
+    await cache.settle()
+    assert (primary.calls, replica.calls) == (1, 0)
+
+    cache.breaker.trip()  # Redis bypassed: the read is stored nowhere, the replica may answer
+    assert (await cache.get_or_load(k, primary, CODEC, ttl=30, bypass=replica))["value"] == "lagging"
+    assert (primary.calls, replica.calls) == (1, 1)

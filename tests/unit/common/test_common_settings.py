@@ -91,6 +91,19 @@ def test_malformed_values_are_reported_by_env_name(env, capsys):
     assert "mysql://nope" not in err  # values are never echoed (DSNs carry passwords)
 
 
+def test_read_replica_defaults_to_the_primary_and_its_url_is_checked(env, capsys):
+    minimal(env)
+    assert load_settings(EventSettings).read_database_url is None  # lag-tolerant reads use the primary's pool
+    env.setenv("COWATCH_READ_DATABASE_URL", "postgresql://app:pa55word@replica/cowatch")
+    assert "pa55word" not in repr(load_settings(EventSettings))
+    env.setenv("COWATCH_READ_DATABASE_URL", "mysql://app:pa55word@replica/cowatch")
+    env.setenv("COWATCH_READ_DB_MAX_LAG_SECONDS", "0")
+    err = exit_message(capsys)
+    assert "COWATCH_READ_DATABASE_URL: must start with postgresql://" in err
+    assert "COWATCH_READ_DB_MAX_LAG_SECONDS:" in err
+    assert "pa55word" not in err
+
+
 def test_short_hs256_secret_is_refused(env, capsys):
     minimal(env)
     env.setenv("COWATCH_JWT_HS256_SECRET", "too-short")
