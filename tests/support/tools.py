@@ -1,5 +1,6 @@
-"""Programs some tests need that pip cannot install (NGINX, redis-server, Chromium, Node.js): find them, skip the
-tests that need a missing one with one line saying what to install, and install them where that is possible.
+"""Programs some tests need that pip cannot install (NGINX, redis-server, PgBouncer, Chromium, Node.js): find
+them, skip the tests that need a missing one with one line saying what to install, and install them where that is
+possible.
 
     from tests.support.tools import require
     nginx = require("nginx")          # the path, or the test is skipped: "needs nginx: apt-get install nginx"
@@ -47,10 +48,12 @@ TOOLS: Final = {
         Tool("redis-server", "redis-server"),
         Tool("chromium", "chromium"),
         Tool("node", "nodejs"),
+        Tool("pgbouncer", "pgbouncer", ("/usr/sbin",)),
+        Tool("psql", "postgresql-client"),  # PgBouncer's admin console speaks only the simple query protocol
     )
 }
 # What `make test` installs when it can; CI installs every tool in TOOLS.
-TEST_TOOLS: Final = ("nginx", "redis-server")
+TEST_TOOLS: Final = ("nginx", "redis-server", "pgbouncer", "psql")
 
 
 def _hidden() -> set[str]:
