@@ -72,8 +72,8 @@ async def create_pool(settings: CommonSettings, *, application_name: str | None 
         "timeout": settings.db_connect_timeout_seconds,
         # a connection idle for 5 minutes is closed; the pool reopens on demand
         "max_inactive_connection_lifetime": 300.0,
-        # 0 behind PgBouncer < 1.21 in transaction pooling: statements are then prepared unnamed, in the same
-        # transaction (asyncpg flushes rather than syncs between prepare and execute) as their execution.
+        # 0 behind PgBouncer < 1.21 in transaction pooling: each statement is then prepared unnamed and executed
+        # with no Sync in between (asyncpg sends Flush), so PgBouncer keeps both on one server connection.
         "statement_cache_size": settings.db_statement_cache_size,
         "server_settings": {"application_name": application_name or settings.service_name},
         # On release asyncpg still rolls back an unfinished transaction and drops listeners; this skips only its

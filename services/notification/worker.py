@@ -335,7 +335,8 @@ class Worker:
             conn: asyncpg.Connection[asyncpg.Record] | None = None
             try:
                 # A session of its own, never one through PgBouncer in transaction pooling: there LISTEN would
-                # register on whichever server connection ran it, which then serves other clients.
+                # register on whichever server connection ran it, which then serves other clients, and PgBouncer
+                # drops a notification arriving on a server connection no client holds.
                 conn = await asyncpg.connect(
                     s.listen_url,
                     timeout=s.db_connect_timeout_seconds,
