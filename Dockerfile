@@ -11,6 +11,7 @@
 #
 # A second image, the compose gateway (--target envoy): Envoy with envoy/envoy.yaml rendered for the compose network
 # at build time (services/dev/compose_envoy.py) and the descriptor set it transcodes with.
+# A third, the compose connection pooler (--target pgbouncer): Debian's PgBouncer with pgbouncer/pgbouncer.ini.
 
 ARG PYTHON_VERSION=3.11
 
@@ -43,6 +44,27 @@ RUN python -m services.dev.compose_envoy -o /envoy.yaml
 FROM envoyproxy/envoy:v1.40-latest AS envoy
 COPY --from=envoy-config /envoy.yaml /etc/envoy/envoy.yaml
 COPY gen/descriptors/cowatch.binpb /etc/envoy/cowatch.binpb
+
+# --- pgbouncer: the compose connection pooler (README "Scaling") ----------------------------------------------
+# Debian's package, the PgBouncer tests/e2e/test_pgbouncer.py runs, with pgbouncer/pgbouncer.ini. The one user and
+# password come from the environment at start (POSTGRES_USER, POSTGRES_PASSWORD, as for the postgres image): no
+# secret in the image.
+FROM debian:bookworm-slim AS pgbouncer
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends pgbouncer \
+    && rm -rf /var/lib/apt/lists/*
+COPY pgbouncer/pgbouncer.ini /etc/pgbouncer/pgbouncer.ini
+COPY --chmod=0755 <<'EOF' /usr/local/bin/cowatch-pgbouncer
+#!/bin/sh
+set -e
+: "${POSTGRES_USER:?set POSTGRES_USER}" "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}"
+umask 077
+printf '"%s" "%s"\n' "$POSTGRES_USER" "$POSTGRES_PASSWORD" > /tmp/pgbouncer-userlist.txt
+exec pgbouncer /etc/pgbouncer/pgbouncer.ini
+EOF
+USER postgres
+EXPOSE 6432
+ENTRYPOINT ["cowatch-pgbouncer"]
 
 # --- runtime (the default target: last in this file) ---------------------------------------------------------
 FROM python:${PYTHON_VERSION}-slim AS runtime

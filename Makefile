@@ -58,7 +58,7 @@ lint: install ## ruff, mypy, import boundaries (lint-imports), buf lint, buf for
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code --path protos/cowatch
 
-tools: install ## install nginx, redis-server, kubectl, promtool for the tests if missing (root + apt-get), else say what to install
+tools: install ## install nginx, redis-server, pgbouncer, psql, kubectl, promtool for the tests if missing (root + apt-get), else say what to install
 	@$(PY) -m tests.support.tools install \
 	  || echo "tools: not installed; the tests that need them will be skipped" >&2
 

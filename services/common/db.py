@@ -80,6 +80,9 @@ async def create_pool(
         "timeout": settings.db_connect_timeout_seconds,
         # a connection idle for 5 minutes is closed; the pool reopens on demand
         "max_inactive_connection_lifetime": 300.0,
+        # 0 behind PgBouncer < 1.21 in transaction pooling: each statement is then prepared unnamed and executed
+        # with no Sync in between (asyncpg sends Flush), so PgBouncer keeps both on one server connection.
+        "statement_cache_size": settings.db_statement_cache_size,
         "server_settings": {"application_name": application_name or settings.service_name},
         # On release asyncpg still rolls back an unfinished transaction and drops listeners; this skips only its
         # extra reset round trip (UNLISTEN, RESET ALL, advisory unlock), which service code never needs: it

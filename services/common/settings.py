@@ -142,6 +142,12 @@ class CommonSettings(RedisSettings):
         description="A replica further behind than this (or unreachable) is left alone: its reads go to the "
         "primary until it catches up",
     )
+    db_statement_cache_size: int = Field(
+        default=100,
+        ge=0,
+        description="Prepared statements asyncpg keeps per connection; 0 behind PgBouncer < 1.21 in transaction "
+        "pooling (a named statement lives on one server connection, the next transaction may get another)",
+    )
     cache_ttl_seconds: float = Field(
         default=60.0, gt=0, description="TTL of cached rows (events, ratings, profiles); invalidation is explicit"
     )

@@ -61,6 +61,12 @@ class WorkerSettings(_ProcessSettings, RedisSettings):
         repr=False,
         description="PostgreSQL DSN, postgresql://user:pass@host:port/db",
     )
+    database_direct_url: str | None = Field(
+        default=None,
+        repr=False,
+        description="PostgreSQL DSN of the LISTEN connection (a session of its own); default COWATCH_DATABASE_URL. "
+        "Set it to PostgreSQL itself when COWATCH_DATABASE_URL points at PgBouncer in transaction pooling",
+    )
     db_pool_min_size: int = Field(default=1, ge=0)
     db_pool_max_size: int = Field(
         default=4, ge=2, description="claims, lease renewals, marks, reminders, retention and metrics"
@@ -68,6 +74,9 @@ class WorkerSettings(_ProcessSettings, RedisSettings):
     db_command_timeout_seconds: float = Field(default=5.0, gt=0)
     db_connect_timeout_seconds: float = Field(default=2.0, gt=0)
     db_acquire_timeout_seconds: float = Field(default=2.0, gt=0)
+    db_statement_cache_size: int = Field(
+        default=100, ge=0, description="as for the servers: 0 behind PgBouncer < 1.21 in transaction pooling"
+    )
 
     # --- the notification service ------------------------------------------------------------------------
     notification_address: str = Field(
@@ -129,12 +138,17 @@ class WorkerSettings(_ProcessSettings, RedisSettings):
     metrics_host: str = "0.0.0.0"
     shutdown_grace_seconds: float = Field(default=30.0, ge=0, description="time to finish the current batch")
 
-    @field_validator("database_url")
+    @field_validator("database_url", "database_direct_url")
     @classmethod
-    def _check_database_url(cls, value: str) -> str:
-        if not value.startswith(("postgresql://", "postgres://")):
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
             raise PydanticCustomError("dsn", "must start with postgresql:// or postgres://")
         return value
+
+    @property
+    def listen_url(self) -> str:
+        """Where the LISTEN connection goes: the direct URL when set, else the pool's."""
+        return self.database_direct_url or self.database_url
 
     @field_validator("public_base_url")
     @classmethod

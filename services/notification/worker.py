@@ -5,9 +5,10 @@
 Four loops share one pool:
 
 * **relay** (:mod:`services.notification.relay`): woken at once by ``LISTEN cowatch_outbox`` (the outbox's
-  insert trigger notifies at commit), else by the earliest retry coming due, else every
-  ``poll_interval_seconds`` (the fallback when a notification is lost, e.g. while the listening connection
-  reconnects). While batches come back full it keeps going without waiting.
+  insert trigger notifies at commit; a connection outside the pool, to ``COWATCH_DATABASE_DIRECT_URL`` when set:
+  behind PgBouncer in transaction pooling it must reach PostgreSQL directly), else by the earliest retry coming
+  due, else every ``poll_interval_seconds`` (the fallback when a notification is lost, e.g. while the listening
+  connection reconnects). While batches come back full it keeps going without waiting.
 * **reminders** (:mod:`services.notification.reminders`): every ``poll_interval_seconds`` against the clock;
   the outbox rows it writes wake the relay through the same trigger.
 * **retention** (:mod:`services.notification.retention`): every ``retention_interval_seconds``, deletes sent and
@@ -175,6 +176,7 @@ class Worker:
             "command_timeout": s.db_command_timeout_seconds,
             "timeout": s.db_connect_timeout_seconds,
             "max_inactive_connection_lifetime": 300.0,
+            "statement_cache_size": s.db_statement_cache_size,
             "server_settings": {"application_name": s.service_name},
         }
         try:
@@ -332,8 +334,11 @@ class Worker:
         while not self._stopping.is_set():
             conn: asyncpg.Connection[asyncpg.Record] | None = None
             try:
+                # A session of its own, never one through PgBouncer in transaction pooling: there LISTEN would
+                # register on whichever server connection ran it, which then serves other clients, and PgBouncer
+                # drops a notification arriving on a server connection no client holds.
                 conn = await asyncpg.connect(
-                    s.database_url,
+                    s.listen_url,
                     timeout=s.db_connect_timeout_seconds,
                     server_settings={"application_name": f"{s.service_name}-listen"},
                 )

@@ -1,4 +1,4 @@
-"""Programs some tests need that pip cannot install (NGINX, redis-server, Chromium, Node.js, kubectl, promtool): find
+"""Programs some tests need that pip cannot install (NGINX, redis-server, PgBouncer, Chromium, Node.js, kubectl, promtool): find
 them, skip the tests that need a missing one with one line saying what to install, and install them where that is
 possible.
 
@@ -53,10 +53,12 @@ TOOLS: Final = {
         Tool("kubectl", "kubernetes-client"),
         # promtool checks and unit-tests deploy/observability's alert rules (tests/deploy/test_observability.py).
         Tool("promtool", "prometheus"),
+        Tool("pgbouncer", "pgbouncer", ("/usr/sbin",)),
+        Tool("psql", "postgresql-client"),  # PgBouncer's admin console speaks only the simple query protocol
     )
 }
 # What `make test` installs when it can; CI installs every tool in TOOLS.
-TEST_TOOLS: Final = ("nginx", "redis-server", "kubectl", "promtool")
+TEST_TOOLS: Final = ("nginx", "redis-server", "pgbouncer", "psql", "kubectl", "promtool")
 
 
 def _hidden() -> set[str]:

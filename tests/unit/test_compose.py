@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -19,6 +20,7 @@ import yaml
 from services.dev import compose_envoy as compose
 from services.dev import envoy_config
 from tests.support import nginx
+from tests.support.pgbouncer import SHIPPED_INI, read_ini
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
@@ -74,7 +76,7 @@ def test_every_variable_compose_uses_is_documented_in_env_example(services: dict
 
 
 def test_services_have_images_healthchecks_and_no_fixed_names(services: dict[str, dict[str, Any]]) -> None:
-    assert set(services) == {*APP_SERVICES, "postgres", "redis", "migrate", "envoy", "nginx"}
+    assert set(services) == {*APP_SERVICES, "postgres", "pgbouncer", "redis", "migrate", "envoy", "nginx"}
     for name, service in services.items():
         assert service.get("image") or service.get("build"), f"{name}: no image or build"
         assert "container_name" not in service, f"{name}: container_name prevents --scale"
@@ -116,6 +118,42 @@ def test_start_order_migrations_first_then_services_then_gateways(services: dict
     assert "notification" in services["worker"]["depends_on"]
     assert environment(services["worker"])["COWATCH_NOTIFICATION_ADDRESS"] == "notification:50060"
     assert environment(services["notification"])["COWATCH_STANDIN_PORT"] == "50060"
+
+
+def _host(url: str) -> str:
+    """``user:pass@host:port/db`` → ``host:port``."""
+    return urlsplit(url).netloc.rpartition("@")[2]
+
+
+def test_pools_go_through_pgbouncer_listen_and_migrations_go_direct(services: dict[str, dict[str, Any]]) -> None:
+    # the shape tests/e2e/test_pgbouncer.py runs: services → PgBouncer (transaction pooling) → PostgreSQL
+    ini = read_ini()
+    settings = ini["pgbouncer"]
+    assert settings["pool_mode"] == "transaction"
+    assert ini["databases"]["*"] == "host=postgres port=5432"
+    port = settings["listen_port"]
+    bouncer = services["pgbouncer"]
+    assert bouncer["build"] == {"context": ".", "target": "pgbouncer"}
+    assert port in bouncer["expose"]
+    assert set(bouncer["depends_on"]) == {"postgres"}
+    for name in (*GRPC_SERVICES, "offer-sweep", "worker"):
+        env = environment(services[name])
+        assert _host(env["COWATCH_DATABASE_URL"]) == f"pgbouncer:{port}", name
+        assert env["COWATCH_DB_STATEMENT_CACHE_SIZE"] == "0", f"{name}: prepared statements through PgBouncer 1.18"
+        assert services[name]["depends_on"]["pgbouncer"]["condition"] == "service_healthy", name
+    # the worker's LISTEN session and the migrations need PostgreSQL itself
+    assert _host(environment(services["worker"])["COWATCH_DATABASE_DIRECT_URL"]) == "postgres:5432"
+    assert _host(environment(services["migrate"])["DATABASE_URL"]) == "postgres:5432"
+    # the image: Debian's package (the version the e2e test runs), this ini, the auth file the entrypoint writes
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    stage = re.search(r"^FROM debian:bookworm-slim AS pgbouncer\n(.*?)^FROM ", text, re.M | re.S)
+    assert stage is not None, "the Dockerfile has no pgbouncer stage"
+    steps = stage.group(1)
+    assert "apt-get install -y --no-install-recommends pgbouncer" in steps
+    assert f"COPY {SHIPPED_INI.relative_to(REPO_ROOT)} /etc/pgbouncer/pgbouncer.ini" in steps
+    assert f"> {settings['auth_file']}" in steps
+    assert re.search(r"^USER postgres$", steps, re.M)  # PgBouncer refuses to run as root
+    assert f"!{SHIPPED_INI.relative_to(REPO_ROOT)}" in (REPO_ROOT / ".dockerignore").read_text(encoding="utf-8")
 
 
 def test_envoy_image_renders_envoy_yaml_for_the_compose_services_at_build_time(

@@ -68,3 +68,23 @@ def test_standin_defaults_to_a_fixed_local_port(env):
     assert (s.standin_host, s.standin_port) == ("127.0.0.1", 50060)
     env.setenv("COWATCH_STANDIN_PORT", "50999")
     assert load(StandinSettings).standin_port == 50999
+
+
+def test_listen_url_defaults_to_the_pool_and_takes_the_direct_url_behind_pgbouncer(env, capsys):
+    env.setenv("COWATCH_DATABASE_URL", "postgresql://cowatch@pgbouncer:6432/cowatch")
+    env.setenv("COWATCH_NOTIFICATION_ADDRESS", "127.0.0.1:50060")
+    s = load(WorkerSettings)
+    assert s.listen_url == s.database_url  # no PgBouncer: one URL for everything
+    assert s.db_statement_cache_size == 100  # asyncpg's default
+    env.setenv("COWATCH_DATABASE_DIRECT_URL", "postgresql://cowatch@postgres:5432/cowatch")
+    env.setenv("COWATCH_DB_STATEMENT_CACHE_SIZE", "0")
+    s = load(WorkerSettings)
+    assert s.listen_url == "postgresql://cowatch@postgres:5432/cowatch"
+    assert s.database_url.startswith("postgresql://cowatch@pgbouncer")
+    assert s.db_statement_cache_size == 0
+    assert "postgres:5432" not in repr(s)  # may carry a password, like the pool's URL
+    env.setenv("COWATCH_DATABASE_DIRECT_URL", "pgbouncer:6432")
+    env.setenv("COWATCH_DB_STATEMENT_CACHE_SIZE", "-1")
+    err = exit_message(capsys)
+    assert "COWATCH_DATABASE_DIRECT_URL: must start with postgresql://" in err
+    assert "COWATCH_DB_STATEMENT_CACHE_SIZE:" in err
