@@ -1,5 +1,5 @@
-"""Programs some tests need that pip cannot install (NGINX, redis-server, PgBouncer, Chromium, Node.js, kubectl, promtool): find
-them, skip the tests that need a missing one with one line saying what to install, and install them where that is
+"""Programs some tests need that pip cannot install (NGINX, redis-server, PgBouncer, psql, Chromium, Node.js, kubectl,
+promtool): find them, skip the tests that need a missing one with one line saying what to install, and install them where that is
 possible.
 
     from tests.support.tools import require
