@@ -1,6 +1,6 @@
 """Programs some tests need that pip cannot install (NGINX, redis-server, PgBouncer, psql, Chromium, Node.js, kubectl,
-promtool): find them, skip the tests that need a missing one with one line saying what to install, and install them where that is
-possible.
+promtool): find them, skip the tests that need a missing one with one line saying what to install, and install them
+where that is possible.
 
     from tests.support.tools import require
     nginx = require("nginx")          # the path, or the test is skipped: "needs nginx: apt-get install nginx"
