@@ -10,7 +10,7 @@ import grpc
 from cowatch.event.v1 import resources_pb2, service_pb2, service_pb2_grpc
 from google.api import httpbody_pb2
 
-from services.common import names
+from services.common import conditional, names
 from services.common.context import current_user, require_user
 from services.event import mappers
 from services.event.service import EventService, EventView
@@ -49,15 +49,20 @@ class EventServicer(service_pb2_grpc.EventServiceServicer):
     ) -> httpbody_pb2.HttpBody:
         view = await self._events.get(mappers.to_export_query(request, current_user()))
         link = self._events.share_link(view.event, with_invite=view.access.sees_invite_token)
-        return mappers.event_calendar(view, link, self._events.now())
+        etag = mappers.event_calendar_etag(view, link)
+        fresh = conditional.matches(conditional.if_none_match(context), etag)
+        await context.send_initial_metadata(conditional.response_metadata(etag, not_modified=fresh))
+        return mappers.not_modified() if fresh else mappers.event_calendar(view, link, self._events.now())
 
     async def GetCalendar(self, request: service_pb2.GetCalendarRequest, context: Ctx) -> httpbody_pb2.HttpBody:
-        items = await self._events.calendar(mappers.calendar_token(request.token))
+        """The feed, with conditional GET: see :mod:`services.common.conditional` (304 through Envoy)."""
+        feed = await self._events.calendar(mappers.calendar_token(request.token), conditional.if_none_match(context))
+        await context.send_initial_metadata(conditional.response_metadata(feed.etag, not_modified=feed.items is None))
+        if feed.items is None:
+            return mappers.not_modified()
         entries = [
-            mappers.calendar_entry(
-                i.view, self._events.share_link(i.view.event, with_invite=False), i.booking_cancel_time
-            )
-            for i in items
+            mappers.calendar_entry(i.view, self._events.share_link(i.view.event, with_invite=False), i)
+            for i in feed.items
         ]
         return mappers.calendar_feed(entries, self._events.now())
 
