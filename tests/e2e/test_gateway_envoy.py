@@ -368,7 +368,7 @@ def test_a_calendar_poll_of_an_unchanged_feed_is_a_304_without_a_body(gateway: G
     with grpc.insecure_channel(gateway.url.removeprefix("http://")) as channel:
         stub = event_grpc.EventServiceStub(channel)
         body, call = stub.GetCalendar.with_call(
-            service_pb2.GetCalendarRequest(token=token), metadata=[("if-none-match", changed[1]["etag"])]
+            service_pb2.GetCalendarRequest(token=token), metadata=(("if-none-match", changed[1]["etag"]),)
         )
         headers = dict(call.initial_metadata())
         assert body.data == b"" and headers["x-cowatch-not-modified"] == "1"
