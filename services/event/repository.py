@@ -359,14 +359,14 @@ SELECT {_COLUMNS}, m.relation, m.relation_end, m.offer_expire_time AS relation_o
 {_CALENDAR_LISTED}
 """
 
-# The feed's validator, from the calendar token ($1) in one statement: the owner, the token's time, and a digest
+# The feed's validator, from the calendar token ($1) in one statement: the owner and a digest
 # of exactly what the feed would list — per row every value rendered that can change (event version and update
 # time, host name, relation, its end, the offer deadline, steps) — without the rows' other columns or any
 # rendering. Same parameters otherwise; no row when no calendar has this token.
 CALENDAR_VALIDATOR = f"""
-WITH tok AS (SELECT user_id, create_time FROM event.calendar_tokens WHERE token_hash = $1),
+WITH tok AS (SELECT user_id FROM event.calendar_tokens WHERE token_hash = $1),
 {_calendar_mine("(SELECT user_id FROM tok)")}
-SELECT tok.user_id, tok.create_time, (
+SELECT tok.user_id, (
     SELECT count(*) || ':' || coalesce(md5(string_agg(k, ',' ORDER BY k)), '') FROM (
         SELECT concat_ws('|', e.id, e.version, e.update_time, u.display_name, m.relation, m.relation_end,
                          m.offer_expire_time, m.steps) AS k
@@ -391,7 +391,6 @@ class CalendarRow:
 @dataclass(frozen=True, slots=True)
 class CalendarValidator:
     user_id: str
-    token_time: datetime
     digest: str
 
 
@@ -403,7 +402,7 @@ async def calendar_validator(
     conn: Conn | Pool, token_hash: bytes, now: datetime, since: datetime, limit: int
 ) -> CalendarValidator | None:
     row = await conn.fetchrow(CALENDAR_VALIDATOR, token_hash, now, since, limit)
-    return CalendarValidator(row["user_id"], row["create_time"], row["digest"]) if row else None
+    return CalendarValidator(row["user_id"], row["digest"]) if row else None
 
 
 async def calendar_events(

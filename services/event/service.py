@@ -247,15 +247,13 @@ class EventService:
         missing it."""
         now = self._clock.now()
         since = now - CALENDAR_KEEP
+        token_hash = calendar_token_hash(token)
         async with db.connection(self._pool) as conn:
-            validator = await events.calendar_validator(
-                conn, calendar_token_hash(token), now, since, CALENDAR_MAX_EVENTS
-            )
+            validator = await events.calendar_validator(conn, token_hash, now, since, CALENDAR_MAX_EVENTS)
             if validator is None:
                 raise calendar_not_found()
-            etag = conditional.weak_etag(
-                CALENDAR_FORMAT, self._base_url, validator.token_time.isoformat(), validator.digest
-            )
+            # The token's hash too: a rotated token is a new URL, whose copies start afresh.
+            etag = conditional.weak_etag(CALENDAR_FORMAT, self._base_url, token_hash.hex(), validator.digest)
             if conditional.matches(if_none_match, etag):
                 return CalendarFeed(etag, None)
             rows = await events.calendar_events(conn, validator.user_id, now, since, CALENDAR_MAX_EVENTS)
