@@ -200,7 +200,12 @@ async def test_the_feeds_etag_changes_with_every_change_its_reader_should_see_an
     # An unchanged feed: the answer is empty and nothing is rendered (nor are its events loaded).
     rendered: list[int] = []
     real_render = calendar.render
-    monkeypatch.setattr(calendar, "render", lambda entries, **kw: rendered.append(1) or real_render(entries, **kw))
+
+    def counting_render(entries: Any, **kw: Any) -> bytes:
+        rendered.append(1)
+        return real_render(entries, **kw)
+
+    monkeypatch.setattr(calendar, "render", counting_render)
     assert not await poll() and not await poll()
     assert rendered == []
 
