@@ -14,8 +14,8 @@ service adds on top: gRPC, the interceptors and, for a full answer, mapping and 
 VTIMEZONE. The statements the service sends for one full answer and one poll are recorded first and compared with
 the baseline's (``baseline_sql_differs``). The poll's speed-up over a full answer is in the notes.
 
-QUICK=1 keeps it a seconds-long smoke run: 2 calls in flight, no warm-up, 0.5 s windows (a full answer alone
-takes most of a second on a busy 2-core box).
+QUICK=1 keeps it a seconds-long smoke run: 20 events (12 + 8), 2 calls in flight, no warm-up, 0.5 s windows (a
+200-event answer alone takes most of a second on a busy 2-core box).
 
 Correctness, under a writer renaming one of the reader's events every 0.5 s while pollers poll with the ETag they
 last got (a calendar app each): ``stale_304`` — a 304 for an ETag that cannot include a write acknowledged before
@@ -56,6 +56,7 @@ from tests.bench.harness import (
 
 ID = "B10"
 HOSTED, BOOKED = 120, 80
+QUICK_HOSTED, QUICK_BOOKED = 12, 8  # QUICK: a tenth, so that its few renders take well under a second
 CONCURRENCY = 8
 POOL = 10
 FULL_GOAL = 0.1  # a full answer renders 200 VEVENTs in Python: it may cost 10× the SQL, not more
@@ -97,10 +98,10 @@ async def sql_differs(ctx: BenchContext, token: str, etag: str) -> int:
     return int(full) + int(poll)
 
 
-async def seed(pool: asyncpg.Pool) -> tuple[str, list[uuid.UUID]]:
-    """The reader (host of ``HOSTED`` events, guest of ``BOOKED`` more); their id and hosted events."""
-    hosted = await seed_events(pool, HOSTED, capacity=10, host_prefix="b10-reader")
-    others = await seed_events(pool, BOOKED, capacity=10, host_prefix="b10-other")
+async def seed(pool: asyncpg.Pool, hosting: int, booking: int) -> tuple[str, list[uuid.UUID]]:
+    """The reader (host of ``hosting`` events, guest of ``booking`` more); their id and hosted events."""
+    hosted = await seed_events(pool, hosting, capacity=10, host_prefix="b10-reader")
+    others = await seed_events(pool, booking, capacity=10, host_prefix="b10-other")
     reader: str = await pool.fetchval("SELECT host_id FROM event.events WHERE id = $1", hosted[0])
     async with pool.acquire() as conn, conn.transaction():
         # The other host's events start where the reader's end: no two overlap, as booking requires.
@@ -117,14 +118,18 @@ async def seed(pool: asyncpg.Pool) -> tuple[str, list[uuid.UUID]]:
     return reader, hosted
 
 
+def sizes(ctx: BenchContext) -> tuple[int, int]:
+    return (QUICK_HOSTED, QUICK_BOOKED) if ctx.quick else (HOSTED, BOOKED)
+
+
 async def run(ctx: BenchContext) -> list[Row]:
     seconds = ctx.seconds(5.0, 0.5)
     rounds = 1 if ctx.quick else 3
     concurrency = 2 if ctx.quick else CONCURRENCY
     async with ctx.pool(POOL) as pool:
         t0 = time.perf_counter()
-        reader, hosted = await seed(pool)
-        ctx.log(f"  {ID} seeded {HOSTED + BOOKED} events in {time.perf_counter() - t0:.1f} s")
+        reader, hosted = await seed(pool, *sizes(ctx))
+        ctx.log(f"  {ID} seeded {sum(sizes(ctx))} events in {time.perf_counter() - t0:.1f} s")
         async with ctx.service(
             "services.event", db_pool_min_size=POOL, db_pool_max_size=POOL, max_concurrent_rpcs=4096
         ) as svc:
@@ -200,15 +205,15 @@ async def _measure(
     errors = sum(sum(r.errors.values()) for results in runs.values() for r in results)
     checks = await _under_writes(ctx, stubs, request, me, hosted[0], seconds, concurrency)
     errors += checks.pop("errors")
-    checks["wrong_feed"] += int(listed != HOSTED + BOOKED)
+    checks["wrong_feed"] += int(listed != sum(sizes(ctx)))
 
     full_ratio = rate["full"] / rate["sql_full"] if rate["sql_full"] else 0.0
     poll_ratio = rate["poll"] / rate["sql_poll"] if rate["sql_poll"] else 0.0
     speedup = rate["poll"] / rate["full"] if rate["full"] else 0.0
     correctness = {"errors": errors, "baseline_sql_differs": differ, **checks}
     common = (
-        f"{HOSTED} hosted + {BOOKED} booked events, native gRPC, closed loop {concurrency} in flight on 4 "
-        f"connections, pool {POOL}, median of {rounds} alternating {seconds:g} s rounds; "
+        f"{sizes(ctx)[0]} hosted + {sizes(ctx)[1]} booked events, native gRPC, closed loop {concurrency} in flight "
+        f"on 4 connections, pool {POOL}, median of {rounds} alternating {seconds:g} s rounds; "
         f"1 service process, PostgreSQL and the client share {ctx.cpu_count} CPUs"
     )
     full_notes = (
@@ -333,7 +338,7 @@ async def _under_writes(
     etag = str(dict(await call.initial_metadata())["etag"])
     vevents = Calendar.from_ical(body.data).walk("VEVENT")
     titles = {str(v["uid"]): str(v["summary"]) for v in vevents}
-    ok = len(vevents) == HOSTED + BOOKED and titles.get(f"{event_id}@cowatch", "").startswith(title(started))
+    ok = len(vevents) == sum(sizes(ctx)) and titles.get(f"{event_id}@cowatch", "").startswith(title(started))
     again = await stubs[1 % len(stubs)].GetCalendar(request, metadata=(("if-none-match", etag),), timeout=30)
     counts["wrong_feed"] += int(not ok) + int(bool(again.data))
     ctx.log(f"  {ID} under writes: {started} renames, {counts}")
