@@ -4,8 +4,10 @@ answer that Envoy turns into a 304).
 
 Set-up: one reader hosting 120 events and holding confirmed bookings of 80 events of another host (all scheduled,
 Europe/Berlin, a month ahead), a calendar token from RotateCalendarToken. One EventService process (production
-settings, INFO logs, pool ``POOL``), called over native gRPC on 4 HTTP/2 connections with ``CONCURRENCY`` calls in
-flight — the gateway's own cost is B6's subject, and the Lua filter that makes the 304 is a header check.
+settings, INFO logs, pool ``POOL``), called over native gRPC on 4 HTTP/2 connections — the gateway's own cost is
+B6's subject, and the Lua filter that makes the 304 is a header check. Polls: ``CONCURRENCY`` calls in flight;
+full answers: ``FULL_CONCURRENCY`` (rendering runs on one thread per process; more in flight would only queue),
+in windows twice as long; each baseline with its side's concurrency.
 
 Baselines, from the same run with the same concurrency and pool size, rounds alternating: **the same SQL through
 asyncpg** — for a full answer the feed's two statements (validator, then the rows), for a poll the validator
@@ -17,11 +19,11 @@ the baseline's (``baseline_sql_differs``). The poll's speed-up over a full answe
 QUICK=1 keeps it a seconds-long smoke run: 20 events (12 + 8), 2 calls in flight, no warm-up, 0.5 s windows (a
 200-event answer alone takes most of a second on a busy 2-core box).
 
-Correctness, under a writer renaming one of the reader's events every 0.5 s while pollers poll with the ETag they
-last got (a calendar app each): ``stale_304`` — a 304 for an ETag that cannot include a write acknowledged before
-the poll began; ``same_etag_full`` — a full answer carrying the very ETag the poller sent (a missed match);
-``wrong_feed`` — after the writer stops, the final feed doesn't list exactly the 200 events with the last title, or
-its ETag doesn't answer the next poll with a 304.
+Correctness, under a writer renaming one of the reader's events every second while ``POLLERS`` pollers poll with
+the ETag they last got (a calendar app each): ``stale_304`` — a 304 for an ETag that cannot include a write
+acknowledged before the poll began; ``same_etag_full`` — a full answer carrying the very ETag the poller sent (a
+missed match); ``wrong_feed`` — after the writer stops, the final feed doesn't list exactly the seeded events with
+the last title, or its ETag doesn't answer the next poll with a 304.
 """
 
 from __future__ import annotations
@@ -57,11 +59,13 @@ from tests.bench.harness import (
 ID = "B10"
 HOSTED, BOOKED = 120, 80
 QUICK_HOSTED, QUICK_BOOKED = 12, 8  # QUICK: a tenth, so that its few renders take well under a second
-CONCURRENCY = 8
+CONCURRENCY = 8  # polls and their baseline
+FULL_CONCURRENCY = 2  # full answers and theirs: rendering is CPU-bound on one thread, more in flight only queue
+POLLERS = 4
 POOL = 10
 FULL_GOAL = 0.1  # a full answer renders 200 VEVENTs in Python: it may cost 10× the SQL, not more
 POLL_GOAL = 0.5  # a poll is the validator statement plus gRPC: at least half the bare statement's rate
-WRITE_EVERY = 0.5  # a change now and then: most polls are 304s, some see a change
+WRITE_EVERY = 1.0  # a change now and then: most polls are 304s, some see a change
 
 
 class _Recorder(asyncpg.Connection):
@@ -189,12 +193,15 @@ async def _measure(
         await pool.fetchrow(events.CALENDAR_VALIDATOR, token_hash, now, since, CALENDAR_MAX_EVENTS)
 
     sides: dict[str, Op] = {"full": full, "sql_full": sql_full, "poll": poll, "sql_poll": sql_poll}
-    for side in () if ctx.quick else sides.values():  # warm-up: connections, prepared statements
-        await closed_loop(side, concurrency=concurrency, seconds=1.0)
+    in_flight = {kind: min(concurrency, FULL_CONCURRENCY) if "full" in kind else concurrency for kind in sides}
+    for kind, side in () if ctx.quick else sides.items():  # warm-up: connections, prepared statements
+        await closed_loop(side, concurrency=in_flight[kind], seconds=1.0)
     runs: dict[str, list[LoadResult]] = {kind: [] for kind in sides}
     for _ in range(rounds):
         for kind, side in sides.items():
-            result = await closed_loop(side, concurrency=concurrency, seconds=seconds)
+            # Full answers take a while: a longer window so that each round completes dozens of them.
+            span = seconds * (2 if "full" in kind else 1)
+            result = await closed_loop(side, concurrency=in_flight[kind], seconds=span)
             ctx.log(
                 f"  {ID} {kind}: {result.stats.rate:,.0f}/s p50 {result.stats.p50_ms:.2f} ms "
                 f"p99 {result.stats.p99_ms:.2f} ms errors {result.errors or 0}"
@@ -203,7 +210,7 @@ async def _measure(
     rate = {kind: statistics.median(r.stats.rate for r in results) for kind, results in runs.items()}
     closed = {kind: min(results, key=lambda r: abs(r.stats.rate - rate[kind])) for kind, results in runs.items()}
     errors = sum(sum(r.errors.values()) for results in runs.values() for r in results)
-    checks = await _under_writes(ctx, stubs, request, me, hosted[0], seconds, concurrency)
+    checks = await _under_writes(ctx, stubs, request, me, hosted[0], 2 * seconds, min(concurrency, POLLERS))
     errors += checks.pop("errors")
     checks["wrong_feed"] += int(listed != sum(sizes(ctx)))
 
@@ -212,20 +219,21 @@ async def _measure(
     speedup = rate["poll"] / rate["full"] if rate["full"] else 0.0
     correctness = {"errors": errors, "baseline_sql_differs": differ, **checks}
     common = (
-        f"{sizes(ctx)[0]} hosted + {sizes(ctx)[1]} booked events, native gRPC, closed loop {concurrency} in flight "
-        f"on 4 connections, pool {POOL}, median of {rounds} alternating {seconds:g} s rounds; "
+        f"{sizes(ctx)[0]} hosted + {sizes(ctx)[1]} booked events, native gRPC, closed loop on 4 connections, "
+        f"pool {POOL}, median of {rounds} alternating rounds ({seconds:g} s, full answers {2 * seconds:g} s); "
         f"1 service process, PostgreSQL and the client share {ctx.cpu_count} CPUs"
     )
+    full_stats, sql_stats = closed["full"].stats, closed["sql_full"].stats
     full_notes = (
         f"{'' if full_ratio >= FULL_GOAL else f'MISSED: ratio {full_ratio:.2f} < {FULL_GOAL}. '}"
-        f"GetCalendar without If-None-Match ({len(body.data):,} bytes): p50 {fmt_ms(closed['full'].stats.p50_ms)} "
-        f"p99 {fmt_ms(closed['full'].stats.p99_ms)}; the same two statements via asyncpg p50 "
-        f"{fmt_ms(closed['sql_full'].stats.p50_ms)} p99 {fmt_ms(closed['sql_full'].stats.p99_ms)}; {common}"
+        f"GetCalendar without If-None-Match ({len(body.data):,} bytes), {in_flight['full']} in flight: "
+        f"p50 {fmt_ms(full_stats.p50_ms)} p99 {fmt_ms(full_stats.p99_ms)}; the same two statements via asyncpg "
+        f"p50 {fmt_ms(sql_stats.p50_ms)} p99 {fmt_ms(sql_stats.p99_ms)}; {common}"
     )
     poll_notes = (
         f"{'' if poll_ratio >= POLL_GOAL else f'MISSED: ratio {poll_ratio:.2f} < {POLL_GOAL}. '}"
-        f"GetCalendar with a matching If-None-Match (empty answer; a 304 through Envoy): "
-        f"{speedup:.0f}× the full answer's rate; p50 {fmt_ms(closed['poll'].stats.p50_ms)} "
+        f"GetCalendar with a matching If-None-Match (empty answer; a 304 through Envoy), {in_flight['poll']} in "
+        f"flight: {speedup:.0f}× the full answer's rate; p50 {fmt_ms(closed['poll'].stats.p50_ms)} "
         f"p99 {fmt_ms(closed['poll'].stats.p99_ms)}; the validator statement via asyncpg p50 "
         f"{fmt_ms(closed['sql_poll'].stats.p50_ms)} p99 {fmt_ms(closed['sql_poll'].stats.p99_ms)}; {common}; "
         f"under a writer every {WRITE_EVERY:g} s: {checks['polls']} polls, {checks['changes_seen']} "
@@ -235,7 +243,7 @@ async def _measure(
     data = {
         "rates": rate,
         "closed": {k: vars(v.stats) for k, v in closed.items()},
-        "concurrency": concurrency,
+        "concurrency": in_flight,
         "seconds": seconds,
         "rounds": rounds,
         "feed_bytes": len(body.data),
