@@ -359,17 +359,17 @@ SELECT {_COLUMNS}, m.relation, m.relation_end, m.offer_expire_time AS relation_o
 {_CALENDAR_LISTED}
 """
 
-# The feed's validator, from the calendar token ($1) in one statement: the owner and a digest
-# of exactly what the feed would list — per row every value rendered that can change (event version and update
-# time, host name, relation, its end, the offer deadline, steps) — without the rows' other columns or any
-# rendering. Same parameters otherwise; no row when no calendar has this token.
+# The feed's validator, from the calendar token ($1) in one statement: the owner and a digest of exactly what
+# the feed would list — per row every value rendered that can change (event version and update time, host name,
+# relation, its end, the offer deadline, steps, the relation's last change) — without the rows' other columns or
+# any rendering. Same parameters otherwise; no row when no calendar has this token.
 CALENDAR_VALIDATOR = f"""
 WITH tok AS (SELECT user_id FROM event.calendar_tokens WHERE token_hash = $1),
 {_calendar_mine("(SELECT user_id FROM tok)")}
 SELECT tok.user_id, (
     SELECT count(*) || ':' || coalesce(md5(string_agg(k, ',' ORDER BY k)), '') FROM (
         SELECT concat_ws('|', e.id, e.version, e.update_time, u.display_name, m.relation, m.relation_end,
-                         m.offer_expire_time, m.steps) AS k
+                         m.offer_expire_time, m.steps, m.changed) AS k
         FROM event.events e JOIN account.users u ON u.id = e.host_id JOIN mine m ON m.event_id = e.id
         {_CALENDAR_LISTED}
     ) listed
