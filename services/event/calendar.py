@@ -10,6 +10,8 @@ every change the reader should see; ``last_modified``); this module only writes 
 - ``DTSTART``/``DTEND`` in the event's own time zone (``TZID``) with that zone's ``VTIMEZONE`` covering the
   events' dates (its DST transitions included), so the event stays at 20:00 local whatever the reader's zone;
 - ``STATUS:CANCELLED`` for a cancelled event or booking (kept in the feed so subscribed calendars remove it);
+- ``STATUS:TENTATIVE`` for a waitlist offer (``offer_expires``: its deadline is in the description), without
+  alarms and without blocking the reader's time: they have no seat yet;
 - ``URL``: the share link; two ``VALARM``s, 24 h and 1 h before the start.
 """
 
@@ -50,6 +52,8 @@ class CalendarEntry:
     created: datetime
     link: str
     host_name: str
+    offer_expires: datetime | None = None
+    """Set while the reader holds an open waitlist offer for the event (and no booking): a tentative entry."""
 
 
 def uid(event_id: UUID) -> str:
@@ -71,14 +75,19 @@ def _vevent(e: CalendarEntry, stamp: datetime) -> Event:
     ev.add("last-modified", e.last_modified)
     ev.add("sequence", e.sequence)
     ev.add("summary", f"{e.title} ({e.film_title})")
-    ev.add("description", f"{e.description}\n\nHosted by {e.host_name}. {e.link}".strip())
+    tentative = e.offer_expires is not None and not e.cancelled
+    description = f"{e.description}\n\nHosted by {e.host_name}. {e.link}".strip()
+    if tentative and e.offer_expires is not None:
+        deadline = e.offer_expires.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z")
+        description = f"A seat is offered to you from the waitlist until {deadline}: claim it to book.\n\n{description}"
+    ev.add("description", description)
     ev.add("dtstart", e.start_time.astimezone(zone))
     ev.add("dtend", e.end_time.astimezone(zone))
     ev.add("location", _location(e))
     ev.add("url", e.link)
-    ev.add("status", "CANCELLED" if e.cancelled else "CONFIRMED")
-    ev.add("transp", "TRANSPARENT" if e.cancelled else "OPAQUE")
-    if not e.cancelled:
+    ev.add("status", "CANCELLED" if e.cancelled else "TENTATIVE" if tentative else "CONFIRMED")
+    ev.add("transp", "TRANSPARENT" if e.cancelled or tentative else "OPAQUE")
+    if not e.cancelled and not tentative:
         for before in ALARMS:
             alarm = Alarm()
             alarm.add("action", "DISPLAY")

@@ -8,7 +8,7 @@ from cowatch.event.v1 import resources_pb2, service_pb2
 from google.api import httpbody_pb2
 from google.protobuf import duration_pb2
 
-from services.common import context, names
+from services.common import conditional, context, names
 from services.common.errors import InvalidArgument, Violations
 from services.common.identity import User
 from services.common.protos import (
@@ -23,6 +23,8 @@ from services.common.protos import (
 from services.event import calendar, domain
 from services.event.domain import EventDetails, Film, Place, Visibility
 from services.event.service import (
+    CALENDAR_FORMAT,
+    CalendarItem,
     CancelEvent,
     CompleteEvent,
     CreateEvent,
@@ -48,6 +50,7 @@ _VISIBILITY_TO_PROTO = {
 _VISIBILITY_FROM_PROTO = {v: k for k, v in _VISIBILITY_TO_PROTO.items()}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 QUERY_MAX = 100
+CALENDAR_CONTENT_TYPE = "text/calendar; charset=utf-8"
 
 
 def _details(e: resources_pb2.Event, *, require_all: bool) -> EventDetails:
@@ -266,13 +269,18 @@ def to_export_query(request: service_pb2.ExportEventCalendarRequest, user: User 
     return GetEvent(user=user, event_id=domain.parse_event_name(request.name), invite_token=request.invite_token)
 
 
-def calendar_entry(
-    view: EventView, share_link: str, booking_cancel_time: datetime | None = None
-) -> calendar.CalendarEntry:
-    """One event as the caller may see it (the exact address only when they may). A cancelled booking shows as
-    a cancelled entry, one SEQUENCE past the event's own."""
+_ENDED_RELATIONS = frozenset({"BOOKING_CANCELLED", "OFFER_ENDED", "OFFER_CLAIMED"})
+
+
+def calendar_entry(view: EventView, share_link: str, item: CalendarItem | None = None) -> calendar.CalendarEntry:
+    """One event as the caller may see it (the exact address only when they may). In a feed (``item``) the
+    reader's relation decides the rest: an open waitlist offer is tentative, a cancelled booking or an ended
+    offer is cancelled, and ``SEQUENCE`` is the event's version plus the relation's transitions, so it rises with
+    every change either makes (a claimed offer turns into its booking under the same UID, one step later)."""
     e, d = view.event, view.event.details
-    booking_cancelled = booking_cancel_time is not None
+    ended = item is not None and item.relation in _ENDED_RELATIONS
+    offered = item is not None and item.relation == "OFFERED"
+    changed = item.changed if item is not None else None
     return calendar.CalendarEntry(
         event_id=e.id,
         title=d.title,
@@ -285,18 +293,29 @@ def calendar_entry(
         place_city=d.place.city,
         place_address=d.place.address,
         show_address=view.access.sees_address,
-        cancelled=e.state is domain.State.CANCELLED or booking_cancelled,
-        sequence=e.version + (1 if booking_cancelled else 0),
-        last_modified=max(e.update_time, booking_cancel_time) if booking_cancel_time else e.update_time,
+        cancelled=e.state is domain.State.CANCELLED or ended,
+        sequence=e.version + (item.steps if item is not None else 0),
+        last_modified=max(e.update_time, changed) if changed else e.update_time,
         created=e.create_time,
         link=share_link,
         host_name=e.host_display_name,
+        offer_expires=item.offer_expire_time if offered and item is not None else None,
+    )
+
+
+def event_calendar_etag(view: EventView, share_link: str) -> str:
+    """The one-event download's validator: everything its rendering reads that can change (the event's version
+    covers every edit, cancellation and completion; the host may rename themselves; the reader's access decides
+    the address and the link)."""
+    e = view.event
+    return conditional.weak_etag(
+        CALENDAR_FORMAT, e.id, e.version, e.update_time, e.host_display_name, view.access.sees_address, share_link
     )
 
 
 def event_calendar(view: EventView, share_link: str, now: datetime) -> httpbody_pb2.HttpBody:
     body = calendar.render([calendar_entry(view, share_link)], name=view.event.details.title, now=now)
-    return httpbody_pb2.HttpBody(content_type="text/calendar; charset=utf-8", data=body)
+    return httpbody_pb2.HttpBody(content_type=CALENDAR_CONTENT_TYPE, data=body)
 
 
 def calendar_token(token: str) -> str:
@@ -309,7 +328,12 @@ def calendar_token(token: str) -> str:
 
 def calendar_feed(entries: list[calendar.CalendarEntry], now: datetime) -> httpbody_pb2.HttpBody:
     body = calendar.render(entries, name="cowatch", now=now)
-    return httpbody_pb2.HttpBody(content_type="text/calendar; charset=utf-8", data=body)
+    return httpbody_pb2.HttpBody(content_type=CALENDAR_CONTENT_TYPE, data=body)
+
+
+def not_modified() -> httpbody_pb2.HttpBody:
+    """The empty answer to a conditional GET whose copy is current (Envoy turns it into a 304)."""
+    return httpbody_pb2.HttpBody(content_type=CALENDAR_CONTENT_TYPE)
 
 
 def to_guests_query(request: service_pb2.ListEventGuestsRequest, user: User) -> ListGuests:

@@ -292,50 +292,126 @@ SET_CALENDAR_TOKEN = """
 INSERT INTO event.calendar_tokens (user_id, token_hash, create_time) VALUES ($1, $2, $3)
 ON CONFLICT (user_id) DO UPDATE SET token_hash = EXCLUDED.token_hash, create_time = EXCLUDED.create_time
 """
-CALENDAR_OWNER = "SELECT user_id FROM event.calendar_tokens WHERE token_hash = $1"
 
-# The events a user hosts and those they booked (their latest booking of each: a confirmed one first), from
-# ``$2`` on; cancelled events and cancelled bookings stay listed until ``$3`` past their cancellation, so
-# subscribed calendars see STATUS:CANCELLED and drop them. Reads booking.bookings (a read across schemas).
-CALENDAR_EVENTS = f"""
-WITH mine AS (
-    SELECT e.id AS event_id, NULL::text AS booking_state, NULL::timestamptz AS booking_cancel_time
-    FROM event.events e WHERE e.host_id = $1
+
+def _calendar_mine(user: str) -> str:
+    """The reader's relation to each event of their feed (``user``: the SQL giving their id), one row per event.
+
+    Every relation a user can have to an event is a row of ``rel``: hosting it, each booking (confirmed or
+    cancelled), each waitlist entry that got an offer (open, ended — declined, left, expired, closed — or claimed).
+    The one shown wins by rank: host, a confirmed booking, an open offer, then the latest ended one (a cancelled
+    booking or an ended offer: ``STATUS:CANCELLED`` until ``$3``). A claimed offer never wins (its booking shows,
+    under the same UID: one VEVENT per event). An offer past its deadline counts as ended from ``$2`` on even
+    before the sweep marks it, so the feed never shows an offer that can no longer be claimed.
+
+    ``steps`` counts the relation's transitions (a booking made, cancelled; an offer made, ended): every one adds
+    1, so ``SEQUENCE`` = event version + steps rises with every change the reader should see. ``changed`` is the
+    latest transition's time (``LAST-MODIFIED`` with the event's own).
+    """
+    return f"""
+rel AS (
+    SELECT e.id AS event_id, 'HOST' AS relation, NULL::timestamptz AS relation_end,
+           NULL::timestamptz AS offer_expire_time, 0 AS rank, 0 AS steps, NULL::timestamptz AS changed
+    FROM event.events e WHERE e.host_id = {user}
     UNION ALL
-    SELECT * FROM (
-        SELECT DISTINCT ON (b.event_id) b.event_id, b.state, b.cancel_time
-        FROM booking.bookings b WHERE b.guest_id = $1
-        ORDER BY b.event_id, (b.state = 'CONFIRMED') DESC, b.create_time DESC
-    ) latest
-)
-SELECT {_COLUMNS}, m.booking_state, m.booking_cancel_time
-{_FROM} JOIN mine m ON m.event_id = e.id
-WHERE e.end_time > $2
+    SELECT b.event_id, CASE b.state WHEN 'CONFIRMED' THEN 'BOOKED' ELSE 'BOOKING_CANCELLED' END, b.cancel_time,
+           NULL, CASE b.state WHEN 'CONFIRMED' THEN 1 ELSE 3 END, CASE b.state WHEN 'CONFIRMED' THEN 1 ELSE 2 END,
+           coalesce(b.cancel_time, b.create_time)
+    FROM booking.bookings b WHERE b.guest_id = {user}
+    UNION ALL
+    SELECT w.event_id, o.relation, o.relation_end, w.offer_expire_time,
+           CASE o.relation WHEN 'OFFERED' THEN 2 WHEN 'OFFER_ENDED' THEN 3 ELSE 4 END,
+           CASE o.relation WHEN 'OFFERED' THEN 1 ELSE 2 END, coalesce(o.relation_end, w.update_time)
+    FROM booking.waitlist w
+    CROSS JOIN LATERAL (
+        SELECT CASE WHEN w.state = 'CLAIMED' THEN 'OFFER_CLAIMED'
+                    WHEN w.state = 'OFFERED' AND w.offer_expire_time > $2 THEN 'OFFERED'
+                    ELSE 'OFFER_ENDED' END AS relation,
+               CASE WHEN w.state = 'OFFERED' AND w.offer_expire_time > $2 THEN NULL
+                    WHEN w.state IN ('OFFERED', 'EXPIRED') THEN w.offer_expire_time
+                    ELSE w.update_time END AS relation_end
+    ) o
+    WHERE w.guest_id = {user} AND w.offer_time IS NOT NULL
+), mine AS (
+    SELECT DISTINCT ON (event_id) event_id, relation, relation_end, offer_expire_time,
+           sum(steps) OVER (PARTITION BY event_id) AS steps, max(changed) OVER (PARTITION BY event_id) AS changed
+    FROM rel ORDER BY event_id, rank, relation_end DESC NULLS LAST
+)"""
+
+
+# Listed: events that ended after ``$3``; cancelled events and ended relations (a cancelled booking, an ended
+# offer) stay until ``$3`` past their end, so subscribed calendars see STATUS:CANCELLED and drop them.
+_CALENDAR_LISTED = """
+WHERE e.end_time > $3
   AND (e.state <> 'CANCELLED' OR e.cancel_time > $3)
-  AND (m.booking_state IS DISTINCT FROM 'CANCELLED' OR m.booking_cancel_time > $3)
+  AND (m.relation_end IS NULL OR m.relation_end > $3)
 ORDER BY e.start_time, e.id
 LIMIT $4
+"""
+
+# The feed's rows: $1 the reader, $2 now, $3 the oldest end kept, $4 at most this many. Reads booking.bookings
+# and booking.waitlist (reads across schemas).
+CALENDAR_EVENTS = f"""
+WITH {_calendar_mine("$1")}
+SELECT {_COLUMNS}, m.relation, m.relation_end, m.offer_expire_time AS relation_offer_expire_time, m.steps,
+       m.changed
+{_FROM} JOIN mine m ON m.event_id = e.id
+{_CALENDAR_LISTED}
+"""
+
+# The feed's validator, from the calendar token ($1) in one statement: the owner and a digest of exactly what
+# the feed would list — per row every value rendered that can change (event version and update time, host name,
+# relation, its end, the offer deadline, steps, the relation's last change) — without the rows' other columns or
+# any rendering. Same parameters otherwise; no row when no calendar has this token.
+CALENDAR_VALIDATOR = f"""
+WITH tok AS (SELECT user_id FROM event.calendar_tokens WHERE token_hash = $1),
+{_calendar_mine("(SELECT user_id FROM tok)")}
+SELECT tok.user_id, (
+    SELECT count(*) || ':' || coalesce(md5(string_agg(k, ',' ORDER BY k)), '') FROM (
+        SELECT concat_ws('|', e.id, e.version, e.update_time, u.display_name, m.relation, m.relation_end,
+                         m.offer_expire_time, m.steps, m.changed) AS k
+        FROM event.events e JOIN account.users u ON u.id = e.host_id JOIN mine m ON m.event_id = e.id
+        {_CALENDAR_LISTED}
+    ) listed
+) AS digest
+FROM tok
 """
 
 
 @dataclass(frozen=True, slots=True)
 class CalendarRow:
     event: Event
-    booking_state: str | None  # None: the user hosts it
-    booking_cancel_time: datetime | None
+    relation: str  # HOST, BOOKED, BOOKING_CANCELLED, OFFERED, OFFER_ENDED (OFFER_CLAIMED never shows)
+    relation_end: datetime | None
+    offer_expire_time: datetime | None
+    steps: int
+    changed: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class CalendarValidator:
+    user_id: str
+    digest: str
 
 
 async def set_calendar_token(conn: Conn, user_id: str, token_hash: bytes, now: datetime) -> None:
     await conn.execute(SET_CALENDAR_TOKEN, user_id, token_hash, now)
 
 
-async def calendar_owner(conn: Conn | Pool, token_hash: bytes) -> str | None:
-    owner: str | None = await conn.fetchval(CALENDAR_OWNER, token_hash)
-    return owner
+async def calendar_validator(
+    conn: Conn | Pool, token_hash: bytes, now: datetime, since: datetime, limit: int
+) -> CalendarValidator | None:
+    row = await conn.fetchrow(CALENDAR_VALIDATOR, token_hash, now, since, limit)
+    return CalendarValidator(row["user_id"], row["digest"]) if row else None
 
 
 async def calendar_events(
-    conn: Conn | Pool, user_id: str, since: datetime, cancelled_since: datetime, limit: int
+    conn: Conn | Pool, user_id: str, now: datetime, since: datetime, limit: int
 ) -> list[CalendarRow]:
-    rows = await conn.fetch(CALENDAR_EVENTS, user_id, since, cancelled_since, limit)
-    return [CalendarRow(to_event(r), r["booking_state"], r["booking_cancel_time"]) for r in rows]
+    rows = await conn.fetch(CALENDAR_EVENTS, user_id, now, since, limit)
+    return [
+        CalendarRow(
+            to_event(r), r["relation"], r["relation_end"], r["relation_offer_expire_time"], r["steps"], r["changed"]
+        )
+        for r in rows
+    ]

@@ -18,7 +18,7 @@ from uuid import UUID
 
 from services.account import users
 from services.booking import cascades as bookings
-from services.common import db, errors, names
+from services.common import conditional, db, errors, names
 from services.common.cache import Cache, NullCache
 from services.common.clock import Clock
 from services.common.dbtypes import Conn, Pool
@@ -157,13 +157,29 @@ class Invitations:
 CALENDAR_KEEP = timedelta(days=30)
 """A calendar feed lists events that ended less than this ago, and keeps cancelled ones this long."""
 CALENDAR_MAX_EVENTS = 1000
+CALENDAR_FORMAT = 2
+"""Part of every calendar ETag: bump it when the rendering changes, so calendar apps fetch the new form."""
 
 
 @dataclass(frozen=True, slots=True)
 class CalendarItem:
     view: EventView
-    booking_cancel_time: datetime | None
-    """Set when the feed's owner booked the event and cancelled that booking."""
+    relation: str
+    """The reader's relation to the event: HOST, BOOKED, BOOKING_CANCELLED, OFFERED or OFFER_ENDED."""
+    relation_end: datetime | None
+    """When a cancelled booking or an ended offer ended."""
+    offer_expire_time: datetime | None
+    steps: int
+    """Transitions of the relation (each booking made or cancelled, each offer made or ended)."""
+    changed: datetime | None
+    """The latest of those transitions."""
+
+
+@dataclass(frozen=True, slots=True)
+class CalendarFeed:
+    etag: str
+    items: list[CalendarItem] | None
+    """``None`` when the caller's copy is current (its If-None-Match matched ``etag``): nothing was loaded."""
 
 
 def calendar_token_hash(token: str) -> bytes:
@@ -228,22 +244,35 @@ class EventService:
             await events.set_calendar_token(tx.conn, user.id, calendar_token_hash(token), self._clock.now())
         return token
 
-    async def calendar(self, token: str) -> list[CalendarItem]:
-        """The events the token's owner hosts or booked, as they may see them."""
+    async def calendar(self, token: str, if_none_match: str = "") -> CalendarFeed:
+        """The events the token's owner hosts, booked or holds a waitlist offer for, as they may see them.
+
+        First one statement computes the feed's validator (a digest of what it would list, see
+        ``repository.CALENDAR_VALIDATOR``); when the caller's ``If-None-Match`` matches, that is all (a poll of an
+        unchanged feed loads no event and renders nothing). Else the rows are read after it: a change committed in
+        between makes the body newer than its ETag, never older, so the next poll fetches it again rather than
+        missing it."""
         now = self._clock.now()
+        since = now - CALENDAR_KEEP
+        token_hash = calendar_token_hash(token)
         async with db.connection(self._pool) as conn:
-            owner = await events.calendar_owner(conn, calendar_token_hash(token))
-            if owner is None:
+            validator = await events.calendar_validator(conn, token_hash, now, since, CALENDAR_MAX_EVENTS)
+            if validator is None:
                 raise calendar_not_found()
-            rows = await events.calendar_events(
-                conn, owner, now - CALENDAR_KEEP, now - CALENDAR_KEEP, CALENDAR_MAX_EVENTS
-            )
+            # The token's hash too: a rotated token is a new URL, whose copies start afresh.
+            etag = conditional.weak_etag(CALENDAR_FORMAT, self._base_url, token_hash.hex(), validator.digest)
+            if conditional.matches(if_none_match, etag):
+                return CalendarFeed(etag, None)
+            rows = await events.calendar_events(conn, validator.user_id, now, since, CALENDAR_MAX_EVENTS)
         items = []
         for r in rows:
-            access = Access(is_host=r.booking_state is None, is_guest=r.booking_state == "CONFIRMED", has_invite=False)
-            cancelled = r.booking_cancel_time if r.booking_state == "CANCELLED" else None
-            items.append(CalendarItem(EventView(r.event, access), cancelled))
-        return items
+            access = Access(is_host=r.relation == "HOST", is_guest=r.relation == "BOOKED", has_invite=False)
+            items.append(
+                CalendarItem(
+                    EventView(r.event, access), r.relation, r.relation_end, r.offer_expire_time, r.steps, r.changed
+                )
+            )
+        return CalendarFeed(etag, items)
 
     def share_link(self, event: Event, *, with_invite: bool) -> str:
         return notifications.share_link(self._base_url, event, with_invite=with_invite)

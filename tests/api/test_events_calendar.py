@@ -1,20 +1,28 @@
-"""ExportEventCalendar over a real server: the .ics a guest adds to their calendar, parsed with the icalendar
-library across a reschedule, a cancellation and a DST night in the event's zone; a stranger gets no private one."""
+"""ExportEventCalendar and GetCalendar over real servers: the .ics a guest adds to their calendar, parsed with the
+icalendar library across a reschedule, a cancellation and a DST night in the event's zone; a stranger gets no
+private one; the feed's waitlist offers; conditional GET (the ETag changes with every change the reader should see,
+and an unchanged feed is neither loaded nor rendered). The 304 itself is Envoy's: tests/e2e/test_gateway_envoy.py."""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
+from cowatch.booking.v1 import service_pb2 as booking_service_pb2
+from cowatch.booking.v1 import service_pb2_grpc as booking_grpc
 from cowatch.event.v1 import service_pb2 as event_service_pb2
 from cowatch.event.v1 import service_pb2_grpc as event_grpc
 from google.protobuf import field_mask_pb2
 from icalendar import Calendar
 
+from services.booking.offer_sweep import OfferSweep
 from services.common.clock import ManualClock
+from services.event import calendar
 from tests.support.api import Caller, expect_error, new_caller
+from tests.support.bookings import book, cancel, new_event
 from tests.support.factories import book_directly, create_request
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -135,3 +143,164 @@ async def test_a_users_feed_lists_what_they_host_and_booked_and_keeps_cancellati
 
 def ids_key(event: Any) -> str:
     return str(event.name.split("/")[1])
+
+
+# ------------------------------------------------------------------------------------ conditional GET
+
+
+async def new_token(events: event_grpc.EventServiceAsyncStub, who: Caller) -> str:
+    request = event_service_pb2.RotateCalendarTokenRequest()
+    return str((await events.RotateCalendarToken(request, metadata=who.metadata)).token)
+
+
+class Poll:
+    """A calendar app polling one feed URL: it sends the ETag it holds and keeps what it is sent."""
+
+    def __init__(self, events: event_grpc.EventServiceAsyncStub, token: str) -> None:
+        self.events, self.token, self.etag = events, token, ""
+        self.feed: dict[str, Any] = {}
+
+    async def __call__(self) -> bool:
+        """Poll once; whether the feed changed (a full answer) rather than not (the 304's empty answer)."""
+        metadata = (("if-none-match", self.etag),) if self.etag else None
+        call = self.events.GetCalendar(event_service_pb2.GetCalendarRequest(token=self.token), metadata=metadata)
+        body = await call
+        headers = dict(await call.initial_metadata())
+        assert headers["cache-control"] == "private, no-cache" and str(headers["etag"]).startswith('W/"')
+        if headers.get("x-cowatch-not-modified") == "1":
+            assert body.data == b"" and headers["etag"] == self.etag
+            return False
+        assert headers["etag"] != self.etag, "a full answer with the ETag the caller already holds"
+        self.etag = str(headers["etag"])
+        self.feed = {str(v["uid"]).split("@")[0]: v for v in Calendar.from_ical(body.data).walk("VEVENT")}
+        return True
+
+    def entry(self, event: Any) -> Any:
+        return self.feed[ids_key(event)]
+
+
+async def test_the_feeds_etag_changes_with_every_change_its_reader_should_see_and_only_then(
+    events: event_grpc.EventServiceAsyncStub,
+    bookings: booking_grpc.BookingServiceAsyncStub,
+    clock: ManualClock,
+    db_pool: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    me, host, other = new_caller("Mo"), new_caller("Hal"), new_caller("Ola")
+    mine = await new_event(events, clock, me, start_in=timedelta(days=20))
+    theirs = await new_event(events, clock, host, start_in=timedelta(days=21))
+    full = await new_event(events, clock, host, start_in=timedelta(days=22), capacity=1)
+    taken = await bookings.CreateBooking(book(full), metadata=other.metadata)
+    token = (
+        await events.RotateCalendarToken(event_service_pb2.RotateCalendarTokenRequest(), metadata=me.metadata)
+    ).token
+    poll = Poll(events, token)
+    assert await poll() and set(poll.feed) == {ids_key(mine)}
+
+    # An unchanged feed: the answer is empty and nothing is rendered (nor are its events loaded).
+    rendered: list[int] = []
+    real_render = calendar.render
+
+    def counting_render(entries: Any, **kw: Any) -> bytes:
+        rendered.append(1)
+        return real_render(entries, **kw)
+
+    monkeypatch.setattr(calendar, "render", counting_render)
+    assert not await poll() and not await poll()
+    assert rendered == []
+
+    async def changed() -> bool:
+        return await poll() and not await poll()  # changed once, then still for the next poll
+
+    # My own event rescheduled.
+    before = poll.entry(mine)
+    update = event_service_pb2.UpdateEventRequest(update_mask=field_mask_pb2.FieldMask(paths=["start_time"]))
+    update.event.name = mine.name
+    update.event.start_time.FromDatetime(clock.now() + timedelta(days=19))
+    await events.UpdateEvent(update, metadata=me.metadata)
+    assert await changed() and rendered == [1]
+    assert int(poll.entry(mine)["sequence"]) > int(before["sequence"])
+
+    # A booking made, then cancelled.
+    booking = await bookings.CreateBooking(book(theirs), metadata=me.metadata)
+    assert await changed() and str(poll.entry(theirs)["status"]) == "CONFIRMED"
+    booked = poll.entry(theirs)
+    await bookings.CancelBooking(cancel(booking), metadata=me.metadata)
+    assert await changed() and str(poll.entry(theirs)["status"]) == "CANCELLED"
+    assert int(poll.entry(theirs)["sequence"]) > int(booked["sequence"])
+
+    # Joining a waitlist shows nothing (no offer yet); a seat coming free offers it: a tentative entry with the
+    # offer's deadline; claiming it turns it into the booking under the same UID, one sequence later.
+    waiting = await bookings.JoinWaitlist(
+        booking_service_pb2.JoinWaitlistRequest(parent=full.name), metadata=me.metadata
+    )
+    assert not await poll()
+    await bookings.CancelBooking(cancel(taken), metadata=other.metadata)
+    assert await changed()
+    offer = poll.entry(full)
+    assert str(offer["status"]) == "TENTATIVE" and not offer.walk("VALARM")
+    assert "offered to you from the waitlist until" in str(offer["description"])
+    assert full.place.address not in str(offer["location"])  # no seat yet: no exact address
+    await bookings.ClaimOffer(booking_service_pb2.ClaimOfferRequest(name=waiting.name), metadata=me.metadata)
+    assert await changed()
+    claimed = poll.entry(full)
+    assert str(claimed["status"]) == "CONFIRMED" and full.place.address in str(claimed["location"])
+    assert int(claimed["sequence"]) > int(offer["sequence"]) and str(claimed["uid"]) == str(offer["uid"])
+
+    # The host renames themselves: their name is in my entries.
+    renamed = new_caller("Hal Renamed", user_id=host.id)
+    await events.RotateCalendarToken(event_service_pb2.RotateCalendarTokenRequest(), metadata=renamed.metadata)
+    assert await changed() and "Hal Renamed" in str(poll.entry(full)["description"])
+
+    # The host cancels the event.
+    await events.CancelEvent(event_service_pb2.CancelEventRequest(name=full.name), metadata=host.metadata)
+    assert await changed() and str(poll.entry(full)["status"]) == "CANCELLED"
+
+    # A rotated token: a new URL, with its own validator (the old one answers NOT_FOUND).
+    old_etag = poll.etag
+    poll.token = await new_token(events, me)
+    assert await poll() and poll.etag != old_etag
+
+
+async def test_an_offer_that_expires_leaves_the_feed_cancelled_before_and_after_the_sweep(
+    events: event_grpc.EventServiceAsyncStub,
+    bookings: booking_grpc.BookingServiceAsyncStub,
+    clock: ManualClock,
+    db_pool: asyncpg.Pool,
+):
+    me, host, other = new_caller("Ev"), new_caller("Hu"), new_caller("Ot")
+    full = await new_event(events, clock, host, start_in=timedelta(days=20), capacity=1)
+    taken = await bookings.CreateBooking(book(full), metadata=other.metadata)
+    await bookings.JoinWaitlist(booking_service_pb2.JoinWaitlistRequest(parent=full.name), metadata=me.metadata)
+    token = (
+        await events.RotateCalendarToken(event_service_pb2.RotateCalendarTokenRequest(), metadata=me.metadata)
+    ).token
+    poll = Poll(events, token)
+    assert await poll() and poll.feed == {}
+    await bookings.CancelBooking(cancel(taken), metadata=other.metadata)
+    assert await poll() and str(poll.entry(full)["status"]) == "TENTATIVE"
+    offered = poll.entry(full)
+
+    # Past its deadline the offer can't be claimed: the feed says so at once, before any sweep ran ...
+    clock.advance(timedelta(hours=2, seconds=1))
+    assert await poll() and str(poll.entry(full)["status"]) == "CANCELLED"
+    assert int(poll.entry(full)["sequence"]) > int(offered["sequence"])
+    # ... and the sweep marking it EXPIRED changes nothing the reader sees: no new ETag.
+    await OfferSweep(db_pool, clock, "http://localhost:8080", timedelta(hours=2)).run_once()
+    assert not await poll()
+
+
+async def test_an_events_ics_download_answers_a_matching_if_none_match_with_an_empty_body(
+    events: event_grpc.EventServiceAsyncStub, clock: ManualClock
+):
+    host = new_caller()
+    event = await events.CreateEvent(create_request(clock.now()), metadata=host.metadata)
+    request = event_service_pb2.ExportEventCalendarRequest(name=event.name)
+    call = events.ExportEventCalendar(request)
+    assert (await call).data
+    etag = dict(await call.initial_metadata())["etag"]
+    call = events.ExportEventCalendar(request, metadata=(("if-none-match", etag),))
+    assert (await call).data == b"" and dict(await call.initial_metadata())["x-cowatch-not-modified"] == "1"
+    # The host sees the exact address: another representation, another validator.
+    call = events.ExportEventCalendar(request, metadata=(*host.metadata, ("if-none-match", etag)))
+    assert (await call).data and dict(await call.initial_metadata())["etag"] != etag

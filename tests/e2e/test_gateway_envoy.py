@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 import uuid
 from datetime import UTC, datetime
+from http.client import HTTPConnection
 from typing import Any
 
 import grpc
@@ -304,6 +305,74 @@ def test_a_calendar_feed_through_envoy_and_its_token_in_no_log(gateway: Gateway)
         time.sleep(0.1)
     for process in (gateway.envoy, *gateway.event_replicas):
         assert token not in process.log_path.read_text(errors="replace"), process.name
+
+
+def raw_get(gateway: Gateway, path: str, requests: list[dict[str, str]]) -> list[tuple[int, dict[str, str], bytes]]:
+    """GETs of ``path`` one after another on ONE HTTP/1.1 connection (a 304 must leave it usable)."""
+    host, _, port = gateway.url.removeprefix("http://").partition(":")
+    conn = HTTPConnection(host, int(port), timeout=10)
+    try:
+        answers = []
+        for headers in requests:
+            conn.request("GET", path, headers=headers)
+            response = conn.getresponse()
+            answers.append((response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()))
+        return answers
+    finally:
+        conn.close()
+
+
+def test_a_calendar_poll_of_an_unchanged_feed_is_a_304_without_a_body(gateway: Gateway) -> None:
+    """Conditional GET through the transcoder and the Lua filter: ETag and Cache-Control on every answer; a
+    matching If-None-Match is a real 304 (no body, no content type, no marker); any change is a 200 again."""
+    host = new_caller("Poll Ing")
+    status, _, body = post_json(f"{gateway.url}/v1/events", event_json(unique_city()), host)
+    assert status == 200, body
+    name = json.loads(body)["name"]
+    status, _, body = post_json(f"{gateway.url}/v1/calendar:rotateToken", {}, host)
+    token = json.loads(body)["token"]
+    feed = f"/v1/calendar?token={token}"
+
+    (first,) = raw_get(gateway, feed, [{}])
+    assert first[0] == 200, first
+    etag = first[1]["etag"]
+    assert etag.startswith('W/"') and etag.endswith('"')  # weak: DTSTAMP differs between renderings
+    assert first[1]["cache-control"] == "private, no-cache"
+    not_modified, again, other, star = raw_get(
+        gateway,
+        feed,
+        [{"if-none-match": etag}, {"if-none-match": etag.removeprefix("W/")}, {"if-none-match": 'W/"x"'}, {}],
+    )
+    assert not_modified[0] == 304, not_modified
+    assert not_modified[2] == b""
+    assert not_modified[1]["etag"] == etag and not_modified[1]["cache-control"] == "private, no-cache"
+    assert "content-type" not in not_modified[1] and "x-cowatch-not-modified" not in not_modified[1]
+    assert again[0] == 304  # If-None-Match compares weakly
+    assert other[0] == 200 and Calendar.from_ical(other[2]).walk("VEVENT")
+    assert star[0] == 200 and star[1]["etag"] == etag  # nothing changed: the same validator
+
+    # The host cancels: the old ETag no longer matches and the feed says so.
+    status, _, body = post_json(f"{gateway.url}/v1/{name}:cancel", {}, host)
+    assert status == 200, body
+    (changed,) = raw_get(gateway, feed, [{"if-none-match": etag}])
+    assert changed[0] == 200 and changed[1]["etag"] != etag
+    (vevent,) = Calendar.from_ical(changed[2]).walk("VEVENT")
+    assert str(vevent["status"]) == "CANCELLED"
+
+    # The one-event download has its own validator.
+    (ics,) = raw_get(gateway, f"/v1/{name}:exportCalendar", [{}])
+    assert ics[0] == 200 and ics[1]["etag"].startswith('W/"')
+    (ics_again,) = raw_get(gateway, f"/v1/{name}:exportCalendar", [{"if-none-match": ics[1]["etag"]}])
+    assert (ics_again[0], ics_again[2]) == (304, b"")
+    # Native gRPC callers see the same answer before Envoy's conversion: an empty body and the marker.
+    with grpc.insecure_channel(gateway.url.removeprefix("http://")) as channel:
+        stub = event_grpc.EventServiceStub(channel)
+        body, call = stub.GetCalendar.with_call(
+            service_pb2.GetCalendarRequest(token=token), metadata=(("if-none-match", changed[1]["etag"]),)
+        )
+        headers = dict(call.initial_metadata())
+        assert body.data == b"" and headers["x-cowatch-not-modified"] == "1"
+        assert headers["etag"] == changed[1]["etag"]
 
 
 def test_json_malformed_body_is_400_naming_the_problem(gateway: Gateway) -> None:

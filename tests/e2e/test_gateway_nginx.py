@@ -232,6 +232,23 @@ def test_booking_walkthrough_over_json_through_nginx(edge: Edge) -> None:
     assert json.loads(body)["code"] == 5
 
 
+def test_a_calendar_poll_through_nginx_and_envoy_is_a_304(edge: Edge) -> None:
+    """The production path keeps conditional GET: NGINX passes If-None-Match in, and the 304 Envoy's Lua filter
+    makes out, with the weak ETag untouched (gzip only weakens strong ones)."""
+    host = new_caller("Cal Poll")
+    base = edge.nginx.url
+    status, _, body = post_json(f"{base}/v1/events", event_json(unique_city()), host)
+    assert status == 200, body
+    status, _, body = post_json(f"{base}/v1/calendar:rotateToken", {}, host)
+    feed = f"{base}/v1/calendar?token={json.loads(body)['token']}"
+    status, headers, body = http("GET", feed, headers={"accept-encoding": "gzip"})
+    assert status == 200 and headers["cache-control"] == "private, no-cache", (status, headers)
+    etag = headers["etag"]
+    assert etag.startswith('W/"')
+    status, headers, body = http("GET", feed, headers={"if-none-match": etag, "accept-encoding": "gzip"})
+    assert (status, body, headers["etag"]) == (304, b"", etag)
+
+
 # ------------------------------------------------------------------------------------------------ NGINX's own work
 
 

@@ -100,3 +100,13 @@ def test_a_feed_has_one_vevent_per_event_and_one_vtimezone_per_zone():
     assert sorted(str(e["uid"]) for e in cal.walk("VEVENT")) == sorted(uid(e.event_id) for e in entries)
     assert sorted(str(tz["tzid"]) for tz in cal.walk("VTIMEZONE")) == ["America/New_York", "Europe/Berlin"]
     assert str(cal["version"]) == "2.0" and "cowatch" in str(cal["prodid"])
+
+
+def test_a_waitlist_offer_is_tentative_with_its_deadline_in_the_events_zone_and_no_alarms():
+    ev = only_event(parse([entry(offer_expires=DST_NIGHT - timedelta(hours=2), show_address=False)]))
+    assert str(ev["status"]) == "TENTATIVE" and str(ev["transp"]) == "TRANSPARENT"
+    assert "until 2027-03-28 18:00 CEST" in str(ev["description"])  # 16:00 UTC in Berlin's summer time
+    assert ev.walk("VALARM") == [] and "Torstraße" not in str(ev["location"])
+    # An offer on a cancelled event (or one that ended) is just cancelled.
+    gone = only_event(parse([entry(offer_expires=DST_NIGHT, cancelled=True)]))
+    assert str(gone["status"]) == "CANCELLED" and "offered" not in str(gone["description"])
