@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
@@ -32,8 +33,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.auth import issue_token
+from services.dev.migrate import drop_database
 from services.dev.processes import free_port
 from tests.support import tools
+from tests.support.db import create_migrated_database
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ISSUER = "https://auth.bench.cowatch"
@@ -108,6 +111,8 @@ class LoadResult:
     stats: Stats
     errors: dict[str, int]
     results: list[Any]
+    latencies: list[float] = field(default_factory=list)
+    """Seconds per successful op, in the order of ``results`` (the two are appended together)."""
 
 
 def _error_name(exc: BaseException) -> str:
@@ -139,7 +144,7 @@ async def closed_loop(op: Op, *, concurrency: int, seconds: float, start_index: 
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return LoadResult(stats(latencies, time.perf_counter() - started), errors, results)
+    return LoadResult(stats(latencies, time.perf_counter() - started), errors, results, latencies)
 
 
 async def open_loop(
@@ -174,7 +179,7 @@ async def open_loop(
         await in_flight.acquire()
         tasks.append(asyncio.create_task(one(i, scheduled)))
     await asyncio.gather(*tasks)
-    return LoadResult(stats(latencies, time.perf_counter() - started), errors, results)
+    return LoadResult(stats(latencies, time.perf_counter() - started), errors, results, latencies)
 
 
 # ---------------------------------------------------------------------------------------------- services
@@ -246,6 +251,10 @@ def need_tool(name: str, needed_for: str) -> str:
     return found
 
 
+DurableServer = Callable[[], Awaitable[tuple[str, str]]]
+"""Gives (server URL, description) of a PostgreSQL server with durable commits, starting it on first use."""
+
+
 @dataclass
 class BenchContext:
     """Everything a scenario may use. ``database_url`` is a fresh, migrated database of its own."""
@@ -256,6 +265,21 @@ class BenchContext:
     pg_description: str
     cpu_count: int = field(default_factory=lambda: os.cpu_count() or 1)
     log: Callable[[str], None] = field(default=lambda message: print(message, file=sys.stderr, flush=True))
+    durable_server: DurableServer | None = None
+
+    @contextlib.asynccontextmanager
+    async def durable(self) -> AsyncIterator[BenchContext]:
+        """This context on a fresh migrated database of the run's durable server (``fsync`` and
+        ``synchronous_commit`` on, as in production), dropped afterwards: a scenario measures its durable row
+        with it exactly as its main row."""
+        if self.durable_server is None:
+            raise RuntimeError("this run has no durable PostgreSQL server")
+        server_url, description = await self.durable_server()
+        name, url = await create_migrated_database(server_url, f"cowatch_bench_durable_{os.urandom(3).hex()}")
+        try:
+            yield dataclasses.replace(self, database_url=url, pg_description=description, durable_server=None)
+        finally:
+            await drop_database(server_url, name)
 
     def seconds(self, full: float, quick: float = 0.5) -> float:
         """A measurement window: ``full`` normally, ``quick`` in QUICK mode."""
