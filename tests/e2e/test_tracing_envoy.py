@@ -33,8 +33,8 @@ from opentelemetry.trace import SpanKind
 from services.common import tracing
 from services.common.clock import ManualClock
 from services.event.app import EventApp, EventSettings
-from tests.support.api import new_caller
-from tests.support.envoy import EnvoyProcess
+from tests.support.api import AUDIENCE, HS256_SECRET, ISSUER, new_caller
+from tests.support.envoy import EnvoyProcess, ServiceProcess
 from tests.support.factories import create_request
 from tests.support.servers import app_server
 
@@ -50,13 +50,17 @@ class Collector(trace_service_pb2_grpc.TraceServiceServicer):
     """An OTLP/gRPC trace receiver: keeps every span it is sent."""
 
     spans: list[Any] = field(default_factory=list)
+    services: dict[bytes, str] = field(default_factory=dict)  # span id → its resource's service.name
 
     async def Export(
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> trace_service_pb2.ExportTraceServiceResponse:
         for resource_spans in request.resource_spans:
+            attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
             for scope_spans in resource_spans.scope_spans:
                 self.spans.extend(scope_spans.spans)
+                for span in scope_spans.spans:
+                    self.services[span.span_id] = attributes.get("service.name", "")
         return trace_service_pb2.ExportTraceServiceResponse()
 
     async def span(self, span_id: int, within: float = 20.0) -> Any:
@@ -75,6 +79,7 @@ class Stack:
     collector: Collector
     plain: EnvoyProcess  # as envoy/envoy.yaml is: forwards traceparent, starts no span
     traced: EnvoyProcess  # with its OpenTelemetry tracer on, reporting to ``collector``
+    collector_port: int
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +113,7 @@ async def stack(spans: InMemorySpanExporter, database_url: str) -> AsyncIterator
                     await asyncio.to_thread(lambda: [e.start() for e in (plain, traced)])
                     for envoy in (plain, traced):
                         await asyncio.to_thread(envoy.wait_healthy, {"event": 1})
-                    yield Stack(spans, collector, plain, traced)
+                    yield Stack(spans, collector, plain, traced, collector_port)
                 finally:
                     plain.stop(5)
                     traced.stop(5)
@@ -182,3 +187,39 @@ async def test_envoys_tracer_starts_a_trace_when_the_client_sends_none(stack: St
     envoy_span = await stack.collector.span(span.parent.span_id)
     assert int.from_bytes(envoy_span.trace_id, "big") == span.context.trace_id
     assert not envoy_span.parent_span_id
+
+
+async def test_a_service_process_exports_over_otlp_when_the_endpoint_is_set(
+    stack: Stack, database_url: str, tmp_path: Path
+):
+    """``python -m services.event`` with only ``OTEL_EXPORTER_OTLP_ENDPOINT`` added to its environment: its spans
+    (the server span, the SQL under it) reach the collector, flushed at the latest when it stops on SIGTERM."""
+    env = {
+        "COWATCH_DATABASE_URL": database_url,
+        "COWATCH_JWT_ISSUER": ISSUER,
+        "COWATCH_JWT_AUDIENCE": AUDIENCE,
+        "COWATCH_JWT_HS256_SECRET": HS256_SECRET,
+        "COWATCH_SHUTDOWN_GRACE_SECONDS": "1",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{stack.collector_port}",
+    }
+    service = ServiceProcess("event-otlp", "services.event", "cowatch.event.v1.EventService", env, tmp_path)
+    traceparent, trace_id, span_id = new_traceparent()
+    try:
+        service.start()
+        await asyncio.to_thread(service.wait_serving)
+        host = new_caller("Exported Host")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            await event_grpc.EventServiceStub(channel).CreateEvent(
+                create_request(CLOCK.now()), metadata=(*host.metadata, (tracing.TRACEPARENT, traceparent)), timeout=10
+            )
+    finally:
+        await asyncio.to_thread(service.stop, 10)
+    assert service.proc is not None and service.proc.returncode == 0, service.log_tail()
+    ours = [s for s in stack.collector.spans if int.from_bytes(s.trace_id, "big") == trace_id]
+    servers = [s for s in ours if s.name == CREATE_EVENT]
+    assert len(servers) == 1, f"{[s.name for s in ours]}\n{service.log_tail()}"
+    server = servers[0]
+    assert int.from_bytes(server.parent_span_id, "big") == span_id
+    sql = [s for s in ours if s.parent_span_id == server.span_id]
+    assert sql and all(any(a.key == "db.system" for a in s.attributes) for s in sql), [s.name for s in ours]
+    assert stack.collector.services.get(server.span_id) == "cowatch-event"
