@@ -9,9 +9,13 @@ InMemorySpanExporter through the same :func:`services.common.tracing.configure` 
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
+import grpc
 import pytest
 import pytest_asyncio
 from cowatch.booking.v1 import service_pb2_grpc as booking_grpc
@@ -24,6 +28,7 @@ from services.common import tracing
 from services.notification.standin import Delivery, Inbox
 from tests.support.api import new_caller
 from tests.support.bookings import book, new_event, uid
+from tests.support.envoy import EnvoyProcess
 from tests.support.notify import NotifyEnv, notify_env
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -139,3 +144,37 @@ async def test_a_callers_traceparent_is_continued_and_stored(env: NotifyEnv, spa
     )
     assert stored is not None and traceparent_ids(stored)[0] == caller_trace
     assert uid(booking.name)
+
+
+async def test_the_whole_path_from_a_client_through_envoy_to_the_notification_call(
+    env: NotifyEnv, spans: InMemorySpanExporter, tmp_path: Path
+):
+    """Client (its own traceparent) → the real Envoy → BookingService → outbox row → worker → stand-in: one trace."""
+    event_server, booking_server = env.servers
+    upstreams = {
+        "event": [("127.0.0.1", event_server.port)],
+        "booking": [("127.0.0.1", booking_server.port)],
+        "review": [("127.0.0.1", event_server.port)],  # unused (its health checks fail)
+    }
+    envoy = EnvoyProcess(upstreams, tmp_path)
+    try:
+        await asyncio.to_thread(envoy.start)
+        await asyncio.to_thread(envoy.wait_healthy, {"event": 1, "booking": 1})
+        event = await new_event(env.events, env.clock, capacity=4)
+        client_trace, client_span = secrets.randbits(128) | 1, secrets.randbits(64) | 1
+        traceparent = f"00-{client_trace:032x}-{client_span:016x}-01"
+        guest = new_caller("Guest Behind Envoy")
+        async with grpc.aio.insecure_channel(envoy.target) as channel:
+            booking = await booking_grpc.BookingServiceStub(channel).CreateBooking(
+                book(event, 1), metadata=(*guest.metadata, (tracing.TRACEPARENT, traceparent)), timeout=10
+            )
+    finally:
+        await asyncio.to_thread(envoy.stop, 5)
+    spans.clear()
+    async with env.worker():
+        await env.inbox.wait_for(lambda inbox: len(about(inbox, booking.name)) >= 2, within=10.0)
+    delivered = about(env.inbox, booking.name)
+    assert delivered and all(traceparent_ids(d.traceparent)[0] == client_trace for d in delivered)
+    # (The worker also delivers what earlier tests left in the outbox, in their own traces.)
+    sends = [s for s in spans.get_finished_spans() if s.name == SEND and s.kind == SpanKind.SERVER]
+    assert len([s for s in sends if s.context.trace_id == client_trace]) == len(delivered)
