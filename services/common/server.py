@@ -28,11 +28,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common import tracing
 from services.common.auth import TokenVerifier
 from services.common.interceptors import RpcInterceptor, RpcObserver
 from services.common.logging import configure_logging, get_logger
 from services.common.metrics import ServerMetrics
-from services.common.settings import CommonSettings, load_settings
+from services.common.settings import CommonSettings, TracingSettings, load_settings
 
 __all__ = ["App", "RunningServer", "run", "serve", "start_server"]
 
@@ -217,7 +218,8 @@ async def start_server(
     )
     metrics.track_in_flight(lambda: interceptor.in_flight)
     server = grpc.aio.server(
-        interceptors=[interceptor],
+        # Tracing off: no interceptor but ours. On: the span opens first, so it covers auth, errors and logging.
+        interceptors=[*tracing.server_interceptors(), interceptor],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs + GRPC_LIMIT_HEADROOM,
         options=[
             # Never silently share a port with another process (grpc enables SO_REUSEPORT by default on Linux).
@@ -331,5 +333,10 @@ def run(app_factory: Callable[[S], App], settings_cls: type[S]) -> NoReturn:
     settings = load_settings(settings_cls)
     configure_logging(level=settings.log_level, json=settings.log_json, cache_loggers=True)
     verifier = TokenVerifier.from_settings(settings)
+    tracing.configure(settings.service_name, load_settings(TracingSettings))
     app = app_factory(settings)
-    raise SystemExit(asyncio.run(serve(app, settings, verifier=verifier)))
+    try:
+        code = asyncio.run(serve(app, settings, verifier=verifier))
+    finally:
+        tracing.shutdown()
+    raise SystemExit(code)

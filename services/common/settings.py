@@ -31,6 +31,7 @@ __all__ = [
     "CommonSettings",
     "JwtAlgorithm",
     "RedisSettings",
+    "TracingSettings",
     "env_names",
     "format_validation_error",
     "load_settings",
@@ -315,6 +316,54 @@ class CommonSettings(RedisSettings):
         if self.jwt_public_key_file is not None and not self.jwt_public_key:
             object.__setattr__(self, "jwt_public_key", _read_key_file(self.jwt_public_key_file))
         return self
+
+
+class TracingSettings(BaseSettings):
+    """OpenTelemetry traces (:mod:`services.common.tracing`), read from the OpenTelemetry specification's own
+    environment variables rather than ``COWATCH_`` ones, so a collector's usual deployment recipe applies as is.
+
+    Off by default, unlike the specification's ``otlp`` default: a process with no collector to talk to would
+    otherwise retry exports to ``localhost:4317`` forever. Tracing turns on when an OTLP endpoint is named
+    (``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) or an exporter is chosen
+    (``OTEL_TRACES_EXPORTER=otlp|console``); ``OTEL_SDK_DISABLED=true`` or ``OTEL_TRACES_EXPORTER=none`` keeps it
+    off whatever else is set. Everything else (headers, timeouts, TLS, ``OTEL_SERVICE_NAME``,
+    ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER``, ``OTEL_PROPAGATORS``) the SDK reads itself.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="OTEL_", case_sensitive=False, env_ignore_empty=True, extra="ignore", frozen=True
+    )
+
+    sdk_disabled: bool = Field(default=False, description="OTEL_SDK_DISABLED: true = no traces whatever else is set")
+    traces_exporter: Literal["otlp", "console", "none"] | None = Field(
+        default=None,
+        description="OTEL_TRACES_EXPORTER: otlp (gRPC, the one OTLP transport shipped), console (stdout) or none; "
+        "unset = otlp if an OTLP endpoint is set, else no tracing",
+    )
+    exporter_otlp_endpoint: str | None = Field(default=None, description="OTEL_EXPORTER_OTLP_ENDPOINT")
+    exporter_otlp_traces_endpoint: str | None = Field(default=None, description="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    exporter_otlp_protocol: Literal["grpc"] | None = Field(
+        default=None, description="OTEL_EXPORTER_OTLP_PROTOCOL: only grpc is installed (http/protobuf is not)"
+    )
+    exporter_otlp_traces_protocol: Literal["grpc"] | None = Field(
+        default=None, description="OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: as OTEL_EXPORTER_OTLP_PROTOCOL"
+    )
+
+    @field_validator("traces_exporter", mode="before")
+    @classmethod
+    def _lower_exporter(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @property
+    def exporter(self) -> Literal["otlp", "console"] | None:
+        """The exporter to install, or ``None``: tracing is off."""
+        if self.sdk_disabled or self.traces_exporter == "none":
+            return None
+        if self.traces_exporter is not None:
+            return self.traces_exporter
+        if self.exporter_otlp_endpoint or self.exporter_otlp_traces_endpoint:
+            return "otlp"
+        return None
 
 
 def _problem(message: str) -> PydanticCustomError:

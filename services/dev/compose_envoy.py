@@ -25,11 +25,12 @@ CONFIG_IN_CONTAINER: Final = "/etc/envoy/envoy.yaml"
 HEADER: Final = "# envoy/envoy.yaml rendered for docker-compose.yml by services/dev/compose_envoy.py at image build.\n"
 
 
-def render_envoy(descriptor: str = DESCRIPTOR_IN_CONTAINER) -> str:
+def render_envoy(descriptor: str = DESCRIPTOR_IN_CONTAINER, otlp_collector: envoy_config.Upstream | None = None) -> str:
     text = envoy_config.render(
         upstreams={cluster: [(host, port)] for cluster, (host, port) in UPSTREAMS.items()},
         descriptor=descriptor,
         web=False,  # NGINX serves the web page (nginx/nginx.conf)
+        otlp_collector=otlp_collector,  # None: Envoy forwards the client's traceparent and starts no trace
     )
     _, _, body = text.partition("\n")  # envoy_config's own header names an absolute path
     return HEADER + body
@@ -38,8 +39,15 @@ def render_envoy(descriptor: str = DESCRIPTOR_IN_CONTAINER) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.dev.compose_envoy", description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", default="-", help="output file (default stdout)")
+    parser.add_argument(
+        "--otlp-collector",
+        default=None,
+        metavar="HOST:PORT",
+        help="turn on Envoy's tracer, reporting to this OTLP/gRPC collector (e.g. otel-collector:4317)",
+    )
     args = parser.parse_args(argv)
-    text = render_envoy()
+    collector = envoy_config.parse_upstream(args.otlp_collector) if args.otlp_collector else None
+    text = render_envoy(otlp_collector=collector)
     if args.output == "-":
         sys.stdout.write(text)
     else:

@@ -8,6 +8,13 @@ values that differ between deployments and leaves every route, filter and policy
 
 ``--event`` (etc.) may be repeated, one per replica; a DNS name with one address per replica works too
 (the clusters are ``STRICT_DNS``).
+
+Traces: as written, Envoy forwards a client's W3C ``traceparent`` untouched (the service's span continues the
+client's trace) and starts none itself. ``--otlp-collector host:port`` (``make run``: from
+``OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT``) turns on Envoy's OpenTelemetry tracer: Envoy then opens a span per
+request, continuing the client's ``traceparent`` or starting a trace, sends it to that collector over OTLP/gRPC
+and forwards its own ``traceparent`` to the service. Not on by default: without a collector to report to, Envoy's
+span would be a parent that no backend ever receives.
 """
 
 from __future__ import annotations
@@ -26,9 +33,11 @@ import yaml
 __all__ = [
     "CLUSTERS",
     "ENVOY_CONFIG",
+    "OTLP_CLUSTER",
     "Upstream",
     "envoy_binary",
     "load",
+    "otlp_collector_from_env",
     "parse_upstream",
     "render",
     "validate",
@@ -41,6 +50,8 @@ CLUSTERS: Final = ("event", "booking", "review")
 WEB_CLUSTER: Final = "web"
 _HCM: Final = "envoy.filters.network.http_connection_manager"
 _TRANSCODER: Final = "envoy.filters.http.grpc_json_transcoder"
+OTLP_CLUSTER: Final = "opentelemetry_collector"
+ENVOY_SERVICE_NAME: Final = "cowatch-envoy"
 
 Upstream = tuple[str, int]
 
@@ -88,9 +99,11 @@ def render(
     cors_origins: Sequence[str] | None = None,
     access_log: bool = True,
     web: bool = True,
+    otlp_collector: Upstream | None = None,
 ) -> str:
     """The config text with the given values replaced (``None`` keeps what ``source`` says). ``web=False`` drops
-    the web page's route and cluster (where NGINX serves the page, as in compose)."""
+    the web page's route and cluster (where NGINX serves the page, as in compose); ``otlp_collector`` turns on
+    Envoy's tracer, reporting to that OTLP/gRPC collector (module doc)."""
     config = load(source)
     resources = config["static_resources"]
     listener = resources["listeners"][0]["address"]["socket_address"]
@@ -120,6 +133,8 @@ def render(
         for vhost in hcm["route_config"]["virtual_hosts"]:
             vhost["routes"] = [r for r in vhost["routes"] if r.get("route", {}).get("cluster") != WEB_CLUSTER]
         resources["clusters"] = [c for c in resources["clusters"] if c["name"] != WEB_CLUSTER]
+    if otlp_collector is not None:
+        _add_tracing(hcm, resources, otlp_collector)
     clusters = {cluster["name"]: cluster for cluster in resources["clusters"]}
     for name, endpoints in (upstreams or {}).items():
         if name not in clusters:
@@ -139,6 +154,66 @@ def render(
         }
     header = f"# Rendered from {source} by services/dev/envoy_config.py — edit that file, not this one.\n"
     return header + yaml.dump(config, Dumper=_NoAliases, sort_keys=False, width=120)
+
+
+def _add_tracing(hcm: dict[str, Any], resources: dict[str, Any], collector: Upstream) -> None:
+    """Envoy's OpenTelemetry tracer (W3C trace context in and out) reporting to ``collector`` over OTLP/gRPC."""
+    hcm["tracing"] = {
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                "grpc_service": {"envoy_grpc": {"cluster_name": OTLP_CLUSTER}, "timeout": "1s"},
+                "service_name": ENVOY_SERVICE_NAME,
+            },
+        },
+    }
+    host, port = collector
+    resources["clusters"].append(
+        {
+            "name": OTLP_CLUSTER,
+            "type": "STRICT_DNS",
+            "dns_lookup_family": "V4_ONLY",
+            "connect_timeout": "1s",
+            "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}},
+                }
+            },
+            "load_assignment": {
+                "cluster_name": OTLP_CLUSTER,
+                "endpoints": [
+                    {
+                        "lb_endpoints": [
+                            {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
+                        ]
+                    }
+                ],
+            },
+        }
+    )
+
+
+def otlp_collector_from_env(env: Mapping[str, str] | None = None) -> Upstream | None:
+    """The OTLP/gRPC collector the processes' ``OTEL_*`` variables name (traces endpoint first), if tracing is on
+    and the endpoint is a URL with a host and port (``http://collector:4317``); else ``None``."""
+    from urllib.parse import urlsplit
+
+    from services.common.settings import TracingSettings
+
+    env = os.environ if env is None else env
+    names = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+    otel = {k.lower().removeprefix("otel_"): v for k, v in env.items() if k.upper().startswith("OTEL_") and v}
+    if TracingSettings.model_validate(otel).exporter != "otlp":
+        return None
+    for name in names:
+        value = env.get(name)
+        if value:
+            url = urlsplit(value if "//" in value else f"//{value}")
+            if url.hostname and url.port:
+                return url.hostname, url.port
+    return None
 
 
 def envoy_binary() -> str:
@@ -178,6 +253,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--descriptor", default=str(DESCRIPTOR), help="descriptor set path as Envoy sees it")
     parser.add_argument("--cors-origin", action="append", default=None, help="allowed browser origin (repeat)")
     parser.add_argument("--no-access-log", action="store_true")
+    parser.add_argument(
+        "--otlp-collector",
+        default=None,
+        metavar="HOST:PORT",
+        help="turn on Envoy's tracer, reporting there (OTLP/gRPC)",
+    )
     parser.add_argument("--validate", action="store_true", help="run envoy --mode validate on the result")
     parser.add_argument("-o", "--output", default="-", help="output file (default stdout)")
     args = parser.parse_args(argv)
@@ -199,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             descriptor=descriptor,
             cors_origins=args.cors_origin,
             access_log=not args.no_access_log,
+            otlp_collector=parse_upstream(args.otlp_collector) if args.otlp_collector else None,
         )
         if args.output == "-":
             sys.stdout.write(text)

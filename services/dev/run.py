@@ -366,6 +366,8 @@ class Stack:
                 },
                 descriptor=DESCRIPTOR,
                 cors_origins=cors,
+                # OTEL_EXPORTER_OTLP_ENDPOINT set (the children inherit it): Envoy reports its spans there too.
+                otlp_collector=envoy_config.otlp_collector_from_env(),
             ),
             encoding="utf-8",
         )

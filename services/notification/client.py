@@ -20,7 +20,7 @@ import grpc
 from cowatch.notification.v1 import notification_pb2, notification_pb2_grpc
 from google.protobuf import struct_pb2
 
-from services.common import names
+from services.common import names, tracing
 
 __all__ = ["NotificationClient", "Notifier", "SendResult", "service_config", "to_request"]
 
@@ -108,10 +108,14 @@ class NotificationClient:
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 5_000),
         ]
+        # Tracing on: a client span per Send, and its traceparent in the metadata (none installed when off).
+        interceptors = tracing.client_interceptors() or None
         if tls:
-            self._channel = grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(), options=options)
+            self._channel = grpc.aio.secure_channel(
+                address, grpc.ssl_channel_credentials(), options=options, interceptors=interceptors
+            )
         else:
-            self._channel = grpc.aio.insecure_channel(address, options=options)
+            self._channel = grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
         self._stub: notification_pb2_grpc.NotificationServiceAsyncStub = notification_pb2_grpc.NotificationServiceStub(
             self._channel
         )

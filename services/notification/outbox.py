@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from services.common import tracing
 from services.common.dbtypes import Conn
 from services.common.vocabulary import ReminderKind
 
@@ -31,14 +32,16 @@ class Message:
 
 
 ENQUEUE = """
-INSERT INTO notify.outbox (dedupe_key, template_id, recipients, params, request_id)
-VALUES ($1, $2, $3, $4::jsonb, $5)
+INSERT INTO notify.outbox (dedupe_key, template_id, recipients, params, request_id, traceparent)
+VALUES ($1, $2, $3, $4::jsonb, $5, $6)
 ON CONFLICT (dedupe_key) DO NOTHING
 """
 
 
 async def enqueue(conn: Conn, message: Message, *, request_id: str = "") -> None:
-    """Queue ``message`` in the current transaction. A message with no recipients is dropped."""
+    """Queue ``message`` in the current transaction. A message with no recipients is dropped.
+
+    With tracing on, the row keeps the current span's ``traceparent``: its delivery joins this trace."""
     recipients = list(dict.fromkeys(message.recipients))
     if not recipients:
         return
@@ -49,11 +52,13 @@ async def enqueue(conn: Conn, message: Message, *, request_id: str = "") -> None
         recipients,
         json.dumps(message.params, sort_keys=True, default=str),
         request_id or None,
+        tracing.current_traceparent(),
     )
 
 
 async def enqueue_many(conn: Conn, messages: Sequence[Message], *, request_id: str = "") -> None:
     """Queue several messages in the current transaction (one round trip)."""
+    traceparent = tracing.current_traceparent()
     args = [
         (
             m.dedupe_key,
@@ -61,6 +66,7 @@ async def enqueue_many(conn: Conn, messages: Sequence[Message], *, request_id: s
             list(dict.fromkeys(m.recipients)),
             json.dumps(m.params, sort_keys=True, default=str),
             request_id or None,
+            traceparent,
         )
         for m in messages
         if m.recipients

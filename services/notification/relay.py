@@ -51,7 +51,7 @@ from typing import Any, Final
 
 import grpc
 
-from services.common import db
+from services.common import db, tracing
 from services.common.logging import get_logger
 from services.notification.client import Notifier
 from services.notification.metrics import WorkerMetrics
@@ -96,6 +96,7 @@ class Claimed:
     attempts: int  # tries before this one
     create_time: datetime
     lease_until: datetime
+    traceparent: str = ""  # of the request that wrote the row (tracing was on), else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +133,7 @@ SET next_attempt_time = now() + make_interval(secs => $2::float8)
 FROM due
 WHERE o.id = due.id
 RETURNING o.id, o.dedupe_key, o.template_id, o.recipients, o.params, o.request_id, o.attempts, o.create_time,
-          o.next_attempt_time
+          o.next_attempt_time, o.traceparent
 """
 
 MARK_SENT = """
@@ -198,6 +199,7 @@ def _claimed(record: Any) -> Claimed:
         attempts=record["attempts"],
         create_time=record["create_time"],
         lease_until=record["next_attempt_time"],
+        traceparent=record["traceparent"] or "",
     )
 
 
@@ -294,13 +296,20 @@ class Relay:
     async def _send(self, row: Claimed) -> Outcome:
         async with self._slots:
             try:
-                result = await self._notifier.send(
-                    dedupe_key=row.dedupe_key,
-                    recipients=row.recipients,
-                    template_id=row.template_id,
-                    params=row.params,
-                    request_id=row.request_id or f"outbox-{row.id}",
-                )
+                # Tracing on: the delivery is a span of the trace of the request that wrote the row, and the Send
+                # call under it carries that trace on to the notification service.
+                with tracing.continued(
+                    row.traceparent,
+                    "outbox deliver",
+                    {"messaging.system": "cowatch.outbox", "messaging.message.id": row.dedupe_key},
+                ):
+                    result = await self._notifier.send(
+                        dedupe_key=row.dedupe_key,
+                        recipients=row.recipients,
+                        template_id=row.template_id,
+                        params=row.params,
+                        request_id=row.request_id or f"outbox-{row.id}",
+                    )
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
                 return Outcome(

@@ -42,11 +42,12 @@ from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common import tracing
 from services.common.errors import InvalidArgument, Violations
 from services.common.grpc_errors import to_rpc_status
 from services.common.interceptors import REQUEST_ID_METADATA_KEY
 from services.common.logging import configure_logging, get_logger
-from services.common.settings import load_settings
+from services.common.settings import TracingSettings, load_settings
 from services.notification.settings import StandinSettings
 from services.notification.templates import TEMPLATES, missing_params
 
@@ -71,6 +72,8 @@ class Delivery:
     request_id: str
     received_at: datetime  # wall clock, UTC
     received_monotonic: float = field(repr=False, default=0.0)
+    traceparent: str = ""
+    """The W3C trace context the call came with (the worker sends it when tracing is on)."""
 
     @property
     def user_ids(self) -> tuple[str, ...]:
@@ -92,7 +95,7 @@ class Inbox:
         self._changed = asyncio.Condition()
 
     def _accept(
-        self, request: notification_pb2.SendRequest, params: dict[str, Any], request_id: str
+        self, request: notification_pb2.SendRequest, params: dict[str, Any], request_id: str, traceparent: str = ""
     ) -> tuple[Delivery, bool]:
         existing = self.by_key.get(request.dedupe_key)
         if existing is not None:
@@ -101,8 +104,8 @@ class Inbox:
         earlier = self.remembered.get(request.dedupe_key)
         if earlier is not None:
             self.duplicates += 1
-            return self._delivery(earlier, request, params, request_id), True
-        delivery = self._delivery(f"standin-{next(self._ids)}", request, params, request_id)
+            return self._delivery(earlier, request, params, request_id, traceparent), True
+        delivery = self._delivery(f"standin-{next(self._ids)}", request, params, request_id, traceparent)
         self.deliveries.append(delivery)
         self.by_key[delivery.dedupe_key] = delivery
         self.accepted_per_key[delivery.dedupe_key] = self.accepted_per_key.get(delivery.dedupe_key, 0) + 1
@@ -110,7 +113,11 @@ class Inbox:
 
     @staticmethod
     def _delivery(
-        notification_id: str, request: notification_pb2.SendRequest, params: dict[str, Any], request_id: str
+        notification_id: str,
+        request: notification_pb2.SendRequest,
+        params: dict[str, Any],
+        request_id: str,
+        traceparent: str = "",
     ) -> Delivery:
         return Delivery(
             notification_id=notification_id,
@@ -121,6 +128,7 @@ class Inbox:
             request_id=request_id,
             received_at=datetime.now(UTC),
             received_monotonic=time.monotonic(),
+            traceparent=traceparent,
         )
 
     def remember(self, lines: IO[str]) -> int:
@@ -233,11 +241,13 @@ class StandinServicer(notification_pb2_grpc.NotificationServiceServicer):
             _log.warning("refused", dedupe_key=request.dedupe_key, template_id=request.template_id, problem=str(exc))
             status = to_rpc_status(exc)
             await context.abort(status.code, status.details, trailing_metadata=status.trailing_metadata)
-        request_id = ""
+        request_id = traceparent = ""
         for key, value in context.invocation_metadata() or ():
             if key == REQUEST_ID_METADATA_KEY and isinstance(value, str):
                 request_id = value
-        delivery, duplicate = inbox._accept(request, params, request_id)
+            elif key == tracing.TRACEPARENT and isinstance(value, str):
+                traceparent = value
+        delivery, duplicate = inbox._accept(request, params, request_id, traceparent)
         if s.record is not None:
             s.record.write(
                 json.dumps(
@@ -294,7 +304,7 @@ class StandIn:
             return self.port
         self.host = host or self.host
         bind_port = self.port if port is None else port
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(interceptors=tracing.server_interceptors(), options=[("grpc.so_reuseport", 0)])
         notification_pb2_grpc.add_NotificationServiceServicer_to_server(StandinServicer(self), server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -364,7 +374,12 @@ def main(argv: list[str] | None = None) -> NoReturn:
     }
     settings = load_settings(StandinSettings, **overrides)
     configure_logging(level=settings.log_level, json=settings.log_json, cache_loggers=True)
-    raise SystemExit(asyncio.run(_serve(settings.standin_host, settings.standin_port, settings.standin_record)))
+    tracing.configure(settings.service_name, load_settings(TracingSettings))
+    try:
+        code = asyncio.run(_serve(settings.standin_host, settings.standin_port, settings.standin_record))
+    finally:
+        tracing.shutdown()
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -37,11 +37,11 @@ from typing import Any, NoReturn, Protocol, TypeVar
 import asyncpg
 from prometheus_client import start_http_server
 
-from services.common import db
+from services.common import db, tracing
 from services.common.cache import Cache, cache_from_settings
 from services.common.clock import Clock, SystemClock
 from services.common.logging import configure_logging, get_logger
-from services.common.settings import load_settings
+from services.common.settings import TracingSettings, load_settings
 from services.notification.client import NotificationClient, Notifier
 from services.notification.metrics import WorkerMetrics
 from services.notification.relay import Relay, RelayConfig, backoff_delay
@@ -415,7 +415,12 @@ async def serve(
 def main() -> NoReturn:
     settings = load_settings(WorkerSettings)
     configure_logging(level=settings.log_level, json=settings.log_json, cache_loggers=True)
-    raise SystemExit(asyncio.run(serve(settings)))
+    tracing.configure(settings.service_name, load_settings(TracingSettings))
+    try:
+        code = asyncio.run(serve(settings))
+    finally:
+        tracing.shutdown()
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":

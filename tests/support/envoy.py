@@ -136,7 +136,13 @@ class ServiceProcess(_Process):
 class EnvoyProcess(_Process):
     """Envoy in front of ``upstreams`` (cluster name → replica addresses), on free ports."""
 
-    def __init__(self, upstreams: Mapping[str, Sequence[tuple[str, int]]], workdir: Path) -> None:
+    def __init__(
+        self,
+        upstreams: Mapping[str, Sequence[tuple[str, int]]],
+        workdir: Path,
+        *,
+        otlp_collector: tuple[str, int] | None = None,
+    ) -> None:
         self.name = "envoy"
         self.port = free_port()
         self.admin_port = free_port()
@@ -149,6 +155,7 @@ class EnvoyProcess(_Process):
                 admin_port=self.admin_port,
                 upstreams=upstreams,
                 descriptor=DESCRIPTOR,
+                otlp_collector=otlp_collector,
             ),
             encoding="utf-8",
         )

@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings
 
 from services.booking.app import BookingSettings
 from services.booking.offer_sweep import OfferSweepSettings
-from services.common.settings import env_names
+from services.common.settings import TracingSettings, env_names
 from services.event.app import EventSettings
 from services.notification.settings import StandinSettings, WorkerSettings
 from services.review.app import ReviewSettings
@@ -23,6 +23,7 @@ SETTINGS: list[type[BaseSettings]] = [
     WorkerSettings,
     StandinSettings,
     OfferSweepSettings,
+    TracingSettings,
 ]
 
 

@@ -118,8 +118,8 @@ class Baseline:
             await conn.executemany(
                 outbox.ENQUEUE,
                 [
-                    (f"booking-confirmed/{booking_id}", "booking_confirmed", [guest_id], params, None),
-                    (f"booking-new-guest/{booking_id}", "booking_new_guest", [event["host_id"]], params, None),
+                    (f"booking-confirmed/{booking_id}", "booking_confirmed", [guest_id], params, None, None),
+                    (f"booking-new-guest/{booking_id}", "booking_new_guest", [event["host_id"]], params, None, None),
                 ],
             )
             for kind, offset in outbox.REMINDER_OFFSETS.items():
