@@ -60,6 +60,7 @@ __all__ = [
     "RpcInterceptor",
     "RpcObserver",
     "normalize_method",
+    "passthrough",
     "valid_request_id",
 ]
 
@@ -95,6 +96,19 @@ def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
             return _UNDECODABLE
 
     return deserialize
+
+
+def passthrough(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """``serializer``, except that a handler's ``bytes`` answer is sent as it is: the message already serialized
+    (e.g. stored in a cache), so a hit costs no parse and no re-serialization."""
+    if serializer is None:
+        return None
+    serialize = serializer
+
+    def serialize_or_pass(response: Any) -> bytes:
+        return response if response.__class__ is bytes else serialize(response)
+
+    return serialize_or_pass
 
 
 def _check_request(request: Any) -> None:
@@ -207,7 +221,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap(self, handler: grpc.RpcMethodHandler[Any, Any], policy: _Policy) -> grpc.RpcMethodHandler[Any, Any]:
         deserializer = handler.request_deserializer if policy.infrastructure else _lenient(handler.request_deserializer)
-        serializer = handler.response_serializer
+        serializer = handler.response_serializer if policy.infrastructure else passthrough(handler.response_serializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary_response(handler.unary_unary, policy), deserializer, serializer
