@@ -296,7 +296,7 @@ async def run(ctx: BenchContext) -> list[Row]:
     samples = shapes(rng, 5000)
     first = datetime.now(UTC) + timedelta(days=1)
     scaled = scale_shapes(random.Random(5), len(SCALE_SHAPES) * SCALE_SAMPLES, first)
-    scaled_events = EVENTS + EVENTS // 2 if ctx.quick else SCALED_EVENTS
+    scaled_events = EVENTS + EVENTS // 10 if ctx.quick else SCALED_EVENTS
     async with ctx.pool(POOL) as pool:
         started = time.perf_counter()
         await seed(pool, rng, first)
