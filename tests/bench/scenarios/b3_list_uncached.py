@@ -12,8 +12,8 @@ Plans: every shape is EXPLAINed on the loaded table; a sequential scan of event.
 Second row (B3-scale): does a page cost the same on a 10× bigger catalogue? Samples of the upcoming, free-text (a
 film title, the same share of the catalogue at any size) and one-week date-range shapes are EXPLAIN ANALYZEd at
 100,000 events; the table is then grown by COPY to 1,000,000 over the same year (10× denser) and ANALYZEd, and the
-same samples run again. PostgreSQL's execution time per page (median per shape) is compared — read on the server,
-so the box's load between the two passes does not pass for growth — with the buffers each page touched alongside.
+same samples run again. The buffers each page touched (median per shape; a count the box's load between the two
+passes cannot move) are compared, with PostgreSQL's own execution time per page alongside.
 Throughput: closed loop, rounds alternating between the two sides (median per side). Latency: open loop at 50 % of
 the lower capacity.
 """
@@ -289,7 +289,7 @@ async def page_costs(pool: asyncpg.Pool, samples: list[Shape]) -> PageCost:
 
 
 async def run(ctx: BenchContext) -> list[Row]:
-    seconds = ctx.seconds(8.0, 0.6)
+    seconds = ctx.seconds(5.0, 0.6)
     rounds = 1 if ctx.quick else 3
     concurrency = 8 if ctx.quick else CONCURRENCY
     rng = random.Random(3)
@@ -378,18 +378,22 @@ async def run(ctx: BenchContext) -> list[Row]:
         f"asyncpg p50 {fmt_ms(sql_open.stats.p50_ms)} p99 {fmt_ms(sql_open.stats.p99_ms)}; plans use {indexes}; "
         f"seq scans {seq_scans}, baseline SQL differs {differ}, errors {errors}"
     )
-    growth = {k: large.ms[k] / small.ms[k] if small.ms[k] else 0.0 for k in SCALE_SHAPES}
+    # Growth is read on buffers touched (a count the box's load does not move); sub-millisecond execution times
+    # at two moments minutes apart on a shared box differ by more than the table's growth does.
+    growth = {k: large.buffers[k] / small.buffers[k] if small.buffers[k] else 0.0 for k in SCALE_SHAPES}
+    time_growth = {k: large.ms[k] / small.ms[k] if small.ms[k] else 0.0 for k in SCALE_SHAPES}
     worst = max(growth.values())
     scale_met = worst <= SCALE_GOAL and large.seq_scans == 0
     scale_errors = sum(small_grpc.errors.values()) + sum(large_grpc.errors.values())
     per_shape = "; ".join(
-        f"{k}: {small.ms[k]:.2f} → {large.ms[k]:.2f} ms ({growth[k]:.2f}×), buffers {small.buffers[k]:,.0f} → "
-        f"{large.buffers[k]:,.0f}"
+        f"{k}: buffers {small.buffers[k]:,.0f} → {large.buffers[k]:,.0f} ({growth[k]:.2f}×), "
+        f"{small.ms[k]:.2f} → {large.ms[k]:.2f} ms ({time_growth[k]:.2f}×)"
         for k in SCALE_SHAPES
     )
     scale_notes = (
-        f"{'' if scale_met else f'MISSED: worst growth {worst:.2f}× > {SCALE_GOAL}×. '}PostgreSQL execution time "
-        f"(EXPLAIN ANALYZE, median of {SCALE_SAMPLES} samples per shape) of a first page at {EVENTS:,} → "
+        f"{'' if scale_met else f'MISSED: worst growth {worst:.2f}× > {SCALE_GOAL}×. '}buffers touched and "
+        f"execution time (EXPLAIN ANALYZE, medians of {SCALE_SAMPLES} samples per shape) of a first page at "
+        f"{EVENTS:,} → "
         f"{scaled_events:,} events (same year, {scaled_events / EVENTS:g}× denser): {per_shape}; the same shapes "
         f"through gRPC {small_grpc.stats.rate:,.0f} → {large_grpc.stats.rate:,.0f} pages/s; grown by COPY + ANALYZE in "
         f"{grow_seconds:.0f} s; seq scans {large.seq_scans}, errors {scale_errors}"
@@ -422,8 +426,8 @@ async def run(ctx: BenchContext) -> list[Row]:
         Row(
             id=f"{ID}-scale",
             scenario=f"ListEvents page cost at {scaled_events:,} vs {EVENTS:,} events (upcoming, text, date range)",
-            cowatch=f"{max(large.ms.values()):.2f} ms/page (worst shape)",
-            baseline=f"{max(small.ms.values()):.2f} ms/page at {EVENTS:,}",
+            cowatch=f"{max(large.buffers.values()):,.0f} buffers/page (worst shape)",
+            baseline=f"{max(small.buffers.values()):,.0f} buffers/page at {EVENTS:,}",
             ratio=worst,
             goal=f"≤ {SCALE_GOAL}× (cost growth)",
             met=scale_met,
