@@ -101,11 +101,15 @@ never lands under a generation a hold has begun to replace."""
 
 @dataclass(frozen=True, slots=True)
 class Codec(Generic[T]):
-    """How values of one kind become JSON and back. ``name`` labels the metrics (``cache="event"``)."""
+    """How values of one kind become JSON and back. ``name`` labels the metrics (``cache="event"``).
+
+    ``binary``: ``encode`` returns the stored bytes and ``decode`` takes them, no JSON in between — for values
+    that are mostly bytes already (a serialized message answered as is)."""
 
     name: str
     encode: Callable[[T], Any]
     decode: Callable[[Any], T]
+    binary: bool = False
 
 
 class Cache(Protocol):
@@ -279,7 +283,7 @@ class RedisCache:
         if stored_generation != generation or stored_key != value_key.encode():
             return None
         try:
-            return (codec.decode(json.loads(payload)),)
+            return (codec.decode(payload if codec.binary else json.loads(payload)),)
         except Exception:  # a value written by an incompatible version: treat as a miss, it gets overwritten
             _log.warning("undecodable cache entry", key=value_key, exc_info=True)
             return None
@@ -333,7 +337,10 @@ class RedisCache:
     ) -> T:
         value = await loader()
         if flight.generation is not None and self.breaker.closed:
-            payload = json.dumps(codec.encode(value), separators=(",", ":"), ensure_ascii=False).encode()
+            if codec.binary:
+                payload = codec.encode(value)
+            else:
+                payload = json.dumps(codec.encode(value), separators=(",", ":"), ensure_ascii=False).encode()
             blob = _SEP.join((flight.generation, value_key.encode(), payload))
             # Until the value is in Redis, readers that miss join this finished flight instead of loading again.
             flight.storing = True

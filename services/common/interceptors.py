@@ -7,8 +7,9 @@ wrapped. Wrapped handlers are cached per method, so the per-call cost is one dic
 Per RPC, in order:
 
 1. **Request id**: the caller's ``x-request-id`` when it is printable ASCII of at most 128 characters, else a
-   fresh uuid4 hex. It is sent back in the trailing metadata and bound in contextvars (``context.request_id()``
-   and every log line). Handlers that set trailing metadata themselves must keep it.
+   fresh random 128-bit hex. It is sent back in the trailing metadata and bound in contextvars
+   (``context.request_id()``, and every log line through :func:`services.common.context.add_to_log`). Handlers that
+   set trailing metadata themselves must keep it.
 2. **Metrics**: :class:`RpcObserver` is told when the RPC ends (method, code, duration). No-op by default.
    **Load shedding**: with ``max_in_flight``, an RPC arriving while that many are being handled is refused at
    once with ``RESOURCE_EXHAUSTED`` / ``SERVER_OVERLOADED`` (never queued into a timeout). Health and
@@ -32,16 +33,15 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import aclosing, suppress
 from contextvars import Token
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import grpc
-import structlog
 from google.protobuf.message import DecodeError, Message
 
 from services.common import context as request_context
@@ -60,6 +60,7 @@ __all__ = [
     "RpcInterceptor",
     "RpcObserver",
     "normalize_method",
+    "passthrough",
     "valid_request_id",
 ]
 
@@ -95,6 +96,19 @@ def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
             return _UNDECODABLE
 
     return deserialize
+
+
+def passthrough(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """``serializer``, except that a handler's ``bytes`` answer is sent as it is: the message already serialized
+    (e.g. stored in a cache), so a hit costs no parse and no re-serialization."""
+    if serializer is None:
+        return None
+    serialize = serializer
+
+    def serialize_or_pass(response: Any) -> bytes:
+        return response if response.__class__ is bytes else serialize(response)
+
+    return serialize_or_pass
 
 
 def _check_request(request: Any) -> None:
@@ -149,10 +163,9 @@ class _Rpc:
     authorization: str | None
     started: float
     rid_token: Token[str]
-    log_tokens: Mapping[str, Token[Any]]
+    method_token: Token[str]
     deadline_token: Token[float | None]
     admitted: bool = False
-    user_log_tokens: Mapping[str, Token[Any]] | None = None
     user_token: Token[User | None] | None = None
     user: User | None = None
     code: grpc.StatusCode = grpc.StatusCode.OK
@@ -208,7 +221,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap(self, handler: grpc.RpcMethodHandler[Any, Any], policy: _Policy) -> grpc.RpcMethodHandler[Any, Any]:
         deserializer = handler.request_deserializer if policy.infrastructure else _lenient(handler.request_deserializer)
-        serializer = handler.response_serializer
+        serializer = handler.response_serializer if policy.infrastructure else passthrough(handler.response_serializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary_response(handler.unary_unary, policy), deserializer, serializer
@@ -283,14 +296,15 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                 supplied = value if isinstance(value, str) else None
             elif key == "authorization" and authorization is None:
                 authorization = value if isinstance(value, str) else None
-        rid = valid_request_id(supplied) or uuid.uuid4().hex
+        # (128 random bits as hex, like uuid4().hex without the uuid object: this runs on every call)
+        rid = valid_request_id(supplied) or os.urandom(16).hex()
         return _Rpc(
             policy=policy,
             request_id=rid,
             authorization=authorization,
             started=time.perf_counter(),
             rid_token=request_context.set_request_id(rid),
-            log_tokens=structlog.contextvars.bind_contextvars(request_id=rid, method=policy.method),
+            method_token=request_context.set_method(policy.method),
             deadline_token=deadline.set_from_time_remaining(context.time_remaining()),
         )
 
@@ -320,7 +334,6 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         user = self._verifier.authenticate(header)
         rpc.user = user
         rpc.user_token = request_context.set_user(user)
-        rpc.user_log_tokens = structlog.contextvars.bind_contextvars(user_id=user.id)
 
     async def _fail(self, rpc: _Rpc, context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
         """Record the outcome; turn ordinary exceptions into a rich-status abort (which raises AbortError)."""
@@ -371,13 +384,10 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             _log.warning("rpc", **fields)
         else:
             _log.info("rpc", **fields)
-        # ValueError: an async generator finalised outside the RPC's context (client went away mid-stream).
-        with suppress(ValueError):
-            if rpc.user_log_tokens is not None:
-                structlog.contextvars.reset_contextvars(**rpc.user_log_tokens)
-            structlog.contextvars.reset_contextvars(**rpc.log_tokens)
+        # (the resets ignore ValueError: an async generator finalised outside the RPC's context)
         if rpc.user_token is not None:
             request_context.reset_user(rpc.user_token)
+        request_context.reset_method(rpc.method_token)
         request_context.reset_request_id(rpc.rid_token)
         with suppress(ValueError):
             deadline.reset(rpc.deadline_token)

@@ -2,7 +2,7 @@
 
 ``configure_logging`` sets up structlog and routes the standard library's ``logging`` (grpc, asyncio,
 asyncpg) through the same processors, so every line has the same shape: ``ts``, ``level``, ``event``, the
-contextvars bound for the current RPC (``request_id``, ``method``, ``user_id``) and the call's own keys. A
+current RPC's ``request_id``, ``method`` and ``user_id`` (:mod:`services.common.context`) and the call's own keys. A
 redaction processor replaces the values of sensitive keys (authorization, tokens, passwords, secrets,
 addresses, DSNs) with ``"[REDACTED]"``, in nested dicts too.
 """
@@ -16,6 +16,8 @@ from typing import Any, Final, TextIO, cast
 
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
+
+from services.common.context import add_to_log
 
 __all__ = ["REDACTED", "configure_logging", "get_logger", "is_sensitive_key", "redact_sensitive"]
 
@@ -42,11 +44,22 @@ _MAX_DEPTH: Final = 4
 _LOGGER_NAME_KEY: Final = "logger_name"
 
 
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+_verdicts: dict[str, bool] = {}
+"""Memo of :func:`is_sensitive_key` (log keys are a small fixed vocabulary; bounded by ``_MAX_VERDICTS``)."""
+_MAX_VERDICTS: Final = 4096
+
+
 def is_sensitive_key(key: object) -> bool:
-    if not isinstance(key, str) or key in _NEVER_REDACTED:
+    if not isinstance(key, str):
         return False
-    lowered = key.lower()
-    return any(part in lowered for part in _SENSITIVE_PARTS)
+    verdict = _verdicts.get(key)
+    if verdict is None:
+        lowered = key.lower()
+        verdict = key not in _NEVER_REDACTED and any(part in lowered for part in _SENSITIVE_PARTS)
+        if len(_verdicts) < _MAX_VERDICTS:
+            _verdicts[key] = verdict
+    return verdict
 
 
 def _redact(value: Any, depth: int) -> Any:
@@ -57,13 +70,14 @@ def _redact(value: Any, depth: int) -> Any:
 
 def redact_sensitive(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
     """structlog processor: replace values of sensitive keys (see module doc) with ``[REDACTED]``."""
-    for key in list(event_dict):
+    changed = None
+    for key, value in event_dict.items():  # (one pass, no copy: this runs on every log line)
         if is_sensitive_key(key):
-            event_dict[key] = REDACTED
-        else:
-            value = event_dict[key]
-            if isinstance(value, Mapping):
-                event_dict[key] = _redact(value, 1)
+            changed = {**(changed or {}), key: REDACTED}
+        elif value.__class__ not in _SCALARS and isinstance(value, Mapping):  # (an ABC check is slow: skip it)
+            changed = {**(changed or {}), key: _redact(value, 1)}
+    if changed:
+        event_dict.update(changed)
     return event_dict
 
 
@@ -92,7 +106,7 @@ def configure_logging(
     number = _level_number(level)
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts")
     shared: list[Processor] = [
-        structlog.contextvars.merge_contextvars,
+        add_to_log,
         structlog.processors.add_log_level,
         timestamper,
         redact_sensitive,

@@ -13,6 +13,7 @@ from services.common import db
 from services.common.app import ServiceApp
 from services.common.cache import Cache
 from services.common.settings import CommonSettings
+from services.event import mappers, notifications
 from services.event.service import DEFAULT_INVITATIONS_PER_DAY, EventService
 from services.event.servicer import ANONYMOUS_METHODS, SERVICE_NAME, EventServicer
 from services.review import cache as review_cache
@@ -55,4 +56,7 @@ class EventApp(ServiceApp[EventService]):
             claim_window=timedelta(seconds=s.waitlist_claim_window_seconds),
             invitations_per_day=s.invitations_per_day if isinstance(s, EventSettings) else DEFAULT_INVITATIONS_PER_DAY,
             reads=self.reads,
+            render_public=lambda event: mappers.public_event_bytes(
+                event, notifications.share_link(s.public_base_url, event, with_invite=False)
+            ),
         )

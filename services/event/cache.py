@@ -1,9 +1,13 @@
 """What EventService caches, under which keys, and what other domains call when they change what it shows.
 
 Cached: the event *row* (the domain :class:`Event` the repository returns, invite token included: never a
-per-caller view) and the rows of first pages of public ``ListEvents`` queries. Who may see what (private
-events, the address, the invite link) is decided per request from the row, the caller and — for signed-in
-callers — their bookings read from Postgres each time.
+per-caller view) and the rows of first pages of public ``ListEvents`` queries, each row **with its public form
+already serialized** (:class:`CachedEvent`: the wire bytes of the event as a caller who is neither its host nor
+a guest sees it — no exact address, no invite token, the plain share link). Who may see what (private events,
+the address, the invite link) is decided per request from the row, the caller and — for signed-in callers —
+their bookings read from Postgres each time; a caller whose view is the public one is answered with the stored
+bytes as they are (no row → domain → message → bytes on a hit), anyone else gets their own view built from the
+row. The row's JSON is parsed only when a request needs it.
 
 Invalidation (held before the write's COMMIT, invalidated after it: :mod:`services.common.cache`):
 
@@ -17,6 +21,7 @@ emits them: a process's ``app`` passes them to its service, so BookingService an
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from typing import Any, Final
 from uuid import UUID
@@ -33,6 +38,7 @@ __all__ = [
     "EVENT_CODEC",
     "LIST_CODEC",
     "LIST_SCOPE",
+    "CachedEvent",
     "CachedPage",
     "event_key",
     "event_scopes",
@@ -43,7 +49,7 @@ __all__ = [
     "list_key",
 ]
 
-SCHEMA: Final = "v1"
+SCHEMA: Final = "v2"
 """Bump when the stored JSON changes shape: old entries are then simply never read again."""
 LIST_SCOPE: Final = f"events:list:{SCHEMA}"
 """One generation for every cached list page: any event or seat change makes them all stale."""
@@ -171,7 +177,81 @@ def event_from_json(j: dict[str, Any]) -> Event:
     )
 
 
-EVENT_CODEC: Final[Codec[Event]] = Codec("event", event_to_json, event_from_json)
+_NUL: Final = b"\x00"
+"""Separates the stored parts: compact JSON never contains a raw NUL (control characters are escaped)."""
+
+
+class CachedEvent:
+    """An event row and its public form's wire bytes (``b""`` when the service renders none). The row is parsed
+    from its stored JSON on first use only: a caller who sees the public form never needs it."""
+
+    __slots__ = ("_event", "_json", "event_id", "host_id", "listed", "public", "start_time")
+
+    def __init__(
+        self,
+        *,
+        event_id: UUID,
+        public: bytes,
+        listed: bool,
+        host_id: str,
+        start_time: datetime,
+        event: Event | None = None,
+        row_json: bytes = b"",
+    ) -> None:
+        self.event_id = event_id
+        self.public = public
+        self.listed = listed
+        """PUBLIC visibility: anyone may read it (a private event needs its invite)."""
+        self.host_id = host_id
+        self.start_time = start_time
+        self._event = event
+        self._json = row_json
+
+    @classmethod
+    def of(cls, event: Event, public: bytes) -> CachedEvent:
+        return cls(
+            event_id=event.id,
+            public=public,
+            listed=event.details.visibility is Visibility.PUBLIC,
+            host_id=event.host_id,
+            start_time=event.details.start_time,
+            event=event,
+        )
+
+    @property
+    def event(self) -> Event:
+        if self._event is None:
+            self._event = event_from_json(json.loads(self._json))
+        return self._event
+
+    def row_json(self) -> bytes:
+        return self._json or _dumps(event_to_json(self.event))
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _encode_event(c: CachedEvent) -> bytes:
+    head = _dumps([str(c.event_id), c.listed, c.host_id, c.start_time.isoformat()])
+    return _NUL.join((head, c.row_json(), c.public))
+
+
+def _decode_event(blob: bytes) -> CachedEvent:
+    head, _, rest = blob.partition(_NUL)
+    row, _, public = rest.partition(_NUL)
+    event_id, listed, host_id, start = json.loads(head)
+    return CachedEvent(
+        event_id=UUID(event_id),
+        public=public,
+        listed=listed,
+        host_id=host_id,
+        start_time=datetime.fromisoformat(start),
+        row_json=row,
+    )
+
+
+EVENT_CODEC: Final[Codec[CachedEvent]] = Codec("event", _encode_event, _decode_event, binary=True)
 
 
 class CachedPage:
@@ -180,13 +260,71 @@ class CachedPage:
 
     __slots__ = ("rows", "start_from")
 
-    def __init__(self, rows: list[Event], start_from: datetime | None) -> None:
+    def __init__(self, rows: list[CachedEvent], start_from: datetime | None) -> None:
         self.rows = rows
         self.start_from = start_from
 
 
-LIST_CODEC: Final[Codec[CachedPage]] = Codec(
-    "event_list",
-    lambda p: {"rows": [event_to_json(e) for e in p.rows], "from": _time(p.start_from)},
-    lambda j: CachedPage([event_from_json(e) for e in j["rows"]], _parse_time(j["from"])),
-)
+def _encode_page(p: CachedPage) -> bytes:
+    """``index \0 rows \0 bytes``: the index (start bound; per row: listed, host, start, id, public length) is
+    all an anonymous reader parses; the rows' JSON only a signed-in reader with a view of their own."""
+    index = {
+        "from": _time(p.start_from),
+        "items": [[r.host_id, r.start_time.isoformat(), str(r.event_id), len(r.public)] for r in p.rows],
+    }
+    rows = b"[" + b",".join(r.row_json() for r in p.rows) + b"]"
+    return _NUL.join((_dumps(index), rows, b"".join(r.public for r in p.rows)))
+
+
+class _PageRows:
+    """The rows' JSON of a cached page, parsed on first use (shared by the page's :class:`CachedEvent` s)."""
+
+    __slots__ = ("_parsed", "_raw")
+
+    def __init__(self, raw: bytes) -> None:
+        self._raw = raw
+        self._parsed: list[Any] | None = None
+
+    def get(self, i: int) -> Any:
+        if self._parsed is None:
+            self._parsed = json.loads(self._raw)
+        return self._parsed[i]
+
+
+def _decode_page(blob: bytes) -> CachedPage:
+    head, _, rest = blob.partition(_NUL)
+    rows_raw, _, data = rest.partition(_NUL)
+    index = json.loads(head)
+    rows = _PageRows(rows_raw)
+    out: list[CachedEvent] = []
+    at = 0
+    for i, (host_id, start, event_id, size) in enumerate(index["items"]):
+        item = _PageEvent(
+            event_id=UUID(event_id),
+            public=data[at : at + size],
+            listed=True,
+            host_id=host_id,
+            start_time=datetime.fromisoformat(start),
+        )
+        item.source, item.index = rows, i
+        out.append(item)
+        at += size
+    return CachedPage(out, _parse_time(index["from"]))
+
+
+class _PageEvent(CachedEvent):
+    """A row of a cached page: its JSON comes from the page's shared rows part when first needed."""
+
+    __slots__ = ("index", "source")
+
+    source: _PageRows
+    index: int
+
+    @property
+    def event(self) -> Event:
+        if self._event is None:
+            self._event = event_from_json(self.source.get(self.index))
+        return self._event
+
+
+LIST_CODEC: Final[Codec[CachedPage]] = Codec("event_list", _encode_page, _decode_page, binary=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Final
 
 from cowatch.event.v1 import resources_pb2, service_pb2
 from google.api import httpbody_pb2
@@ -395,3 +396,36 @@ def guest_to_proto(g: Guest) -> resources_pb2.Guest:
         guest_rating=rating_to_proto(g.rating),
         guest_reliability=reliability_to_proto(g.reliability),
     )
+
+
+def public_event_bytes(event: domain.Event, share_link: str) -> bytes:
+    """The wire bytes of ``event`` as a caller who is neither its host nor a guest sees it (no exact address, no
+    invite token): what the cache stores and answers anonymous readers with."""
+    public = domain.Access(is_host=False, is_guest=False, has_invite=False)
+    return event_to_proto(EventView(event, public), share_link).SerializeToString()
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_EVENTS_TAG: Final = bytes([(service_pb2.ListEventsResponse.EVENTS_FIELD_NUMBER << 3) | 2])
+_TOKEN_TAG: Final = bytes([(service_pb2.ListEventsResponse.NEXT_PAGE_TOKEN_FIELD_NUMBER << 3) | 2])
+
+
+def list_events_wire(events: list[bytes], next_page_token: str) -> bytes:
+    """A ``ListEventsResponse`` on the wire, from its events' own wire bytes: a repeated message field is each
+    element as a length-delimited record (tag, varint length, bytes), a string field likewise, so the response is
+    their concatenation — identical to serializing the message built from them, without parsing them again."""
+    parts: list[bytes] = []
+    for data in events:
+        parts += (_EVENTS_TAG, _varint(len(data)), data)
+    if next_page_token:
+        token = next_page_token.encode()
+        parts += (_TOKEN_TAG, _varint(len(token)), token)
+    return b"".join(parts)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -33,7 +33,7 @@ from services.common.vocabulary import Rating, Reliability
 from services.event import cache as event_cache
 from services.event import domain, notifications
 from services.event import repository as events
-from services.event.cache import EVENT_CODEC, LIST_CODEC, LIST_SCOPE, CachedPage, event_key, list_key
+from services.event.cache import EVENT_CODEC, LIST_CODEC, LIST_SCOPE, CachedEvent, CachedPage, event_key, list_key
 from services.event.domain import Access, Event, EventDetails
 from services.event.domain_events import EventCancelled, EventRescheduled, EventUpdated, InvitationsSent
 
@@ -122,6 +122,8 @@ class ListEvents:
 
 
 EventPage: TypeAlias = Page[EventView]
+PublicPage: TypeAlias = Page[EventView | bytes]
+"""A page whose items the caller sees in their public form may be those forms' stored wire bytes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,8 +216,11 @@ class EventService:
         claim_window: timedelta | None = None,
         invitations_per_day: int = DEFAULT_INVITATIONS_PER_DAY,
         reads: ReadPool | None = None,
+        render_public: Callable[[Event], bytes] | None = None,
     ) -> None:
         self._reads = reads or ReadPool(pool)
+        self._render = render_public
+        """The public form's wire bytes of an event (the servicer's mapping), stored with each cached row."""
         self._claim_window = claim_window or timedelta(hours=2)
         self._pool = pool
         self._clock = clock
@@ -321,31 +326,48 @@ class EventService:
             view = await self._host_view(tx.conn, event_id)
         return view
 
-    async def _load_row(self, event_id: UUID) -> Event:
-        async with db.connection(self._pool) as conn:
-            return await self._load(conn, event_id)
+    def _cached(self, event: Event) -> CachedEvent:
+        return CachedEvent.of(event, self._render(event) if self._render is not None else b"")
 
-    async def _load_lagging(self, event_id: UUID) -> Event:
+    async def _load_row(self, event_id: UUID) -> CachedEvent:
+        async with db.connection(self._pool) as conn:
+            return self._cached(await self._load(conn, event_id))
+
+    async def _load_lagging(self, event_id: UUID) -> CachedEvent:
         """The row from the read replica; one it does not have yet is looked for on the primary (a new event's link
         is shared at once)."""
         event = await self._reads.fetch(lambda conn: events.get(conn, event_id))
-        return event if event is not None else await self._load_row(event_id)
+        return self._cached(event) if event is not None else await self._load_row(event_id)
 
     async def get(self, q: GetEvent) -> EventView:
+        view = await self.read(q, as_public=False)
+        assert isinstance(view, EventView)
+        return view
+
+    async def read(self, q: GetEvent, *, as_public: bool = True) -> EventView | bytes:
+        """The caller's view of the event; with ``as_public``, the stored public form's bytes when that is what
+        the caller sees (neither host nor guest: see :mod:`services.event.cache`)."""
         # Anonymous readers may see a lagging row; a signed-in one may be the host about to use the etag.
         lagging = (lambda: self._load_lagging(q.event_id)) if q.user is None else None
-        event = await self._cache.get_or_load(
+        cached = await self._cache.get_or_load(
             event_key(q.event_id), lambda: self._load_row(q.event_id), EVENT_CODEC, ttl=self._ttl, bypass=lagging
         )
+        if as_public and q.user is None and cached.listed and cached.public:
+            return cached.public  # anonymous reader of a public event: nothing to decide, not even the row
+        event = cached.event
         is_guest = False
         if q.user is not None and q.user.id != event.host_id:  # the host can't book their own event
             async with db.connection(self._pool) as conn:
                 is_guest = await bookings.has_confirmed_booking(conn, event.id, q.user.id)
         access = domain.access_for(event, q.user, is_guest=is_guest, invite_token=q.invite_token)
         domain.ensure_visible(event, access)
+        if as_public and cached.public and not (access.is_host or access.is_guest):
+            return cached.public
         return EventView(event, access)
 
-    async def list(self, q: ListEvents) -> EventPage:
+    async def list(self, q: ListEvents, *, as_public: bool = False) -> PublicPage:
+        """A page of events as the caller sees them; with ``as_public``, an item the caller sees in its public
+        form may come as that form's stored bytes (cached first pages: see :mod:`services.event.cache`)."""
         own = q.user is not None and q.host_id == q.user.id
         filters = {
             "film": q.film_id,
@@ -379,30 +401,32 @@ class EventService:
         )
         if ks.after is None and not own:
             # A first page of public events: the same rows for everyone, so cached by the filters' fingerprint.
-            return await self._cached_first_page(q, query, ks)
+            return await self._cached_first_page(q, query, ks, as_public)
         if q.user is None:  # public discovery: may lag
             rows = await self._reads.fetch(lambda conn: events.list_events(conn, query))
         else:  # "you are going" comes from the caller's own bookings: the primary
             async with db.connection(self._pool) as conn:
                 rows = await events.list_events(conn, query)
         page = ks.page(rows, lambda r: (r.event.details.start_time, r.event.id), start_from)
-        items = [
+        items: list[EventView | bytes] = [
             EventView(r.event, domain.access_for(r.event, q.user, is_guest=r.viewer_is_guest, invite_token=""))
             for r in page.items
         ]
         return Page(items, page.next_page_token)
 
-    async def _cached_first_page(self, q: ListEvents, query: events.ListQuery, ks: Keyset) -> EventPage:
+    async def _cached_first_page(
+        self, q: ListEvents, query: events.ListQuery, ks: Keyset, as_public: bool
+    ) -> PublicPage:
         public = replace(query, viewer_id=None)
 
         async def load() -> CachedPage:
             async with db.connection(self._pool) as conn:
                 rows = await events.list_events(conn, public)
-            return CachedPage([r.event for r in rows], public.start_from)
+            return CachedPage([self._cached(r.event) for r in rows], public.start_from)
 
         async def load_lagging() -> CachedPage:  # the same public rows for everyone, stored nowhere: may lag
             rows = await self._reads.fetch(lambda conn: events.list_events(conn, public))
-            return CachedPage([r.event for r in rows], public.start_from)
+            return CachedPage([self._cached(r.event) for r in rows], public.start_from)
 
         cached = await self._cache.get_or_load(
             list_key(ks.fingerprint, ks.limit),
@@ -412,17 +436,26 @@ class EventService:
             scope=LIST_SCOPE,
             bypass=load_lagging,
         )
-        page = ks.page(cached.rows, lambda e: (e.details.start_time, e.id), cached.start_from)
+        page = ks.page(cached.rows, lambda c: (c.start_time, c.event_id), cached.start_from)
         shown = page.items
         if q.start_from is None:
             # "upcoming" was computed when the page was cached: leave out what started since
             now = self._clock.now()
-            shown = [e for e in shown if e.details.start_time >= now]
+            shown = [c for c in shown if c.start_time >= now]
+        if q.user is None and self._render is not None and as_public:
+            return Page([c.public for c in shown], page.next_page_token)  # every item in its public form
         guest_of: set[UUID] = set()
         if q.user is not None and shown:
             async with db.connection(self._pool) as conn:
-                guest_of = await events.guest_of(conn, q.user.id, [e.id for e in shown])
-        items = [EventView(e, domain.access_for(e, q.user, is_guest=e.id in guest_of, invite_token="")) for e in shown]
+                guest_of = await events.guest_of(conn, q.user.id, [c.event_id for c in shown])
+        items: list[EventView | bytes] = []
+        for c in shown:
+            own = q.user is not None and (c.host_id == q.user.id or c.event_id in guest_of)
+            if as_public and c.public and not own:
+                items.append(c.public)
+            else:
+                e = c.event
+                items.append(EventView(e, domain.access_for(e, q.user, is_guest=e.id in guest_of, invite_token="")))
         return Page(items, page.next_page_token)
 
     # ----------------------------------------------------------------- host actions

@@ -45,8 +45,11 @@ class EventServicer(service_pb2_grpc.EventServiceServicer):
         view = await self._events.create(mappers.to_create_command(request, require_user()))
         return self._proto(view)
 
-    async def GetEvent(self, request: service_pb2.GetEventRequest, context: Ctx) -> resources_pb2.Event:
-        return self._proto(await self._events.get(mappers.to_get_query(request, current_user())))
+    async def GetEvent(self, request: service_pb2.GetEventRequest, context: Ctx) -> Any:
+        """An ``Event``, or its stored public form's wire bytes (sent as they are: see
+        :func:`services.common.interceptors.passthrough`)."""
+        view = await self._events.read(mappers.to_get_query(request, current_user()))
+        return view if isinstance(view, bytes) else self._proto(view)
 
     async def ExportEventCalendar(
         self, request: service_pb2.ExportEventCalendarRequest, context: Ctx
@@ -81,10 +84,12 @@ class EventServicer(service_pb2_grpc.EventServiceServicer):
         token = await self._events.rotate_calendar_token(require_user())
         return service_pb2.CalendarToken(token=token, feed_url=self._events.calendar_url(token))
 
-    async def ListEvents(self, request: service_pb2.ListEventsRequest, context: Ctx) -> service_pb2.ListEventsResponse:
-        page = await self._events.list(mappers.to_list_query(request, current_user()))
-        return service_pb2.ListEventsResponse(
-            events=[self._proto(v) for v in page.items], next_page_token=page.next_page_token
+    async def ListEvents(self, request: service_pb2.ListEventsRequest, context: Ctx) -> Any:
+        """The response's wire bytes, assembled from each event's (stored public form or own view)."""
+        page = await self._events.list(mappers.to_list_query(request, current_user()), as_public=True)
+        return mappers.list_events_wire(
+            [v if isinstance(v, bytes) else self._proto(v).SerializeToString() for v in page.items],
+            page.next_page_token,
         )
 
     async def UpdateEvent(self, request: service_pb2.UpdateEventRequest, context: Ctx) -> resources_pb2.Event:
