@@ -19,11 +19,13 @@ from services.common.dbtypes import Conn
 # CreateBooking (services/booking/service.py):
 #   EVENT_FOR_BOOKING, on its own (autocommit, no lock): everything a read can refuse is refused here, in one
 #   round trip and without touching the event row's lock — in particular a sold-out event.
-#   Then one transaction: idempotency claim → LOCK_GUEST → users.remember → INSERT_BOOKING (refuses an overlap
-#   in the same statement) → outbox + reminders → idempotency record → TAKE_SEATS → COMMIT.
-# TAKE_SEATS comes last on purpose: it is the only statement that locks the event row, so the lock is held for
-# one round trip (the COMMIT) however much else the transaction writes. A hot event's throughput is bounded by
-# that hold time.
+#   Then CREATE_BOOKINGS: the whole write of one request or of a batch of one event's requests, one statement that
+#   is its own transaction (the function booking.create_bookings). It takes the event row's lock near its end, so
+#   the lock is held for server time and the commit only, once per batch. A hot event's throughput is bounded by
+#   that hold time divided by the batch size.
+#   A request-id retry goes statement by statement in a unit of work instead: idempotency claim → LOCK_GUEST →
+#   users.remember → INSERT_BOOKING (refuses an overlap in the same statement) → outbox + reminders → idempotency
+#   record → TAKE_SEATS (last, for the same reason) → COMMIT.
 
 _EVENT_COLUMNS = """
     e.id, e.host_id, u.display_name AS host_display_name, e.title, e.film_title, e.start_time, e.end_time,
