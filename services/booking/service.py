@@ -5,40 +5,46 @@ CreateBooking:
 1. read the event (one autocommit statement, no row lock) — event not found, host, invite, not bookable, already
    booked and "not enough seats left" are refused from this read alone, in one round trip and without ever
    queueing behind the event row's lock (a sold-out event under a rush stays cheap to refuse). A request whose id
-   was already used goes on instead, to be replayed by the idempotency claim.
-2. one unit of work (READ COMMITTED, :mod:`services.common.uow`): the request-id claim (a retry with the same
-   request id waits here for the first call, then replays it) → the guest's advisory lock → ``users.remember`` →
-   INSERT the booking unless it overlaps another confirmed booking of the guest (exact thanks to the guest lock;
-   a second active booking hits the partial unique index) → emit ``BookingMade`` and flush it: outbox rows
-   (confirmation to the guest, "new guest" to the host), the guest's 24 h / 1 h reminders, the request id's
-   record →
-3. last, THE conditional ``UPDATE event.events SET seats_taken = seats_taken + n WHERE … seats_taken + n <=
-   capacity``. No row → everything rolls back and a fresh read says why (sold out / no longer bookable). Being
-   last, it holds the event row's lock for one round trip only (the COMMIT), which is what bounds a hot event's
-   throughput. It returns the event's times as of the update: if the host moved the event after step 1, the
-   overlap check and the reminders used stale times, so the transaction is aborted and the client retries.
+   was already used goes on instead, to be replayed by the idempotency claim (step 3).
+2. the write, in ONE statement that is its own transaction (``repository.create_bookings``, a server-side
+   function): the request-id claim, the guest's advisory lock, ``users.remember``, the overlap and one-booking
+   rules, then under the event row's lock THE conditional seat ``UPDATE`` and the rows a booking writes (the
+   booking, its outbox messages built here, the guest's reminders, the request id's record). Requests for the
+   same event that arrive while a write of that event is in flight are written together as the next batch
+   (:mod:`services.booking.group_commit`): one round trip, one commit and one seat UPDATE for the batch, seats
+   given first-fit in arrival order, each request with its own outcome — a refusal of one never fails another.
+   The conditional UPDATE under the row lock stays the arbiter between replicas.
+3. a request whose id turns out to be claimed already (a retry) runs in a unit of work of its own
+   (:mod:`services.common.uow`), which waits for the first call and replays it — or, if the first call left
+   nothing, books the old way, statement by statement (``_book``).
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TypeAlias
 from uuid import UUID
 
+import asyncpg
+
 from services.account import users
-from services.booking import domain, notifications, waitlist, waitlist_repository, waitlist_service
+from services.booking import domain, group_commit, notifications, waitlist, waitlist_repository, waitlist_service
 from services.booking import repository as bookings
 from services.booking.domain import BookableEvent, Booking, BookingAccess, TimeFilter
 from services.booking.domain_events import BookingCancelled, BookingMade
-from services.common import db, errors
+from services.common import db, errors, grpc_errors, links, tracing
 from services.common.clock import Clock
 from services.common.dbtypes import Conn, Pool
+from services.common.domain_events import SeatsChanged, UserRenamed
 from services.common.idempotency import RequestKey
 from services.common.identity import User
 from services.common.paging import Page, keyset
-from services.common.uow import Handlers, UnitOfWork, uow
+from services.common.uow import DomainEvent, Handlers, UnitOfWork, uow
+from services.notification import outbox
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +115,10 @@ class BookingService:
         self.claim_window = claim_window
         self._dispatcher = notifications.handlers(public_base_url).merged(*([subscribers] if subscribers else []))
         self.waitlist = waitlist_service.WaitlistService(pool, clock, self._dispatcher, max_seats, claim_window)
+        self._public_base_url = public_base_url
+        self._lanes: group_commit.Lanes[UUID, _Pending, Booking | object] = group_commit.Lanes(
+            self._write_batch, _batchable, fatal=_unavailable
+        )
 
     async def _replay(self, conn: Conn, resource: str, user: User) -> Booking:
         """The booking an earlier identical request produced, as it is now."""
@@ -122,13 +132,134 @@ class BookingService:
         request_id = cmd.request.request_id if cmd.request else None
         async with db.connection(self._pool) as conn:
             found = await bookings.event_for_booking(conn, cmd.event_id, cmd.user.id, request_id)
-            if found is None or not found.seen_request:
-                self._ensure_can_book(cmd, found, now)
-            async with uow(conn, self._dispatcher, request=cmd.request, trace_id=cmd.trace_id) as tx:
-                if tx.replay is not None:
-                    return await self._replay(conn, tx.replay, cmd.user)
-                event = self._ensure_can_book(cmd, found, now)
-                return await self._book(tx, cmd, event, now)
+            if found is not None and found.seen_request:
+                return await self._create_in_uow(cmd, found, conn)
+            event = self._ensure_can_book(cmd, found, now)
+            assert found is not None
+            renames = found.guest_name is not None and found.guest_name != _snapshot_name(cmd.user)
+            pending = _Pending(cmd, event, renames)
+            idle = not self._lanes.busy(event.id)
+            if idle:  # written at once, on this connection
+                result = await self._lanes.submit(event.id, pending, conn)
+        if not idle:  # queued for the event's next batch, holding no connection meanwhile
+            result = await self._lanes.submit(event.id, pending)
+        if result is _REPLAY:
+            return await self._create_in_uow(cmd, found)
+        assert isinstance(result, Booking)
+        return result
+
+    async def _create_in_uow(
+        self, cmd: CreateBooking, found: bookings.EventForBooking | None, conn: Conn | None = None
+    ) -> Booking:
+        """A request whose id was seen: the claim waits for the first call, then replays it."""
+        now = self._clock.now()
+        async with (
+            _connection(self._pool, conn) as conn,
+            uow(conn, self._dispatcher, request=cmd.request, trace_id=cmd.trace_id) as tx,
+        ):
+            if tx.replay is not None:
+                return await self._replay(conn, tx.replay, cmd.user)
+            event = self._ensure_can_book(cmd, found, now)
+            return await self._book(tx, cmd, event, now)
+
+    async def _write_batch(
+        self, event_id: UUID, batch: list[_Pending], conn: Conn | None = None
+    ) -> list[Booking | object | BaseException]:
+        """Write a batch (one statement, its own transaction); one result per request, never raises. A batch that
+        fails as a whole on a server-side error (a deadlock, a constraint no rule foresaw) is written again one
+        request at a time, so the error stays with the request that caused it."""
+        try:
+            return await self._write(event_id, batch, conn)
+        except asyncpg.PostgresError as exc:
+            if len(batch) == 1 or _unavailable(exc):
+                return [_written_error(exc, p.event) for p in batch]
+        except Exception as exc:  # the pool or the network: every request of the batch gets it
+            return [exc for _ in batch]
+        results: list[Booking | object | BaseException] = []
+        for p in batch:
+            results.extend(await self._write_batch(event_id, [p], conn))
+        return results
+
+    async def _write(
+        self, event_id: UUID, batch: list[_Pending], given: Conn | None
+    ) -> list[Booking | object | BaseException]:
+        now = self._clock.now()
+        head = batch[0].event
+        link = links.event_link(self._public_base_url, event_id)
+        made: list[Booking] = []
+        rows: list[bookings.NewBooking] = []
+        for p in batch:
+            booking = Booking(
+                id=uuid.uuid4(),
+                event_id=event_id,
+                guest_id=p.cmd.user.id,
+                seats=p.cmd.seats,
+                state=domain.State.CONFIRMED,
+                event_title=p.event.title,
+                event_start_time=p.event.start_time,
+                event_end_time=p.event.end_time,
+                create_time=now,
+            )
+            made.append(booking)
+            messages = notifications.booking_made(p.event, booking, p.cmd.user, link)
+            rows.append(
+                bookings.NewBooking(
+                    booking_id=booking.id,
+                    guest_id=p.cmd.user.id,
+                    guest_name=_snapshot_name(p.cmd.user),
+                    seats=p.cmd.seats,
+                    request_id=p.cmd.request.request_id if p.cmd.request else None,
+                    request_hash=p.cmd.request.request_hash if p.cmd.request else None,
+                    outbox=[
+                        r
+                        for m in messages
+                        if (r := outbox.row(m, request_id=p.cmd.trace_id, traceparent=p.traceparent)) is not None
+                    ],
+                )
+            )
+        # The event's cached copies (and those showing a renamed guest's name) are held before the write and
+        # dropped after it, as the unit of work does before and after COMMIT.
+        seats_changed = SeatsChanged(event_id, True)
+        held: list[DomainEvent] = [seats_changed, *(UserRenamed(p.cmd.user.id) for p in batch if p.renames)]
+        trace_id = batch[0].cmd.trace_id
+        async with _connection(self._pool, given) as conn:
+            await self._dispatcher.in_transaction(conn, held, trace_id)
+            try:
+                outcomes = await bookings.create_bookings(conn, head, now, rows, _REMINDER_OFFSETS)
+            except BaseException:
+                await self._dispatcher.after_rollback(held)
+                raise
+            booked = any(o.outcome == "BOOKED" for o in outcomes)
+            late = [
+                UserRenamed(p.cmd.user.id) for p, o in zip(batch, outcomes, strict=True) if o.renamed and not p.renames
+            ]
+            if late:  # renamed since our read: drop what shows the old name now
+                await self._dispatcher.in_transaction(conn, late, trace_id)
+            await self._dispatcher.after_commit([*held[1:], *late] if not booked else [*held, *late])
+            if not booked:
+                await self._dispatcher.after_rollback([seats_changed])
+            closed = None
+            if any(o.outcome == "CLOSED" for o in outcomes):
+                closed = domain.seats_refusal(await bookings.event_state(conn, event_id), event_id, now)
+        results: list[Booking | object | BaseException] = []
+        for p, o, booking in zip(batch, outcomes, made, strict=True):
+            match o.outcome:
+                case "BOOKED":
+                    results.append(booking)
+                case "REPLAY":
+                    results.append(_REPLAY)
+                case "ALREADY_BOOKED":
+                    results.append(domain.already_booked_error(p.event))
+                case "OVERLAP":
+                    results.append(domain.overlap(o.other_booking))
+                case "NO_SEATS":
+                    results.append(domain.sold_out(o.seats_available or 0))
+                case "MOVED":
+                    results.append(domain.event_moved(p.event))
+                case _:  # CLOSED
+                    assert closed is not None
+                    results.append(closed)
+        return results
 
     def _ensure_can_book(
         self, cmd: CreateBooking, found: bookings.EventForBooking | None, now: datetime
@@ -246,6 +377,58 @@ class BookingService:
             assert target is not None
             await bookings.mark_attendance(tx.conn, cmd.booking_id, cmd.attendance, now)
             return replace(target.access.booking, attendance=cmd.attendance)
+
+
+_REPLAY = object()
+"""The request's id was claimed already: it is replayed in a unit of work of its own."""
+
+_REMINDER_OFFSETS = {str(kind): offset.total_seconds() for kind, offset in outbox.REMINDER_OFFSETS.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A CreateBooking that passed every check a read can make, waiting for its write."""
+
+    cmd: CreateBooking
+    event: BookableEvent  # as the request's own read saw it
+    renames: bool  # its display name differs from the snapshot: the write will rename the user
+    # The request's own span (tracing on), taken in its task: a batch is written in another request's task.
+    traceparent: str | None = field(default_factory=tracing.current_traceparent)
+
+
+@asynccontextmanager
+async def _connection(pool: Pool, given: Conn | None) -> AsyncIterator[Conn]:
+    """The connection the caller holds, or a pooled one."""
+    if given is not None:
+        yield given
+    else:
+        async with db.connection(pool) as conn:
+            yield conn
+
+
+def _snapshot_name(user: User) -> str:
+    """The display name ``users.remember`` stores."""
+    return user.display_name[:200] or user.id
+
+
+def _batchable(batch: list[_Pending], item: _Pending) -> bool:
+    """One request per guest per batch (a guest's requests are decided one after the other), and the event
+    times the batch's checks and reminders use."""
+    head = batch[0].event
+    return (item.event.start_time, item.event.end_time) == (head.start_time, head.end_time) and all(
+        p.cmd.user.id != item.cmd.user.id for p in batch
+    )
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """The database is unreachable (UNAVAILABLE): every write would fail the same way now."""
+    return isinstance(grpc_errors.as_domain_error(exc), errors.Unavailable)
+
+
+def _written_error(exc: asyncpg.PostgresError, event: BookableEvent) -> BaseException:
+    if isinstance(exc, asyncpg.UniqueViolationError) and exc.constraint_name == "bookings_one_active_per_guest":
+        return domain.already_booked_error(event)  # a booking of the guest no lock of ours serialised with
+    return exc
 
 
 class _AlreadyCancelled(Exception):

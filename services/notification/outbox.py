@@ -56,6 +56,23 @@ async def enqueue(conn: Conn, message: Message, *, request_id: str = "") -> None
     )
 
 
+def row(message: Message, *, request_id: str = "", traceparent: str | None = None) -> dict[str, Any] | None:
+    """``message`` as a notify.outbox row keyed by column (for writers that insert rows in bulk, e.g. the booking
+    function); ``None`` when it has no recipients. A new outbox column is one more key here (and one more column
+    in booking.create_bookings's INSERT)."""
+    recipients = list(dict.fromkeys(message.recipients))
+    if not recipients:
+        return None
+    return {
+        "dedupe_key": message.dedupe_key,
+        "template_id": message.template_id,
+        "recipients": recipients,
+        "params": message.params,
+        "request_id": request_id or None,
+        "traceparent": traceparent,
+    }
+
+
 async def enqueue_many(conn: Conn, messages: Sequence[Message], *, request_id: str = "") -> None:
     """Queue several messages in the current transaction (one round trip)."""
     traceparent = tracing.current_traceparent()

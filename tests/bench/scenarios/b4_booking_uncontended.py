@@ -20,7 +20,6 @@ the goal must hold too.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import statistics
 import time
@@ -32,9 +31,7 @@ from typing import Any, ClassVar
 import asyncpg
 from cowatch.booking.v1 import resources_pb2, service_pb2, service_pb2_grpc
 
-from services.account import users
 from services.booking import repository as bookings
-from services.booking import waitlist_repository
 from services.booking.service import BookingService, CreateBooking
 from services.common import idempotency
 from services.common.clock import SystemClock
@@ -79,56 +76,49 @@ class Baseline:
         event = await conn.fetchrow(bookings.EVENT_FOR_BOOKING, event_id, guest_id, request_id)
         if event is None or event["already_booked"] or event["seats_taken"] + seats > event["capacity"]:
             raise RuntimeError("baseline refused")
-        async with conn.transaction():
-            await conn.fetchval(idempotency.CLAIM, guest_id, "CreateBooking", request_id, request_hash)
-            await conn.execute(bookings.LOCK_GUEST, guest_id)
-            await conn.execute(users.UPSERT_USER, guest_id, "Bench Guest")
-            created = await conn.fetchval(
-                bookings.INSERT_BOOKING,
-                booking_id,
-                event_id,
-                guest_id,
-                seats,
-                now,
-                event["start_time"],
-                event["end_time"],
-            )
-            if created is None:
-                raise RuntimeError("baseline overlap")
-            await conn.execute(waitlist_repository.LEAVE_ON_BOOKING, event_id, guest_id, now)
-            params = json.dumps(
+        params = {
+            "event": f"events/{event_id}",
+            "event_title": event["title"],
+            "film_title": event["film_title"],
+            "start_local": local_time(event["start_time"], event["time_zone"]),
+            "start_time": event["start_time"].isoformat(),
+            "time_zone": event["time_zone"],
+            "place_name": event["place_name"],
+            "place_city": event["place_city"],
+            "place_address": event["place_address"],
+            "link": f"https://cowatch.bench/events/{event_id}",
+            "host_name": event["host_display_name"],
+            "booking": f"bookings/{booking_id}",
+            "seats": seats,
+            "guest_name": "Bench Guest",
+        }
+        # The whole write: one statement, its own transaction (the service's batch of one).
+        new = bookings.NewBooking(
+            booking_id=booking_id,
+            guest_id=guest_id,
+            guest_name="Bench Guest",
+            seats=seats,
+            request_id=request_id,
+            request_hash=request_hash,
+            outbox=[
                 {
-                    "event": f"events/{event_id}",
-                    "event_title": event["title"],
-                    "film_title": event["film_title"],
-                    "start_local": local_time(event["start_time"], event["time_zone"]),
-                    "start_time": event["start_time"].isoformat(),
-                    "time_zone": event["time_zone"],
-                    "place_name": event["place_name"],
-                    "place_city": event["place_city"],
-                    "place_address": event["place_address"],
-                    "link": f"https://cowatch.bench/events/{event_id}",
-                    "host_name": event["host_display_name"],
-                    "booking": f"bookings/{booking_id}",
-                    "seats": seats,
-                    "guest_name": "Bench Guest",
-                },
-                sort_keys=True,
-            )
-            await conn.executemany(
-                outbox.ENQUEUE,
-                [
-                    (f"booking-confirmed/{booking_id}", "booking_confirmed", [guest_id], params, None, None),
-                    (f"booking-new-guest/{booking_id}", "booking_new_guest", [event["host_id"]], params, None, None),
-                ],
-            )
-            for kind, offset in outbox.REMINDER_OFFSETS.items():
-                await conn.execute(
-                    outbox.SCHEDULE_REMINDER, event_id, kind, guest_id, event["start_time"] - offset, now
-                )
-            await conn.execute(idempotency.RECORD, guest_id, "CreateBooking", request_id, f"bookings/{booking_id}")
-            if await conn.fetchrow(bookings.TAKE_SEATS, event_id, seats, now) is None:
-                raise RuntimeError("baseline sold out")
+                    "dedupe_key": f"booking-{kind}/{booking_id}",
+                    "template_id": f"booking_{kind.replace('-', '_')}",
+                    "recipients": [to],
+                    "params": params,
+                    "request_id": None,
+                    "traceparent": None,
+                }
+                for kind, to in (("confirmed", guest_id), ("new-guest", event["host_id"]))
+            ],
+        )
+        reminders = {str(kind): offset.total_seconds() for kind, offset in outbox.REMINDER_OFFSETS.items()}
+        (outcome,) = await conn.fetch(
+            bookings.CREATE_BOOKINGS,
+            *bookings.create_bookings_args(bookings.to_bookable_event(event), now, [new], reminders),
+        )
+        if outcome["outcome"] != "BOOKED":
+            raise RuntimeError(f"baseline refused: {outcome['outcome']}")
 
 
 class _Recorder(asyncpg.Connection):
