@@ -157,7 +157,7 @@ class Invitations:
 CALENDAR_KEEP = timedelta(days=30)
 """A calendar feed lists events that ended less than this ago, and keeps cancelled ones this long."""
 CALENDAR_MAX_EVENTS = 1000
-CALENDAR_FORMAT = 2
+CALENDAR_FORMAT = 3
 """Part of every calendar ETag: bump it when the rendering changes, so calendar apps fetch the new form."""
 
 
