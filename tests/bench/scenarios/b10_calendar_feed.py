@@ -1,11 +1,13 @@
 """B10 — the calendar feed's cost for a user with 200 events: a full answer (validator, rows, iCalendar rendering)
 and a calendar app's poll of an unchanged feed (``If-None-Match`` matches: the validator statement only, an empty
-answer that Envoy turns into a 304).
+answer that Envoy turns into a 304), and an unchanged feed fetched without ``If-None-Match`` (as some calendar apps
+always do) from a second EventService process that has Redis: the validator, then the body from the cache.
 
 Set-up: one reader hosting 120 events and holding confirmed bookings of 80 events of another host (all scheduled,
-Europe/Berlin, a month ahead), a calendar token from RotateCalendarToken. One EventService process (production
-settings, INFO logs, pool ``POOL``), called over native gRPC on 4 HTTP/2 connections — the gateway's own cost is
-B6's subject, and the Lua filter that makes the 304 is a header check. Polls: ``CONCURRENCY`` calls in flight;
+Europe/Berlin, a month ahead), a calendar token from RotateCalendarToken. One EventService process without Redis
+(production settings, INFO logs, pool ``POOL``: every full answer renders) and one with Redis (the cached row), each
+called over native gRPC on 4 HTTP/2 connections — the gateway's own cost is B6's subject, and the Lua filter that
+makes the 304 is a header check. Polls: ``CONCURRENCY`` calls in flight;
 full answers: ``FULL_CONCURRENCY`` (rendering runs on one thread per process; more in flight would only queue),
 in windows twice as long; each baseline with its side's concurrency.
 
@@ -23,7 +25,9 @@ Correctness, under a writer renaming one of the reader's events every second whi
 the ETag they last got (a calendar app each): ``stale_304`` — a 304 for an ETag that cannot include a write
 acknowledged before the poll began; ``same_etag_full`` — a full answer carrying the very ETag the poller sent (a
 missed match); ``wrong_feed`` — after the writer stops, the final feed doesn't list exactly the seeded events with
-the last title, or its ETag doesn't answer the next poll with a 304.
+the last title, or its ETag doesn't answer the next poll with a 304. Then again against the Redis-backed process,
+every other poll without ``If-None-Match``: ``stale_body`` — such an answer (from the cache or rendered) whose
+renamed title is older than the last rename acknowledged before the request began.
 """
 
 from __future__ import annotations
