@@ -164,7 +164,7 @@ CALENDAR_FORMAT = 3
 CALENDAR_BODY_TTL = 3600.0
 """How long a rendered feed stays in the cache after its render (a feed that changes gets a new key at once).
 Calendar apps that poll without ``If-None-Match`` every few minutes to an hour are answered from it; one that
-polls once a day renders again. The entry is compressed (~10× smaller than the body)."""
+polls once a day renders again. The entry is compressed (~8× smaller than the body)."""
 
 
 def _calendar_key(token_hash: bytes, etag: str) -> str:
@@ -176,8 +176,8 @@ CALENDAR_BODY_CODEC: Codec[bytes] = Codec(
     lambda body: base64.b64encode(zlib.compress(body, 1)).decode(),
     lambda stored: zlib.decompress(base64.b64decode(stored)),
 )
-"""A rendered feed in the cache: zlib (level 1: ~1 ms for 200 events; the VEVENTs repeat the same few shapes)
-and base64, as cache values are JSON."""
+"""A rendered feed in the cache: zlib (level 1: 160 kB → 20 kB for 200 events, ~5 ms on a busy core, unzipped in
+~1 ms) and base64, as cache values are JSON."""
 
 CalendarRenderer: TypeAlias = "Callable[[list[CalendarItem]], Awaitable[bytes]]"
 
