@@ -327,8 +327,11 @@ def calendar_token(token: str) -> str:
     return token
 
 
-def calendar_feed(entries: list[calendar.CalendarEntry], now: datetime) -> httpbody_pb2.HttpBody:
-    body = calendar.render(entries, name="cowatch", now=now)
+def calendar_body(entries: list[calendar.CalendarEntry], now: datetime) -> bytes:
+    return calendar.render(entries, name="cowatch", now=now)
+
+
+def calendar_feed(body: bytes) -> httpbody_pb2.HttpBody:
     return httpbody_pb2.HttpBody(content_type=CALENDAR_CONTENT_TYPE, data=body)
 
 

@@ -1,16 +1,21 @@
 """ExportEventCalendar and GetCalendar over real servers: the .ics a guest adds to their calendar, parsed with the
 icalendar library across a reschedule, a cancellation and a DST night in the event's zone; a stranger gets no
 private one; the feed's waitlist offers; conditional GET (the ETag changes with every change the reader should see,
-and an unchanged feed is neither loaded nor rendered). The 304 itself is Envoy's: tests/e2e/test_gateway_envoy.py."""
+and an unchanged feed is neither loaded nor rendered; polled without If-None-Match, it is the cached body). The 304
+itself is Envoy's: tests/e2e/test_gateway_envoy.py."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import grpc
 import pytest
+import pytest_asyncio
 from cowatch.booking.v1 import service_pb2 as booking_service_pb2
 from cowatch.booking.v1 import service_pb2_grpc as booking_grpc
 from cowatch.event.v1 import service_pb2 as event_service_pb2
@@ -18,12 +23,15 @@ from cowatch.event.v1 import service_pb2_grpc as event_grpc
 from google.protobuf import field_mask_pb2
 from icalendar import Calendar
 
+from services.booking.app import BookingApp, BookingSettings
 from services.booking.offer_sweep import OfferSweep
 from services.common.clock import ManualClock
 from services.event import calendar
+from services.event.app import EventApp, EventSettings
 from tests.support.api import Caller, expect_error, new_caller
 from tests.support.bookings import book, cancel, new_event
 from tests.support.factories import book_directly, create_request
+from tests.support.servers import app_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -304,3 +312,83 @@ async def test_an_events_ics_download_answers_a_matching_if_none_match_with_an_e
     # The host sees the exact address: another representation, another validator.
     call = events.ExportEventCalendar(request, metadata=(*host.metadata, ("if-none-match", etag)))
     assert (await call).data and dict(await call.initial_metadata())["etag"] != etag
+
+
+# ------------------------------------------------------------------------------------ rendered-body cache
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def cached(
+    database_url: str, redis_url: str, redis_key_prefix: str, clock: ManualClock
+) -> AsyncIterator[tuple[event_grpc.EventServiceAsyncStub, booking_grpc.BookingServiceAsyncStub]]:
+    """EventService and BookingService with Redis (this session's key prefix), as in production."""
+    redis: dict[str, Any] = {
+        "redis_url": redis_url,
+        "redis_key_prefix": f"{redis_key_prefix}calendar-{uuid.uuid4().hex[:6]}:",
+    }
+    async with (
+        app_server(EventApp, EventSettings, database_url, clock=clock, **redis) as (_, event_channel),
+        app_server(BookingApp, BookingSettings, database_url, clock=clock, **redis) as (_, booking_channel),
+    ):
+        yield event_grpc.EventServiceStub(event_channel), booking_grpc.BookingServiceStub(booking_channel)
+
+
+async def test_an_unchanged_feed_polled_without_if_none_match_is_served_from_the_cache_and_a_change_is_not(
+    cached: tuple[event_grpc.EventServiceAsyncStub, booking_grpc.BookingServiceAsyncStub],
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    events, bookings = cached
+    me, host = new_caller("Mo"), new_caller("Hal")
+    mine = await new_event(events, clock, me, start_in=timedelta(days=20))
+    theirs = await new_event(events, clock, host, start_in=timedelta(days=21))
+    token = await new_token(events, me)
+    rendered: list[int] = []
+    real_render = calendar.render
+
+    def counting_render(entries: Any, **kw: Any) -> bytes:
+        rendered.append(len(entries))
+        return real_render(entries, **kw)
+
+    monkeypatch.setattr(calendar, "render", counting_render)
+
+    async def get(which: str = "") -> tuple[str, bytes]:
+        call = events.GetCalendar(event_service_pb2.GetCalendarRequest(token=which or token))
+        body = await call
+        return str(dict(await call.initial_metadata())["etag"]), body.data
+
+    async def settled(which: str = "") -> tuple[str, bytes]:
+        """A second GET once the first one's body is in Redis (stored in the background)."""
+        first = await get(which)
+        for _ in range(100):
+            if await get(which) == first and len(rendered) == renders_before + 1:
+                return first
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"not served from the cache: {rendered}")
+
+    renders_before = 0
+    etag, body = await settled()
+    assert rendered == [1]  # rendered once; every GET after it is the cached body, DTSTAMP included
+    clock.advance(timedelta(minutes=5))
+    assert await get() == (etag, body) and rendered == [1]
+
+    # A change the reader should see: a new ETag, so a new render, never the old body.
+    update = event_service_pb2.UpdateEventRequest(update_mask=field_mask_pb2.FieldMask(paths=["title"]))
+    update.event.name, update.event.title = mine.name, "Renamed night"
+    await events.UpdateEvent(update, metadata=me.metadata)
+    renders_before = 1
+    etag2, body2 = await settled()
+    assert etag2 != etag and b"SUMMARY:Renamed night" in body2 and rendered == [1, 1]
+    # A booking (the other service's write: no invalidation reaches this cache, the ETag is the key).
+    await bookings.CreateBooking(book(theirs), metadata=me.metadata)
+    renders_before = 2
+    etag3, body3 = await settled()
+    assert etag3 != etag2 and body3.count(b"BEGIN:VEVENT") == 2 and rendered == [1, 1, 2]
+
+    # A rotated token: the old one is refused before any cache read, the new one is a new entry.
+    new = await new_token(events, me)
+    err = await expect_error(events.GetCalendar(event_service_pb2.GetCalendarRequest(token=token)))
+    assert (err.code, err.reason) == (grpc.StatusCode.NOT_FOUND, "CALENDAR_NOT_FOUND")
+    renders_before = 3
+    etag4, _ = await settled(new)
+    assert etag4 != etag3 and rendered == [1, 1, 2, 2]

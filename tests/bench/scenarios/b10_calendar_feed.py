@@ -1,11 +1,13 @@
 """B10 — the calendar feed's cost for a user with 200 events: a full answer (validator, rows, iCalendar rendering)
 and a calendar app's poll of an unchanged feed (``If-None-Match`` matches: the validator statement only, an empty
-answer that Envoy turns into a 304).
+answer that Envoy turns into a 304), and an unchanged feed fetched without ``If-None-Match`` (as some calendar apps
+always do) from a second EventService process that has Redis: the validator, then the body from the cache.
 
 Set-up: one reader hosting 120 events and holding confirmed bookings of 80 events of another host (all scheduled,
-Europe/Berlin, a month ahead), a calendar token from RotateCalendarToken. One EventService process (production
-settings, INFO logs, pool ``POOL``), called over native gRPC on 4 HTTP/2 connections — the gateway's own cost is
-B6's subject, and the Lua filter that makes the 304 is a header check. Polls: ``CONCURRENCY`` calls in flight;
+Europe/Berlin, a month ahead), a calendar token from RotateCalendarToken. One EventService process without Redis
+(production settings, INFO logs, pool ``POOL``: every full answer renders) and one with Redis (the cached row), each
+called over native gRPC on 4 HTTP/2 connections — the gateway's own cost is B6's subject, and the Lua filter that
+makes the 304 is a header check. Polls: ``CONCURRENCY`` calls in flight;
 full answers: ``FULL_CONCURRENCY`` (rendering runs on one thread per process; more in flight would only queue),
 in windows twice as long; each baseline with its side's concurrency.
 
@@ -23,13 +25,16 @@ Correctness, under a writer renaming one of the reader's events every second whi
 the ETag they last got (a calendar app each): ``stale_304`` — a 304 for an ETag that cannot include a write
 acknowledged before the poll began; ``same_etag_full`` — a full answer carrying the very ETag the poller sent (a
 missed match); ``wrong_feed`` — after the writer stops, the final feed doesn't list exactly the seeded events with
-the last title, or its ETag doesn't answer the next poll with a 304.
+the last title, or its ETag doesn't answer the next poll with a 304. Then again against the Redis-backed process,
+every other poll without ``If-None-Match``: ``stale_body`` — such an answer (from the cache or rendered) whose
+renamed title is older than the last rename acknowledged before the request began.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import statistics
 import time
 import uuid
@@ -43,7 +48,7 @@ from icalendar import Calendar
 
 from services.common.clock import SystemClock
 from services.event import repository as events
-from services.event.service import CALENDAR_KEEP, CALENDAR_MAX_EVENTS, EventService
+from services.event.service import CALENDAR_KEEP, CALENDAR_MAX_EVENTS, CalendarItem, EventService
 from tests.bench.harness import (
     BenchContext,
     LoadResult,
@@ -55,6 +60,7 @@ from tests.bench.harness import (
     fmt_rate,
     seed_events,
 )
+from tests.bench.scenarios.b2_cached_reads import redis_for_bench
 
 ID = "B10"
 HOSTED, BOOKED = 120, 80
@@ -65,6 +71,7 @@ POLLERS = 4
 POOL = 10
 FULL_GOAL = 0.1  # a full answer renders 200 VEVENTs in Python: it may cost 10× the SQL, not more
 POLL_GOAL = 0.5  # a poll is the validator statement plus gRPC: at least half the bare statement's rate
+CACHED_GOAL = 0.25  # a cached answer adds a Redis read and a ~160 kB body to a poll: a quarter of the statement's
 WRITE_EVERY = 1.0  # a change now and then: most polls are 304s, some see a change
 
 
@@ -86,17 +93,22 @@ def _norm(sql: str) -> str:
     return " ".join(sql.split())
 
 
+async def _sized(items: list[CalendarItem]) -> bytes:
+    """A stand-in renderer: the statements are what is recorded here."""
+    return str(len(items)).encode()
+
+
 async def sql_differs(ctx: BenchContext, token: str, etag: str) -> int:
     """1 for each of the full answer and the poll whose statements differ from the baseline's."""
     pool = await asyncpg.create_pool(ctx.database_url, min_size=1, max_size=1, connection_class=_Recorder)
     try:
         service = EventService(pool, SystemClock(), "https://cowatch.bench")
         _Recorder.log.clear()
-        await service.calendar(token)
+        await service.calendar(token, _sized)
         full = _Recorder.log != [_norm(events.CALENDAR_VALIDATOR), _norm(events.CALENDAR_EVENTS)]
         _Recorder.log.clear()
-        fresh = await service.calendar(token, etag)
-        poll = fresh.items is not None or _Recorder.log != [_norm(events.CALENDAR_VALIDATOR)]
+        fresh = await service.calendar(token, _sized, etag)
+        poll = fresh.body is not None or _Recorder.log != [_norm(events.CALENDAR_VALIDATOR)]
     finally:
         await pool.close()
     return int(full) + int(poll)
@@ -134,15 +146,20 @@ async def run(ctx: BenchContext) -> list[Row]:
         t0 = time.perf_counter()
         reader, hosted = await seed(pool, *sizes(ctx))
         ctx.log(f"  {ID} seeded {sum(sizes(ctx))} events in {time.perf_counter() - t0:.1f} s")
-        async with ctx.service(
-            "services.event", db_pool_min_size=POOL, db_pool_max_size=POOL, max_concurrent_rpcs=4096
-        ) as svc:
+        settings: dict[str, Any] = {"db_pool_min_size": POOL, "db_pool_max_size": POOL, "max_concurrent_rpcs": 4096}
+        async with (
+            redis_for_bench() as (redis_url, prefix),
+            ctx.service("services.event", **settings) as svc,
+            ctx.service("services.event", redis_url=redis_url, redis_key_prefix=prefix, **settings) as cached_svc,
+        ):
             chans = channels(svc.address, 4)
+            cached_chans = channels(cached_svc.address, 4)
             try:
                 stubs = [service_pb2_grpc.EventServiceStub(c) for c in chans]
-                return await _measure(ctx, pool, stubs, reader, hosted, seconds, rounds, concurrency)
+                cached = [service_pb2_grpc.EventServiceStub(c) for c in cached_chans]
+                return await _measure(ctx, pool, stubs, cached, reader, hosted, seconds, rounds, concurrency)
             finally:
-                for channel in chans:
+                for channel in chans + cached_chans:
                     await channel.close()
 
 
@@ -150,6 +167,7 @@ async def _measure(
     ctx: BenchContext,
     pool: asyncpg.Pool,
     stubs: list[service_pb2_grpc.EventServiceAsyncStub],
+    cached: list[service_pb2_grpc.EventServiceAsyncStub],
     reader: str,
     hosted: list[uuid.UUID],
     seconds: float,
@@ -176,6 +194,11 @@ async def _measure(
         if not answer.data:
             raise RuntimeError("an empty full answer")
 
+    async def from_cache(i: int) -> None:
+        answer = await cached[i % len(cached)].GetCalendar(request, timeout=30)
+        if answer.data != cached_body:
+            raise RuntimeError("an unchanged feed's answer differs from its cached body")
+
     async def poll(i: int) -> None:
         call = stubs[i % len(stubs)].GetCalendar(request, metadata=(("if-none-match", etag),), timeout=30)
         if (await call).data:
@@ -192,7 +215,17 @@ async def _measure(
         now, since = window()
         await pool.fetchrow(events.CALENDAR_VALIDATOR, token_hash, now, since, CALENDAR_MAX_EVENTS)
 
-    sides: dict[str, Op] = {"full": full, "sql_full": sql_full, "poll": poll, "sql_poll": sql_poll}
+    # The Redis-backed process: its first answer renders and stores the body (in the background), the next ones
+    # are served from the cache; every later answer must be those very bytes (DTSTAMP included).
+    cached_body = (await cached[0].GetCalendar(request, timeout=30)).data
+    await asyncio.sleep(0.5)
+    sides: dict[str, Op] = {
+        "full": full,
+        "sql_full": sql_full,
+        "poll": poll,
+        "sql_poll": sql_poll,
+        "cached": from_cache,
+    }
     in_flight = {kind: min(concurrency, FULL_CONCURRENCY) if "full" in kind else concurrency for kind in sides}
     for kind, side in () if ctx.quick else sides.items():  # warm-up: connections, prepared statements
         await closed_loop(side, concurrency=in_flight[kind], seconds=1.0)
@@ -212,11 +245,20 @@ async def _measure(
     errors = sum(sum(r.errors.values()) for results in runs.values() for r in results)
     checks = await _under_writes(ctx, stubs, request, me, hosted[0], 2 * seconds, min(concurrency, POLLERS))
     errors += checks.pop("errors")
+    # Again against the Redis-backed process, every other poll without If-None-Match (a body from the cache).
+    cached_checks = await _under_writes(
+        ctx, cached, request, me, hosted[0], 2 * seconds, min(concurrency, POLLERS), plain_every=2
+    )
+    errors += cached_checks.pop("errors")
+    for key in ("stale_304", "same_etag_full", "wrong_feed", "stale_body"):
+        checks[key] = checks.get(key, 0) + cached_checks[key]
     checks["wrong_feed"] += int(listed != sum(sizes(ctx)))
 
     full_ratio = rate["full"] / rate["sql_full"] if rate["sql_full"] else 0.0
     poll_ratio = rate["poll"] / rate["sql_poll"] if rate["sql_poll"] else 0.0
     speedup = rate["poll"] / rate["full"] if rate["full"] else 0.0
+    cached_ratio = rate["cached"] / rate["sql_poll"] if rate["sql_poll"] else 0.0
+    cached_speedup = rate["cached"] / rate["full"] if rate["full"] else 0.0
     correctness = {"errors": errors, "baseline_sql_differs": differ, **checks}
     common = (
         f"{sizes(ctx)[0]} hosted + {sizes(ctx)[1]} booked events, native gRPC, closed loop on 4 connections, "
@@ -238,6 +280,16 @@ async def _measure(
         f"{fmt_ms(closed['sql_poll'].stats.p50_ms)} p99 {fmt_ms(closed['sql_poll'].stats.p99_ms)}; {common}; "
         f"under a writer every {WRITE_EVERY:g} s: {checks['polls']} polls, {checks['changes_seen']} "
         f"changes seen"
+    )
+    cached_notes = (
+        f"{'' if cached_ratio >= CACHED_GOAL else f'MISSED: ratio {cached_ratio:.2f} < {CACHED_GOAL}. '}"
+        f"GetCalendar without If-None-Match on an EventService with Redis, feed unchanged: the validator, one "
+        f"cache read, the {len(cached_body):,}-byte body unzipped and sent; {in_flight['cached']} in flight: "
+        f"{cached_speedup:.0f}× the rendered answer's rate; p50 {fmt_ms(closed['cached'].stats.p50_ms)} "
+        f"p99 {fmt_ms(closed['cached'].stats.p99_ms)}; baseline: the validator statement via asyncpg; {common}; "
+        f"under a writer every {WRITE_EVERY:g} s, every other poll without If-None-Match: {cached_checks['polls']} "
+        f"polls, {cached_checks['changes_seen']} changes seen, stale_body counts a body older than a write "
+        f"acknowledged before its request"
     )
     correct = {k: v for k, v in correctness.items() if k not in ("polls", "changes_seen")}
     data = {
@@ -274,6 +326,18 @@ async def _measure(
             correctness=correct,
             data={**data, "polls_under_writes": checks["polls"], "changes_seen": checks["changes_seen"]},
         ),
+        Row(
+            id=f"{ID}/cached",
+            scenario="calendar feed, 200 events, unchanged, GET without If-None-Match (body from Redis)",
+            cowatch=fmt_rate(rate["cached"], "feeds/s"),
+            baseline=fmt_rate(rate["sql_poll"], "/s") + " (validator statement, asyncpg)",
+            ratio=cached_ratio,
+            goal=f"≥ {CACHED_GOAL}",
+            met=cached_ratio >= CACHED_GOAL,
+            notes=cached_notes,
+            correctness=correct,
+            data={**data, "polls_under_writes": cached_checks["polls"], "changes_seen": cached_checks["changes_seen"]},
+        ),
     ]
 
 
@@ -285,15 +349,21 @@ async def _under_writes(
     event_id: uuid.UUID,
     seconds: float,
     concurrency: int,
+    plain_every: int = 0,
 ) -> dict[str, int]:
     """Pollers (each a calendar app holding its last ETag) against a writer renaming one of the reader's events.
 
     ``started``/``acked`` count the writer's renames begun/acknowledged. A full answer received when ``started``
     was n can include at most n renames; a poll begun when ``acked`` was m must see m. So a 304 for an ETag whose
-    answer arrived when ``started`` < m is stale for sure (no false alarm: concurrency only widens the bounds)."""
+    answer arrived when ``started`` < m is stale for sure (no false alarm: concurrency only widens the bounds).
+
+    With ``plain_every`` = k, every k-th poll of a poller sends no ``If-None-Match`` (a calendar app that never
+    does: with Redis, the cached body): ``stale_body`` counts such a body whose renamed title is older than the
+    rename acknowledged when the poll began."""
     started = acked = 0
     includes: dict[str, int] = {}  # ETag → the most renames its answer can include
-    counts = {"errors": 0, "stale_304": 0, "same_etag_full": 0, "wrong_feed": 0, "polls": 0, "changes_seen": 0}
+    counts = {"errors": 0, "stale_304": 0, "same_etag_full": 0, "wrong_feed": 0, "stale_body": 0}
+    counts |= {"polls": 0, "changes_seen": 0}
     stop = asyncio.Event()
     name = f"events/{event_id}"
 
@@ -316,9 +386,12 @@ async def _under_writes(
 
     async def poller(k: int) -> None:
         held = ""
+        n = 0
         while not stop.is_set():
             acked_at_start = acked
-            metadata = (("if-none-match", held),) if held else None
+            n += 1
+            plain = plain_every > 0 and n % plain_every == 0
+            metadata = (("if-none-match", held),) if held and not plain else None
             call = stubs[k % len(stubs)].GetCalendar(request, metadata=metadata, timeout=30)
             try:
                 body = await call
@@ -329,6 +402,12 @@ async def _under_writes(
             counts["polls"] += 1
             if not body.data:
                 counts["stale_304"] += int(includes.get(held, 0) < acked_at_start)
+                continue
+            if plain:
+                unfolded = body.data.replace(b"\r\n ", b"")
+                seen = [int(m) for m in re.findall(rb"SUMMARY:Solaris night\\, take (\d+)", unfolded)]
+                counts["stale_body"] += int(acked_at_start > 0 and (not seen or max(seen) < acked_at_start))
+                includes[etag] = max(includes.get(etag, 0), started)
                 continue
             counts["same_etag_full"] += int(bool(held) and etag == held)
             counts["changes_seen"] += int(bool(held))
