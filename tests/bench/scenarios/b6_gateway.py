@@ -39,7 +39,7 @@ from tests.support.nginx import NginxProcess
 
 ID = "B6"
 CONCURRENCY = 32
-GOAL = 0.75
+GOAL = 0.85  # "keep ≥ 0.85": the gateway may cost at most 15 % of a direct call
 EVENTS = 50
 NO_LIMIT = {"COWATCH_NGINX_RATE": "100000r/s", "COWATCH_NGINX_BURST": "100000"}
 
