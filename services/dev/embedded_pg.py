@@ -149,7 +149,8 @@ def _sweep_stale_temp_dirs() -> None:
         return
     _swept = True
     now = time.time()
-    bases = {temp_base_dir(), Path(tempfile.gettempdir())}
+    # /var/tmp: where `make bench` keeps its durable server's data (on disk, not tmpfs).
+    bases = {temp_base_dir(), Path(tempfile.gettempdir()), Path("/var/tmp")}
     for path in (p for base in bases for p in base.glob("cowatch-pg*-*")):
         try:
             if now - path.stat().st_mtime < _STALE_AFTER_S:
