@@ -200,6 +200,11 @@ def _like_pattern(text: str) -> str:
     return f"%{escaped}%"
 
 
+_TEXT_MATCH = "lower(e.title || ' ' || e.film_title)"
+NEAR_WINDOW = "7 days"
+"""How far from its start a free-text listing walks in start-time order before reading every match instead."""
+
+
 def build_list_sql(q: ListQuery) -> tuple[str, list[Any]]:
     """One keyset-paginated statement; filters add predicates that match the partial indexes' WHERE clause."""
     args: list[Any] = []
@@ -226,7 +231,7 @@ def build_list_sql(q: ListQuery) -> tuple[str, list[Any]]:
     if q.has_free_seats:
         where.append("e.seats_taken + e.seats_held < e.capacity")  # bookable now
     if q.text is not None:
-        where.append(f"lower(e.title || ' ' || e.film_title) LIKE {arg(_like_pattern(q.text))}")
+        where.append(f"{_TEXT_MATCH} LIKE {arg(_like_pattern(q.text))}")
     if q.after is not None:
         where.append(f"(e.start_time, e.id) > ({arg(q.after[0])}, {arg(q.after[1])})")
     if q.viewer_id is not None:
@@ -237,11 +242,46 @@ def build_list_sql(q: ListQuery) -> tuple[str, list[Any]]:
         )
     else:
         guest = "false"
+    listed = " AND ".join(where)
+    anchor = _text_anchor(q)
+    if anchor is None:
+        sql = (
+            f"SELECT {_COLUMNS}, {guest} AS viewer_is_guest {_FROM} WHERE {listed} "
+            f"ORDER BY e.start_time, e.id LIMIT {arg(q.limit)}"
+        )
+        return sql, args
+    # Free text over public events. The trigram GIN index can only hand over every match, a cost that grows with
+    # the catalogue; so the first week from ``anchor`` (which every listed row starts at or after: distance order
+    # is start-time order) is read from the GiST index (start time, trigrams) in start-time order, a
+    # nearest-neighbour walk that stops after a page. Only when that week holds less than a page (a rare term)
+    # is the rest read the GIN way (the GiST index is on the "C"-collated text, so that part cannot walk it
+    # whole). The walk cannot break ties on id, so only the rows before the page's last start time are taken
+    # from it, and that start time's rows are looked up whole.
+    limit = arg(q.limit)
+    at = f"{arg(anchor)}::timestamptz"
+    near = listed.replace(_TEXT_MATCH, f'({_TEXT_MATCH} COLLATE "C")')
     sql = (
-        f"SELECT {_COLUMNS}, {guest} AS viewer_is_guest {_FROM} WHERE {' AND '.join(where)} "
-        f"ORDER BY e.start_time, e.id LIMIT {arg(q.limit)}"
+        f"WITH near AS MATERIALIZED (SELECT e.ctid, e.start_time FROM event.events e WHERE {near} "
+        f"AND e.start_time < {at} + interval '{NEAR_WINDOW}' ORDER BY e.start_time <-> {at} LIMIT {limit}), "
+        f"far AS MATERIALIZED (SELECT e.ctid, e.start_time FROM event.events e WHERE {listed} "
+        f"AND e.start_time >= {at} + interval '{NEAR_WINDOW}' AND (SELECT count(*) FROM near) < {limit} "
+        f"ORDER BY e.start_time, e.id LIMIT {limit}), "
+        "found AS (SELECT * FROM near UNION ALL SELECT * FROM far) "
+        f"SELECT {_COLUMNS}, {guest} AS viewer_is_guest {_FROM} WHERE e.ctid = ANY(ARRAY("
+        "SELECT found.ctid FROM found WHERE found.start_time < (SELECT max(found.start_time) FROM found) "
+        f"UNION ALL SELECT e.ctid FROM event.events e WHERE {listed} "
+        "AND e.start_time = (SELECT max(found.start_time) FROM found))) "
+        f"ORDER BY e.start_time, e.id LIMIT {limit}"
     )
     return sql, args
+
+
+def _text_anchor(q: ListQuery) -> datetime | None:
+    """The earliest start time a free-text listing of public events can show (``None``: not such a listing)."""
+    if q.text is None or q.own:
+        return None
+    bounds = [t for t in (q.start_from, q.after[0] if q.after else None) if t is not None]
+    return max(bounds) if bounds else None
 
 
 async def list_events(conn: Conn | Pool, q: ListQuery) -> list[Listed]:

@@ -121,6 +121,43 @@ async def test_keyset_pagination_walks_every_event_once(events: event_grpc.Event
     assert seen == [e.name for e in expected]
 
 
+async def test_text_pages_follow_start_time_and_id_across_the_walked_week(
+    events: event_grpc.EventServiceAsyncStub, clock: ManualClock
+):
+    """Free text reads its first week from the GiST index in start-time order and the rest from the GIN index
+    (services.event.repository.build_list_sql); pages must still be exactly (start_time, id) order with ties
+    split across pages, on both sides of the week and across it."""
+    host = new_caller()
+    word = unique("zq")
+    created = []
+    # Three events per start time (ties broken by id), before and after the first week from now.
+    for days in (1, 1, 1, 3, 3, 6, 9, 9, 9, 12):
+        e = await events.CreateEvent(
+            create_request(clock.now(), start_in=timedelta(days=days), title=f"Night of {word}"),
+            metadata=host.metadata,
+        )
+        created.append(e)
+    await events.CreateEvent(create_request(clock.now(), start_in=timedelta(days=2)), metadata=host.metadata)
+    await events.CreateEvent(
+        create_request(clock.now(), start_in=timedelta(days=2), title=word, private=True), metadata=host.metadata
+    )
+    expected = [
+        e.name for e in sorted(created, key=lambda e: (e.start_time.ToDatetime(), uuid.UUID(e.name.split("/")[1])))
+    ]
+    for size in (1, 2, 4, 100):
+        seen: list[str] = []
+        token = ""
+        while True:
+            page = await events.ListEvents(
+                service_pb2.ListEventsRequest(query=word.upper(), page_size=size, page_token=token)
+            )
+            seen += [e.name for e in page.events]
+            token = page.next_page_token
+            if not token:
+                break
+        assert seen == expected, size
+
+
 async def test_page_token_is_bound_to_its_filters(events: event_grpc.EventServiceAsyncStub, clock: ManualClock):
     host = new_caller()
     city = unique("Bound")
