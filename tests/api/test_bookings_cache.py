@@ -9,7 +9,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -17,13 +16,11 @@ from cowatch.booking.v1 import service_pb2_grpc as booking_grpc
 from cowatch.event.v1 import service_pb2 as event_service_pb2
 from cowatch.event.v1 import service_pb2_grpc as event_grpc
 
-from services.booking.app import BookingApp, BookingSettings
 from services.common.clock import ManualClock
-from services.event.app import EventApp, EventSettings
 from tests.support.api import new_caller
 from tests.support.bookings import book, cancel
 from tests.support.factories import create_request
-from tests.support.servers import app_server
+from tests.support.servers import event_and_booking_servers_with_redis
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -32,15 +29,10 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 async def cached(
     database_url: str, redis_url: str, redis_key_prefix: str, clock: ManualClock
 ) -> AsyncIterator[tuple[event_grpc.EventServiceAsyncStub, booking_grpc.BookingServiceAsyncStub]]:
-    redis: dict[str, Any] = {
-        "redis_url": redis_url,
-        "redis_key_prefix": f"{redis_key_prefix}bookings-cache-{uuid.uuid4().hex[:6]}:",
-    }
-    async with (
-        app_server(EventApp, EventSettings, database_url, clock=clock, **redis) as (_, event_channel),
-        app_server(BookingApp, BookingSettings, database_url, clock=clock, **redis) as (_, booking_channel),
-    ):
-        yield event_grpc.EventServiceStub(event_channel), booking_grpc.BookingServiceStub(booking_channel)
+    async with event_and_booking_servers_with_redis(
+        database_url, redis_url, f"{redis_key_prefix}bookings-cache-", clock
+    ) as stubs:
+        yield stubs
 
 
 async def test_seat_changes_are_visible_through_the_event_cache(cached, clock: ManualClock):

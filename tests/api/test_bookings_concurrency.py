@@ -26,14 +26,12 @@ from cowatch.event.v1 import service_pb2 as event_service_pb2
 from cowatch.event.v1 import service_pb2_grpc as event_grpc
 from google.protobuf import field_mask_pb2
 
-from services.booking.app import BookingApp, BookingSettings
-from services.common import db
 from services.common.auth import TokenVerifier
 from services.common.clock import ManualClock
-from services.common.server import start_server
-from tests.support.api import AUDIENCE, HS256_SECRET, ISSUER, Caller, new_caller, rich_error
+from tests.support.api import Caller, new_caller, rich_error
 from tests.support.bookings import book, cancel, new_event, seat_counts, uid
 from tests.support.factories import ts
+from tests.support.servers import herd_booking_server
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 
@@ -47,34 +45,10 @@ async def stubs(
     database_url: str, clock: ManualClock, verifier: TokenVerifier
 ) -> AsyncIterator[list[booking_grpc.BookingServiceAsyncStub]]:
     """A BookingService sized for a thundering herd, and several channels (separate HTTP/2 connections)."""
-    settings = BookingSettings(
-        database_url=database_url,
-        jwt_issuer=ISSUER,
-        jwt_audience=AUDIENCE,
-        jwt_hs256_secret=HS256_SECRET,
-        public_base_url="https://cowatch.test",
-        grpc_host="127.0.0.1",
-        db_pool_max_size=20,
-        max_concurrent_rpcs=4 * CLIENTS,
-        db_acquire_timeout_seconds=60,
-        db_command_timeout_seconds=60,
-        log_level="WARNING",
-    )
-    # db.create_pool makes the acquire timeout a process-wide default; put the previous one back afterwards so
-    # the raised value doesn't leak into later tests.
-    previous_acquire_timeout = db._acquire_timeout
-    running = await start_server(BookingApp(settings, clock), settings, verifier=verifier, port=0)
-    channels = [
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}", options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in range(CHANNELS)
-    ]
-    try:
-        yield [booking_grpc.BookingServiceStub(c) for c in channels]
-    finally:
-        for channel in channels:
-            await channel.close()
-        await running.stop(1.0)
-        db._acquire_timeout = previous_acquire_timeout
+    async with herd_booking_server(
+        database_url, clock, verifier, channels=CHANNELS, db_pool_max_size=20, max_concurrent_rpcs=4 * CLIENTS
+    ) as (_, stubs):
+        yield stubs
 
 
 async def outcome(call: Awaitable[booking_pb2.Booking]) -> Result:

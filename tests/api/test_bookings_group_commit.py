@@ -26,14 +26,13 @@ from cowatch.booking.v1 import service_pb2_grpc as booking_grpc
 from cowatch.event.v1 import service_pb2_grpc as event_grpc
 
 from services.booking import repository as bookings
-from services.booking.app import BookingApp, BookingSettings
-from services.common import db
+from services.booking.app import BookingApp
 from services.common.auth import TokenVerifier
 from services.common.clock import ManualClock
-from services.common.server import start_server
 from services.notification import outbox
-from tests.support.api import AUDIENCE, HS256_SECRET, ISSUER, Caller, new_caller, rich_error
+from tests.support.api import Caller, new_caller, rich_error
 from tests.support.bookings import book, new_event, seat_counts, uid
+from tests.support.servers import herd_booking_server
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 
@@ -45,33 +44,10 @@ Result = booking_pb2.Booking | str
 async def served(
     database_url: str, clock: ManualClock, verifier: TokenVerifier
 ) -> AsyncIterator[tuple[BookingApp, list[booking_grpc.BookingServiceAsyncStub]]]:
-    settings = BookingSettings(
-        database_url=database_url,
-        jwt_issuer=ISSUER,
-        jwt_audience=AUDIENCE,
-        jwt_hs256_secret=HS256_SECRET,
-        public_base_url="https://cowatch.test",
-        grpc_host="127.0.0.1",
-        db_pool_max_size=10,
-        max_concurrent_rpcs=4000,
-        db_acquire_timeout_seconds=60,
-        db_command_timeout_seconds=60,
-        log_level="WARNING",
-    )
-    previous_acquire_timeout = db._acquire_timeout
-    app = BookingApp(settings, clock)
-    running = await start_server(app, settings, verifier=verifier, port=0)
-    channels = [
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}", options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in range(CHANNELS)
-    ]
-    try:
-        yield app, [booking_grpc.BookingServiceStub(c) for c in channels]
-    finally:
-        for channel in channels:
-            await channel.close()
-        await running.stop(1.0)
-        db._acquire_timeout = previous_acquire_timeout
+    async with herd_booking_server(
+        database_url, clock, verifier, channels=CHANNELS, db_pool_max_size=10, max_concurrent_rpcs=4000
+    ) as served:
+        yield served
 
 
 async def outcome(call: object) -> Result:

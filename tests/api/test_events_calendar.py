@@ -7,7 +7,6 @@ itself is Envoy's: tests/e2e/test_gateway_envoy.py."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -23,15 +22,13 @@ from cowatch.event.v1 import service_pb2_grpc as event_grpc
 from google.protobuf import field_mask_pb2
 from icalendar import Calendar
 
-from services.booking.app import BookingApp, BookingSettings
 from services.booking.offer_sweep import OfferSweep
 from services.common.clock import ManualClock
 from services.event import calendar
-from services.event.app import EventApp, EventSettings
 from tests.support.api import Caller, expect_error, new_caller
 from tests.support.bookings import book, cancel, new_event
 from tests.support.factories import book_directly, create_request
-from tests.support.servers import app_server
+from tests.support.servers import event_and_booking_servers_with_redis
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -321,16 +318,10 @@ async def test_an_events_ics_download_answers_a_matching_if_none_match_with_an_e
 async def cached(
     database_url: str, redis_url: str, redis_key_prefix: str, clock: ManualClock
 ) -> AsyncIterator[tuple[event_grpc.EventServiceAsyncStub, booking_grpc.BookingServiceAsyncStub]]:
-    """EventService and BookingService with Redis (this session's key prefix), as in production."""
-    redis: dict[str, Any] = {
-        "redis_url": redis_url,
-        "redis_key_prefix": f"{redis_key_prefix}calendar-{uuid.uuid4().hex[:6]}:",
-    }
-    async with (
-        app_server(EventApp, EventSettings, database_url, clock=clock, **redis) as (_, event_channel),
-        app_server(BookingApp, BookingSettings, database_url, clock=clock, **redis) as (_, booking_channel),
-    ):
-        yield event_grpc.EventServiceStub(event_channel), booking_grpc.BookingServiceStub(booking_channel)
+    async with event_and_booking_servers_with_redis(
+        database_url, redis_url, f"{redis_key_prefix}calendar-", clock
+    ) as stubs:
+        yield stubs
 
 
 async def test_an_unchanged_feed_polled_without_if_none_match_is_served_from_the_cache_and_a_change_is_not(

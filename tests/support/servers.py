@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+from cowatch.booking.v1 import service_pb2_grpc as booking_grpc
 from cowatch.event.v1 import service_pb2_grpc as event_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.booking.app import BookingApp, BookingSettings
+from services.common import db
 from services.common.auth import TokenVerifier
 from services.common.clock import Clock, ManualClock
 from services.common.server import RunningServer, start_server
@@ -76,6 +80,53 @@ async def event_server(
         EventApp, settings_cls, database_url, clock=clock, readiness_interval=readiness_interval, **overrides
     ) as (running, channel):
         yield running, event_grpc.EventServiceStub(channel)
+
+
+@contextlib.asynccontextmanager
+async def event_and_booking_servers_with_redis(
+    database_url: str, redis_url: str, key_prefix: str, clock: Clock
+) -> AsyncIterator[tuple[event_grpc.EventServiceAsyncStub, booking_grpc.BookingServiceAsyncStub]]:
+    """EventService and BookingService sharing one Redis, as in production, under ``key_prefix`` plus a random part
+    (so a module's entries never meet another's)."""
+    redis: dict[str, Any] = {"redis_url": redis_url, "redis_key_prefix": f"{key_prefix}{uuid.uuid4().hex[:6]}:"}
+    async with (
+        app_server(EventApp, EventSettings, database_url, clock=clock, **redis) as (_, event_channel),
+        app_server(BookingApp, BookingSettings, database_url, clock=clock, **redis) as (_, booking_channel),
+    ):
+        yield event_grpc.EventServiceStub(event_channel), booking_grpc.BookingServiceStub(booking_channel)
+
+
+@contextlib.asynccontextmanager
+async def herd_booking_server(
+    database_url: str, clock: Clock, verifier: TokenVerifier, *, channels: int, **overrides: Any
+) -> AsyncIterator[tuple[BookingApp, list[booking_grpc.BookingServiceAsyncStub]]]:
+    """A BookingService sized for a thundering herd (waits for a connection or a statement up to 60 s, WARNING
+    logs; ``overrides`` are more settings) and ``channels`` stubs on separate HTTP/2 connections to it."""
+    settings = BookingSettings(
+        **settings_env(
+            database_url,
+            db_acquire_timeout_seconds=60,
+            db_command_timeout_seconds=60,
+            log_level="WARNING",
+            **overrides,
+        )
+    )
+    # db.create_pool makes the acquire timeout a process-wide default; put the previous one back afterwards so
+    # the raised value doesn't leak into later tests.
+    previous_acquire_timeout = db._acquire_timeout
+    app = BookingApp(settings, clock)
+    running = await start_server(app, settings, verifier=verifier, port=0)
+    opened = [
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}", options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(channels)
+    ]
+    try:
+        yield app, [booking_grpc.BookingServiceStub(c) for c in opened]
+    finally:
+        for channel in opened:
+            await channel.close()
+        await running.stop(1.0)
+        db._acquire_timeout = previous_acquire_timeout
 
 
 async def health(port: int, service: str = "") -> int:
