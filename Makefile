@@ -30,7 +30,7 @@ else \
 fi
 endef
 
-.PHONY: help install tools gen gen-check lint test test-fast run bench chaos up clean distclean
+.PHONY: help install tools gen gen-check lint test test-fast run bench profile chaos up clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -73,6 +73,10 @@ run: install ## the whole stack: PostgreSQL, migrations, services, worker, notif
 
 bench: tools ## benchmarks (make bench QUICK=1 for a seconds-long smoke run)
 	$(if $(QUICK),QUICK=$(QUICK) )$(PY) -m tests.bench
+
+profile: tools ## profile one benchmark scenario: make profile BENCH=B3 (py-spy; docs/performance.md)
+	@test -n "$(BENCH)" || { echo "usage: make profile BENCH=B3 [ARGS=--native]" >&2; exit 2; }
+	$(PY) -m tests.bench.profile $(BENCH) $(ARGS)
 
 chaos: install ## fault scenarios against a real multi-process stack, one table (make chaos QUICK=1: short run)
 	$(if $(QUICK),QUICK=$(QUICK) )$(PY) -m tests.chaos
