@@ -28,6 +28,7 @@ import asyncio
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -143,6 +144,7 @@ class Window:
     seconds: float
     calls: int
     cpu: dict[str, float]
+    errors: dict[str, int] = field(default_factory=dict)
 
 
 class Windows:
@@ -169,7 +171,8 @@ class Windows:
             before, t0 = self.box.snapshot(), time.perf_counter()
             result: LoadResult = await driver(op, *args, **kwargs)
             seconds, after = time.perf_counter() - t0, self.box.snapshot()
-            self.windows.append(Window(label, seconds, result.stats.count, self.box.per_program(before, after)))
+            cpu = self.box.per_program(before, after)
+            self.windows.append(Window(label, seconds, result.stats.count, cpu, dict(result.errors)))
             return result
 
         return wrapped
@@ -180,7 +183,7 @@ class Windows:
                 setattr(module, name, self.wrap(getattr(module, name), kind))
 
 
-def start_py_spy(out: Path, rate: int, native: bool) -> subprocess.Popen[bytes]:
+def start_py_spy(out: Path, rate: int, native: bool, log: Path) -> subprocess.Popen[bytes]:
     if not PY_SPY.exists():
         raise SystemExit(f"{PY_SPY} not found: run `make install` (py-spy is a dev dependency)")
     args = [str(PY_SPY), "record", "--pid", str(SELF), "--subprocesses", "--threads", "--full-filenames"]
@@ -189,7 +192,8 @@ def start_py_spy(out: Path, rate: int, native: bool) -> subprocess.Popen[bytes]:
     args += ["--format", "raw", "--rate", str(rate), "--nonblocking", "-o", str(out)]
     if native:
         args.append("--native")
-    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=sys.stderr, stderr=sys.stderr)
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT)
     time.sleep(1.0)  # attach before the run starts
     if proc.poll() is not None:
         raise SystemExit(f"py-spy exited with {proc.returncode} (it needs ptrace: root or ptrace_scope 0)")
@@ -234,7 +238,19 @@ def window_table(windows: list[Window], whole: dict[str, float]) -> list[str]:
             cells.append(f"{_pct(share)}, {per_call:,.0f} µs/call" if share >= 0.05 else "—")
         if any(c != "—" for c in cells[2:]) or whole_share.get(program, 0) >= 0.05:
             lines.append("| " + " | ".join(cells) + " |")
+    failed = [_sum_errors(w.errors for w in ws) for ws in grouped.values()]
+    if any(failed):
+        cells = ["*failed calls*", ""] + [", ".join(f"{k} {v}" for k, v in f.items()) or "0" for f in failed]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _sum_errors(items: Any) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for errors in items:
+        for kind, count in errors.items():
+            out[kind] += count
+    return dict(out)
 
 
 def _sum_cpu(items: Any) -> dict[str, float]:
@@ -252,11 +268,12 @@ def process_section(profile: ProcessProfile, label: str, top: int) -> list[str]:
         "",
         f"`{profile.command}`",
         "",
-        "| bucket | self | self + children |",
-        "|---|---|---|",
+        "| bucket | self | self, at work | self + children |",
+        "|---|---|---|---|",
     ]
     for bucket, share in profile.top(top):
-        lines.append(f"| {bucket} | {_pct(share)} | {_pct(profile.share(bucket, inclusive=True))} |")
+        steady, inclusive = profile.share(bucket, steady=True), profile.share(bucket, inclusive=True)
+        lines.append(f"| {bucket} | {_pct(share)} | {_pct(steady) if steady else '—'} | {_pct(inclusive)} |")
     threads = ", ".join(f"{t} {100 * c / profile.samples:.0f} %" for t, c in profile.thread_counts.most_common(4))
     frames = "; ".join(f"`{f}` {100 * c / profile.samples:.1f} %" for f, c in profile.frame_counts.most_common(12))
     lines += ["", f"Threads: {threads}.", "", f"Top frames by self share (the frame deciding the bucket): {frames}."]
@@ -267,18 +284,19 @@ def report(
     sid: str,
     argv: list[str],
     rows: list[dict[str, Any]],
-    box: Box,
-    windows: Windows,
+    whole: dict[str, float],
+    windows: list[Window],
+    labels: dict[int, str],
     profiles: dict[int, ProcessProfile],
     meta: dict[str, Any],
 ) -> tuple[str, dict[str, Any]]:
-    whole = box.whole_run()
     lines = [
         f"# Profile of {sid}",
         "",
         f"`{' '.join(argv)}` — {meta['when']}; {meta['machine']}; load average {meta['load_before']} before, "
         f"{meta['load_after']} after; py-spy {meta['rate']} Hz, idle samples off, native frames "
-        f"{'on' if meta['native'] else 'off'}{'; QUICK: figures meaningless' if meta['quick'] else ''}.",
+        f"{'on' if meta['native'] else 'off'} ({meta.get('py_spy', '?')})"
+        f"{'; QUICK: figures meaningless' if meta['quick'] else ''}.",
         "",
         "The load generator, the services, PostgreSQL and the proxies share this box's cores: figures are "
         "proportions from one run, not capacities.",
@@ -299,25 +317,28 @@ def report(
         "seeding and baselines included) and during each load window of the scenario, grouped by the operation "
         "it drove (warm-ups included), with CPU µs per completed call.",
         "",
-        *window_table(windows.windows, whole),
+        *window_table(windows, whole),
         "",
         "## Python processes (py-spy samples)",
         "",
         "Percent of the process's own samples (idle samples excluded). *self*: each sample in exactly one bucket "
-        "(its innermost frame that names one; sums to 100 %). *self + children*: samples with any frame in the "
-        "bucket (overlapping). Buckets: tests/bench/profile_summary.py.",
+        "(its innermost frame that names one; sums to 100 %). *self, at work*: the same without the samples of "
+        "start-up imports and of the profiler's own thread (what the process does under load). *self + children*: "
+        "samples with any frame in the bucket below the event loop's dispatch (overlapping). Buckets: "
+        "tests/bench/profile_summary.py.",
     ]
     ordered = sorted(profiles.values(), key=lambda p: -p.samples)
     for profile in ordered:
         if profile.samples < 20:
             continue
-        lines += process_section(profile, box.labels.get(profile.pid, "?"), top=12)
+        lines += process_section(profile, labels.get(profile.pid, "?"), top=12)
     data = {
         "meta": meta,
         "rows": rows,
         "cpu_seconds_whole_run": whole,
-        "windows": [vars(w) for w in windows.windows],
-        "processes": [dict(p.as_json(), program=box.labels.get(p.pid, "?")) for p in ordered],
+        "windows": [vars(w) for w in windows],
+        "processes": [dict(p.as_json(), program=labels.get(p.pid, "?")) for p in ordered],
+        "labels": labels,
     }
     return "\n".join(lines) + "\n", data
 
@@ -328,26 +349,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second (default 200)")
     parser.add_argument("--native", action="store_true", help="native frames too (py-spy has crashed with it here)")
     parser.add_argument("--quick", action="store_true", help="QUICK=1 windows (a smoke test, meaningless figures)")
+    parser.add_argument(
+        "--resummarise",
+        action="store_true",
+        help="run nothing: rewrite profile-<ID>.md/.json from the .txt and .json of an earlier run (new bucket rules)",
+    )
     args = parser.parse_args(argv)
     sid = args.scenario.strip().upper()
+    results = Path(os.environ.get("BENCH_RESULTS_DIR") or bench.RESULTS_DIR)
+    stacks = results / f"profile-{sid}.txt"
+    if args.resummarise:
+        return resummarise(sid, results, stacks)
     found = bench.discover({sid})
     if len(found) != 1:
         parser.error(f"no scenario {sid} in tests/bench/scenarios")
     module = found[0][1]
-    results = Path(os.environ.get("BENCH_RESULTS_DIR") or bench.RESULTS_DIR)
     run_dir = results / f"profile-{sid}"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     os.environ.update({"BENCH_ONLY": sid, "BENCH_RESULTS_DIR": str(run_dir)})
     if args.quick:
         os.environ["QUICK"] = "1"
-    stacks = results / f"profile-{sid}.txt"
 
     box = Box()
     windows = Windows(box)
     windows.install(module)
     load_before = f"{os.getloadavg()[0]:.1f}"
-    spy = start_py_spy(stacks, args.rate, args.native)
+    spy = start_py_spy(stacks, args.rate, args.native, run_dir / "py-spy.log")
     box.snapshot()
     done = threading.Event()
 
@@ -379,15 +407,45 @@ def main(argv: list[str] | None = None) -> int:
         "native": args.native,
         "quick": args.quick,
         "postgres": latest["meta"]["postgres"],
+        "py_spy": py_spy_summary(run_dir / "py-spy.log"),
     }
     rows = [{k: r.get(k) for k in ("id", "cowatch", "baseline", "ratio", "notes")} for r in latest["rows"]]
     command = ["python", "-m", "tests.bench.profile", *(argv if argv is not None else sys.argv[1:])]
-    text, data = report(sid, command, rows, box, windows, summarise(stacks.read_text()), meta)
+    profiles = summarise(stacks.read_text())
+    write(sid, results, *report(sid, command, rows, box.whole_run(), windows.windows, box.labels, profiles, meta))
+    return status
+
+
+def write(sid: str, results: Path, text: str, data: dict[str, Any]) -> None:
     (results / f"profile-{sid}.md").write_text(text)
     (results / f"profile-{sid}.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
     print(text)
     print(f"written: {results / f'profile-{sid}.md'}, .txt (collapsed stacks), .json", file=sys.stderr)
-    return status
+
+
+def resummarise(sid: str, results: Path, stacks: Path) -> int:
+    """Rewrite the summary of an earlier run from its stacks and CPU figures (after a change of bucket rules)."""
+    old = json.loads((results / f"profile-{sid}.json").read_text())
+    labels = {int(pid): label for pid, label in old.get("labels", {}).items()}
+    labels = labels or {int(p["pid"]): p["program"] for p in old["processes"]}
+    windows = [Window(**w) for w in old["windows"]]
+    command = ["python", "-m", "tests.bench.profile", sid, "--resummarise"]
+    meta = dict(old["meta"], resummarised=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+    text, data = report(
+        sid, command, old["rows"], old["cpu_seconds_whole_run"], windows, labels, summarise(stacks.read_text()), meta
+    )
+    write(sid, results, text, data)
+    return 0
+
+
+def py_spy_summary(log: Path) -> str:
+    """py-spy's own last word: "Samples: N Errors: M" (errors: stacks it could not read, e.g. a process exiting)."""
+    try:
+        found = re.findall(r"Samples: \d+ Errors: \d+", log.read_text())
+    except OSError:
+        return "py-spy log missing"
+    behind = log.read_text().count("behind in sampling")
+    return (found[-1] if found else "no sample count") + (f", fell behind {behind}×" if behind else "")
 
 
 if __name__ == "__main__":

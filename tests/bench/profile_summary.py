@@ -15,14 +15,18 @@ its frames names — what calling into that layer costs, everything below it inc
 
 Without ``--native``, code that runs in a C or Cython extension shows up as the innermost Python frame that called
 it: time inside grpc.aio's Cython server (which has no Python frames) lands on asyncio's ``Handle._run``, the
-frame that steps a Cython coroutine or runs a Cython callback; that frame gets its own bucket (``grpc.aio Cython /
-C callbacks``) rather than being folded into the event loop. The poller thread grpc.aio starts to drain its
-completion queue has no Python frames below ``threading``: it is recognised by its thread name.
+frame that steps a Cython coroutine or runs a Cython callback; as the innermost frame it gets the bucket ``grpc.aio
+C core / Cython callbacks`` rather than being folded into the event loop. Inclusive shares only count frames below
+the last such dispatch (what the loop is running), not the bootstrap frames every sample has above it. The poller
+thread grpc.aio starts to drain its completion queue has no Python frames below ``threading``: it is recognised by
+its thread name.
 
-Three more buckets keep what is not the measured work apart: a sample inside an import is ``start-up (imports)``
-whatever the imported module runs; the event loop's ``select`` (epoll) has a bucket of its own (py-spy counts a
-thread in a system call as active unless the kernel says it sleeps, so it holds both polling work and some
-waiting); and tests/bench/profile.py's own CPU-sampling thread (``cpu-sampler``) is named as such.
+Four more buckets keep apart what is not the measured work or is easily misread: a sample inside an import is
+``start-up (imports)`` whatever the imported module runs; the event loop's ``select`` (epoll) has a bucket of its
+own (py-spy counts a thread in a system call as active unless the kernel says it sleeps, so it holds both polling
+work and some waiting); the asyncio socket transports' reads and writes are ``socket I/O`` (asyncpg's and
+redis-py's sockets: their protocol parsing, in Cython, runs under ``data_received``); and the CPU-sampling thread
+of tests/bench/profile.py (``cpu-sampler``) is named as such.
 """
 
 from __future__ import annotations
@@ -46,11 +50,14 @@ OBSERVABILITY = "metrics/tracing (prometheus, opentelemetry)"
 AUTH = "auth (JWT)"
 EVENT_LOOP = "asyncio event loop"
 EPOLL = "epoll (the event loop's select)"
+SOCKET_IO = "socket I/O (asyncio transports: asyncpg, redis-py)"
 IMPORTS = "start-up (imports)"
 PROFILER = "the profiler's own CPU sampler thread"
 BENCH = "bench client (tests/)"
 THREADS = "other threads (idle/unknown)"
 OTHER = "other"
+
+NOT_WORK = (IMPORTS, PROFILER)
 
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 PROCESS = re.compile(r'^process (?P<pid>\d+):"(?P<cmd>.*)"$')
@@ -60,7 +67,6 @@ THREAD = re.compile(r"^thread \((?P<tid>[^)]*)\)(?:: (?P<name>.*))?$")
 # (bucket, test on (function, file)); first match wins. Paths are matched with "/" on both sides of a package.
 RULES: list[tuple[str, Callable[[str, str], bool]]] = [
     (GRPC_C, lambda fn, f: "cygrpc" in f or "libgrpc" in f or "grpc_core::" in fn or "/grpc/_cython/" in f),
-    (GRPC_C, lambda fn, f: f.endswith("/asyncio/events.py") and fn == "Handle._run"),
     (INTERCEPTORS, lambda fn, f: f.endswith(("/services/common/interceptors.py", "/services/common/deadline.py"))),
     (AUTH, lambda fn, f: f.endswith("/services/common/auth.py") or "/jwt/" in f or "/cryptography/" in f),
     (LOGGING, lambda fn, f: "/structlog/" in f or "/logging/" in f or f.endswith("/services/common/logging.py")),
@@ -80,6 +86,7 @@ RULES: list[tuple[str, Callable[[str, str], bool]]] = [
     (SERVICE, lambda fn, f: "/services/" in f),
     (BENCH, lambda fn, f: "/tests/" in f),
     (EPOLL, lambda fn, f: f.endswith("/selectors.py") or "epoll_wait" in fn),
+    (SOCKET_IO, lambda fn, f: f.endswith("/asyncio/selector_events.py") and "Transport" in fn),
     (EVENT_LOOP, lambda fn, f: "/asyncio/" in f or "uvloop" in f),
 ]
 
@@ -107,10 +114,14 @@ class ProcessProfile:
     frame_counts: Counter[str] = field(default_factory=Counter)
     """Per sample, the frame that decided its self bucket (function and file, no line number)."""
 
-    def share(self, bucket: str, *, inclusive: bool = False) -> float:
-        """Percent of this process's samples."""
+    def share(self, bucket: str, *, inclusive: bool = False, steady: bool = False) -> float:
+        """Percent of this process's samples; ``steady``: of those neither in start-up imports nor in the profiler's
+        own thread (the process at work), 0 for those two buckets."""
         counts = self.inclusive_counts if inclusive else self.self_counts
-        return 100.0 * counts[bucket] / self.samples if self.samples else 0.0
+        total = self.samples - (sum(self.self_counts[b] for b in NOT_WORK) if steady else 0)
+        if total <= 0 or (steady and bucket in NOT_WORK):
+            return 0.0
+        return 100.0 * counts[bucket] / total
 
     def top(self, n: int = 10, *, inclusive: bool = False) -> list[tuple[str, float]]:
         counts = self.inclusive_counts if inclusive else self.self_counts
@@ -122,6 +133,7 @@ class ProcessProfile:
             "command": self.command,
             "samples": self.samples,
             "self_percent": {b: round(self.share(b), 2) for b in self.self_counts},
+            "steady_self_percent": {b: round(self.share(b, steady=True), 2) for b in self.self_counts},
             "inclusive_percent": {b: round(self.share(b, inclusive=True), 2) for b in self.inclusive_counts},
             "threads_percent": {t: round(100.0 * c / self.samples, 2) for t, c in self.thread_counts.items()},
             "top_frames_percent": {f: round(100.0 * c / self.samples, 2) for f, c in self.frame_counts.most_common(30)},
@@ -135,7 +147,12 @@ def classify_stack(frames: list[str], thread_name: str) -> tuple[str, set[str], 
         return PROFILER, {PROFILER}, thread_name  # tests/bench/profile.py's thread, not the bench's work
     if any("(<frozen importlib._bootstrap" in frame for frame in frames):
         return IMPORTS, {IMPORTS}, "import"  # a module being imported (start-up), whatever its code does
-    named = [(b, frame) for frame in frames if (b := frame_bucket(frame)) is not None]
+    if frames and _is_dispatch(frames[-1]):
+        return GRPC_C, {GRPC_C}, _without_line(frames[-1])
+    # inclusive shares from below the event loop's last dispatch: the frames above it (main, asyncio.run, the
+    # server's bootstrap) are on every sample and would make "service code" or "event loop" 100 %
+    below = next((i + 1 for i in range(len(frames) - 1, -1, -1) if _is_dispatch(frames[i])), 0)
+    named = [(b, frame) for frame in frames[below:] if (b := frame_bucket(frame)) is not None]
     if named:
         return named[-1][0], {b for b, _ in named}, _without_line(named[-1][1])
     if "_poll_wrapper" in thread_name or "poller" in thread_name.lower():
@@ -143,6 +160,13 @@ def classify_stack(frames: list[str], thread_name: str) -> tuple[str, set[str], 
     if frames and "MainThread" not in thread_name:
         return THREADS, {THREADS}, thread_name
     return OTHER, {OTHER}, _without_line(frames[-1]) if frames else "(no Python frame)"
+
+
+def _is_dispatch(frame: str) -> bool:
+    """asyncio's ``Handle._run``: the loop running a callback or stepping a task. As the innermost frame it is time
+    in C/Cython code the loop called (grpc.aio's Cython server, C task steps); above other frames it is only the
+    frame every coroutine runs under."""
+    return frame.startswith("Handle._run (") and "/asyncio/events.py" in frame
 
 
 def _without_line(frame: str) -> str:

@@ -19,6 +19,7 @@ from tests.bench.profile_summary import (
     PROTOBUF,
     REDIS,
     SERVICE,
+    SOCKET_IO,
     cpu_shares,
     frame_bucket,
     summarise,
@@ -115,6 +116,9 @@ def test_every_sample_lands_in_one_bucket_per_process() -> None:
     assert svc.frame_counts["BoundLogger.info (structlog/_native.py)"] == 10
     assert svc.frame_counts["to_event (services/event/repository.py)"] == 15
     assert svc.share(MAPPING) == pytest.approx(15.0)
+    # at work: the 5 start-up samples left out of the denominator
+    assert svc.share(MAPPING, steady=True) == pytest.approx(100 * 15 / 95)
+    assert svc.share(IMPORTS, steady=True) == 0.0
 
 
 def test_inclusive_share_counts_everything_below_a_layer() -> None:
@@ -123,7 +127,10 @@ def test_inclusive_share_counts_everything_below_a_layer() -> None:
     assert svc.share(INTERCEPTORS, inclusive=True) == pytest.approx(30.0)
     # service.py / repository.list_events: on the mapping (15) and asyncpg (10) samples
     assert svc.share(SERVICE, inclusive=True) == pytest.approx(25.0)
-    assert svc.share(EVENT_LOOP, inclusive=True) == pytest.approx(85.0)  # all but poller thread and import
+    # frames above the loop's dispatch (run_forever, _run_once) count only where nothing was dispatched: epoll
+    assert svc.share(EVENT_LOOP, inclusive=True) == pytest.approx(5.0)
+    # Handle._run is grpc.aio's C/Cython time only as the innermost frame, not on every sample it dispatched
+    assert svc.share(GRPC_C, inclusive=True) == pytest.approx(40.0)
     assert svc.top(2) == [(GRPC_C, 40.0), (MAPPING, 15.0)]
 
 
@@ -142,6 +149,8 @@ def test_client_process_and_profiler_thread() -> None:
         (f"Event.SerializeToString ({SITE}/google/protobuf/message.py:1)", PROTOBUF),
         ("event_to_proto (/repo/services/event/mappers.py:40)", MAPPING),
         ("list_events (/repo/services/event/repository.py:290)", SERVICE),
+        (f"_SelectorSocketTransport.write ({LIB}/asyncio/selector_events.py:1)", SOCKET_IO),
+        (f"BaseSelectorEventLoop._read_from_self ({LIB}/asyncio/selector_events.py:1)", EVENT_LOOP),
         (f"partial ({LIB}/functools.py:1)", None),
     ],
 )
