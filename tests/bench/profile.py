@@ -242,6 +242,29 @@ def window_table(windows: list[Window], whole: dict[str, float]) -> list[str]:
     if any(failed):
         cells = ["*failed calls*", ""] + [", ".join(f"{k} {v}" for k, v in f.items()) or "0" for f in failed]
         lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, "", *own_share_table(totals)]
+
+
+def is_this_run(program: str) -> bool:
+    """A program of the run itself: not another user's process, not the profiler."""
+    return program != OTHER and "not this run" not in program and not program.startswith("py-spy")
+
+
+def own_share_table(totals: dict[str, tuple[float, int, dict[str, float]]]) -> list[str]:
+    """Per operation, each of the run's own programs' share of the run's own CPU (py-spy and other processes on
+    the box left out: their load varies from run to run, the work one call causes does not)."""
+    programs: list[str] = []
+    for _, _, cpu in totals.values():
+        programs += [p for p in sorted(cpu, key=lambda p: -cpu[p]) if is_this_run(p) and p not in programs]
+    lines = [
+        "Share of the run's own CPU (py-spy and other processes left out) per operation:",
+        "",
+        "| operation | " + " | ".join(programs) + " |",
+        "|" + "---|" * (len(programs) + 1),
+    ]
+    for label, (_, _, cpu) in totals.items():
+        shares = cpu_shares({p: cpu.get(p, 0.0) for p in programs})
+        lines.append(f"| {label} | " + " | ".join(_pct(shares.get(p, 0.0)) for p in programs) + " |")
     return lines
 
 
