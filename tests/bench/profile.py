@@ -187,16 +187,17 @@ def start_py_spy(out: Path, rate: int, native: bool, log: Path) -> subprocess.Po
     if not PY_SPY.exists():
         raise SystemExit(f"{PY_SPY} not found: run `make install` (py-spy is a dev dependency)")
     args = [str(PY_SPY), "record", "--pid", str(SELF), "--subprocesses", "--threads", "--full-filenames"]
+    args += ["--format", "raw", "--rate", str(rate), "-o", str(out)]
     # --nonblocking: read the processes' memory without stopping them (stopping each at 200 Hz costs them, and
-    # py-spy's own CPU, far more on 2 cores); a rare torn stack is the price.
-    args += ["--format", "raw", "--rate", str(rate), "--nonblocking", "-o", str(out)]
-    if native:
-        args.append("--native")
+    # py-spy's own CPU, far more on 2 cores); a rare torn stack is the price. Native unwinding needs the process
+    # stopped, so --native samples blocking.
+    args.append("--native" if native else "--nonblocking")
     with log.open("wb") as sink:
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT)
     time.sleep(1.0)  # attach before the run starts
     if proc.poll() is not None:
-        raise SystemExit(f"py-spy exited with {proc.returncode} (it needs ptrace: root or ptrace_scope 0)")
+        said = log.read_text().strip()
+        raise SystemExit(f"py-spy exited with {proc.returncode}: {said} (it needs ptrace: root or ptrace_scope 0)")
     return proc
 
 
