@@ -12,10 +12,12 @@ window. It writes, in ``tests/bench/results/`` (ignored by git):
 - ``profile-<ID>.json``: the same figures as the summary;
 - ``profile-<ID>/``: the bench run's own ``latest.md``/``latest.json`` and the service logs.
 
-Options: ``--rate 200`` (samples per second), ``--native`` (native frames too: shows grpc's C core and upb; py-spy
-has crashed on this box in native mode, so it is opt-in), ``--quick`` (QUICK=1 windows: a smoke test of this
-tool, meaningless figures). ``DATABASE_URL`` as for ``make bench`` (unset: an embedded PostgreSQL whose processes
-are this run's own; a shared server's CPU would include other users' work).
+Options: ``--rate 200`` (samples per second), ``--native`` (native frames too, sampled blocking, which slows the
+processes; py-spy died with SIGSEGV at 200 Hz on this box and completed at 50 Hz, so it is opt-in), ``--quick``
+(QUICK=1 windows: a smoke test of this tool, meaningless figures), ``--resummarise`` (run nothing: rewrite the
+summary from an earlier run's stacks and CPU figures). ``DATABASE_URL`` as for ``make bench`` (unset: an embedded
+PostgreSQL whose processes are this run's own; a shared server's CPU would include other users' work). If py-spy
+dies mid-run, the CPU per program is still written, and the exit status is 1.
 
 Needs ptrace (root, or ``kernel.yama.ptrace_scope`` 0): py-spy attaches to this process and its children. CPU
 figures are a 2-core box's, shared with the load generator: read them as proportions of one run.
@@ -371,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.profile", description=__doc__.split("\n\n")[0])
     parser.add_argument("scenario", help="one scenario id, e.g. B3")
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second (default 200)")
-    parser.add_argument("--native", action="store_true", help="native frames too (py-spy has crashed with it here)")
+    parser.add_argument("--native", action="store_true", help="native frames too, sampled blocking (opt-in)")
     parser.add_argument("--quick", action="store_true", help="QUICK=1 windows (a smoke test, meaningless figures)")
     parser.add_argument(
         "--resummarise",
@@ -418,9 +420,9 @@ def main(argv: list[str] | None = None) -> int:
         sampler.join()
         box.snapshot()
         spy_status = stop_py_spy(spy)
-    if spy_status != 0 or not stacks.exists():
-        print(f"py-spy exited with {spy_status}; no profile written", file=sys.stderr)
-        return 1
+    spy_failed = spy_status != 0 or not stacks.exists()
+    if spy_failed:  # the CPU per program is still worth writing: it does not come from py-spy
+        print(f"py-spy exited with {spy_status}: no stacks; CPU per program only", file=sys.stderr)
     latest = json.loads((run_dir / "latest.json").read_text())
     meta = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -435,9 +437,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     rows = [{k: r.get(k) for k in ("id", "cowatch", "baseline", "ratio", "notes")} for r in latest["rows"]]
     command = ["python", "-m", "tests.bench.profile", *(argv if argv is not None else sys.argv[1:])]
-    profiles = summarise(stacks.read_text())
+    if spy_failed:
+        meta["py_spy"] = f"py-spy exited with {spy_status}, no samples; {meta['py_spy']}"
+    profiles = {} if spy_failed else summarise(stacks.read_text())
     write(sid, results, *report(sid, command, rows, box.whole_run(), windows.windows, box.labels, profiles, meta))
-    return status
+    return 1 if spy_failed else status
 
 
 def write(sid: str, results: Path, text: str, data: dict[str, Any]) -> None:

@@ -147,6 +147,8 @@ def classify_stack(frames: list[str], thread_name: str) -> tuple[str, set[str], 
         return PROFILER, {PROFILER}, thread_name  # tests/bench/profile.py's thread, not the bench's work
     if any("(<frozen importlib._bootstrap" in frame for frame in frames):
         return IMPORTS, {IMPORTS}, "import"  # a module being imported (start-up), whatever its code does
+    if "_poll_wrapper" in thread_name or "poller" in thread_name.lower():
+        return GRPC_POLLER, {GRPC_POLLER}, thread_name  # by thread: with --native its frames are grpc's C code
     if frames and _is_dispatch(frames[-1]):
         return GRPC_C, {GRPC_C}, _without_line(frames[-1])
     # inclusive shares from below the event loop's last dispatch: the frames above it (main, asyncio.run, the
@@ -155,8 +157,6 @@ def classify_stack(frames: list[str], thread_name: str) -> tuple[str, set[str], 
     named = [(b, frame) for frame in frames[below:] if (b := frame_bucket(frame)) is not None]
     if named:
         return named[-1][0], {b for b, _ in named}, _without_line(named[-1][1])
-    if "_poll_wrapper" in thread_name or "poller" in thread_name.lower():
-        return GRPC_POLLER, {GRPC_POLLER}, thread_name
     if frames and "MainThread" not in thread_name:
         return THREADS, {THREADS}, thread_name
     return OTHER, {OTHER}, _without_line(frames[-1]) if frames else "(no Python frame)"

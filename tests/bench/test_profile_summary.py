@@ -76,7 +76,18 @@ STACKS = "\n".join(
             10,
         ),
         _line(SVC, "thread (200): MainThread", [LOOP, f"EpollSelector.select ({LIB}/selectors.py:468)"], 5),
-        _line(SVC, "thread (201): Thread-1 (_poll_wrapper)", [f"Thread.run ({LIB}/threading.py:982)"], 10),
+        _line(SVC, "thread (201): Thread-1 (_poll_wrapper)", [f"Thread.run ({LIB}/threading.py:982)"], 6),
+        # with --native the poller thread shows grpc's C frames and libc's epoll_wait: still the poller thread
+        _line(
+            SVC,
+            "thread (201): Thread-1 (_poll_wrapper)",
+            [
+                f"Thread.run ({LIB}/threading.py:982)",
+                f"0x7f43 ({SITE}/grpc/_cython/cygrpc.so)",
+                "epoll_wait (libc.so.6)",
+            ],
+            4,
+        ),
         _line(
             SVC,
             "thread (200): MainThread",
