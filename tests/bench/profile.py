@@ -147,6 +147,8 @@ class Window:
     calls: int
     cpu: dict[str, float]
     errors: dict[str, int] = field(default_factory=dict)
+    stacks: str | None = None
+    """With --per-window: py-spy's collapsed stacks of this window alone."""
 
 
 class Windows:
@@ -154,10 +156,12 @@ class Windows:
     every program spent in it, labelled by the operation it drove (its function name; ``name#2`` for a second
     operation of the same name, in order of first use)."""
 
-    def __init__(self, box: Box) -> None:
+    def __init__(self, box: Box, spy: SpyOptions | None = None) -> None:
         self.box = box
         self.windows: list[Window] = []
         self._ops: dict[int, str] = {}
+        self.spy = spy
+        """With --per-window: a py-spy of its own for each window (started before, stopped after it)."""
 
     def _label(self, op: Callable[..., Any]) -> str:
         key = id(op)
@@ -170,11 +174,20 @@ class Windows:
     def wrap(self, driver: Callable[..., Any], kind: str) -> Callable[..., Any]:
         async def wrapped(op: Callable[..., Any], *args: Any, **kwargs: Any) -> LoadResult:
             label = f"{self._label(op)} ({kind})"
+            stacks, spy = None, None
+            if self.spy is not None:  # blocks the loop while py-spy attaches: before the window, not in it
+                stacks = self.spy.directory / f"window-{len(self.windows):02d}.txt"
+                spy = start_py_spy(stacks, self.spy.rate, self.spy.native, stacks.with_suffix(".log"))
             before, t0 = self.box.snapshot(), time.perf_counter()
             result: LoadResult = await driver(op, *args, **kwargs)
             seconds, after = time.perf_counter() - t0, self.box.snapshot()
+            if spy is not None:
+                stop_py_spy(spy)
             cpu = self.box.per_program(before, after)
-            self.windows.append(Window(label, seconds, result.stats.count, cpu, dict(result.errors)))
+            window = Window(
+                label, seconds, result.stats.count, cpu, dict(result.errors), str(stacks) if stacks else None
+            )
+            self.windows.append(window)
             return result
 
         return wrapped
@@ -183,6 +196,13 @@ class Windows:
         for name, kind in (("closed_loop", "closed"), ("open_loop", "open")):
             if hasattr(module, name):
                 setattr(module, name, self.wrap(getattr(module, name), kind))
+
+
+@dataclass(frozen=True)
+class SpyOptions:
+    directory: Path
+    rate: int
+    native: bool
 
 
 def start_py_spy(out: Path, rate: int, native: bool, log: Path) -> subprocess.Popen[bytes]:
@@ -306,6 +326,40 @@ def process_section(profile: ProcessProfile, label: str, top: int) -> list[str]:
     return lines
 
 
+def per_operation(windows: list[Window]) -> dict[str, dict[int, ProcessProfile]]:
+    """With --per-window: each operation's own profile, from the stacks of its windows."""
+    texts: dict[str, list[str]] = defaultdict(list)
+    for w in windows:
+        if w.stacks is not None and Path(w.stacks).exists():
+            texts[w.label].append(Path(w.stacks).read_text())
+    return {label: summarise("\n".join(parts)) for label, parts in texts.items()}
+
+
+def operation_sections(operations: dict[str, dict[int, ProcessProfile]], labels: dict[int, str]) -> list[str]:
+    lines = [
+        "",
+        "## Per operation (a py-spy of its own in each load window)",
+        "",
+        "Self shares at work of each process with 50 samples or more in the operation's windows, then the frames "
+        "deciding the most samples.",
+    ]
+    for label, profiles in operations.items():
+        lines += ["", f"### {label}", ""]
+        for profile in sorted(profiles.values(), key=lambda p: -p.samples):
+            if profile.samples < 50:
+                continue
+            shares = ", ".join(
+                f"{b} {profile.share(b, steady=True):.1f} %"
+                for b, _ in profile.top(12)
+                if profile.share(b, steady=True) >= 0.5
+            )
+            frames = "; ".join(
+                f"`{f}` {100 * c / profile.samples:.1f} %" for f, c in profile.frame_counts.most_common(6)
+            )
+            lines.append(f"- **{labels.get(profile.pid, '?')}** ({profile.samples:,} samples): {shares}. {frames}.")
+    return lines
+
+
 def report(
     sid: str,
     argv: list[str],
@@ -321,7 +375,8 @@ def report(
         "",
         f"`{' '.join(argv)}` — {meta['when']}; {meta['machine']}; load average {meta['load_before']} before, "
         f"{meta['load_after']} after; py-spy {meta['rate']} Hz, idle samples off, native frames "
-        f"{'on' if meta['native'] else 'off'} ({meta.get('py_spy', '?')})"
+        f"{'on' if meta['native'] else 'off'}{', one py-spy per load window' if meta.get('per_window') else ''} "
+        f"({meta.get('py_spy', '?')})"
         f"{'; QUICK: figures meaningless' if meta['quick'] else ''}.",
         "",
         "The load generator, the services, PostgreSQL and the proxies share this box's cores: figures are "
@@ -344,6 +399,7 @@ def report(
         "it drove (warm-ups included), with CPU µs per completed call.",
         "",
         *window_table(windows, whole),
+        *(operation_sections(operations, labels) if (operations := per_operation(windows)) else []),
         "",
         "## Python processes (py-spy samples)",
         "",
@@ -364,6 +420,10 @@ def report(
         "cpu_seconds_whole_run": whole,
         "windows": [vars(w) for w in windows],
         "processes": [dict(p.as_json(), program=labels.get(p.pid, "?")) for p in ordered],
+        "per_operation": {
+            label: [dict(p.as_json(), program=labels.get(p.pid, "?")) for p in profiles.values()]
+            for label, profiles in operations.items()
+        },
         "labels": labels,
     }
     return "\n".join(lines) + "\n", data
@@ -375,6 +435,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second (default 200)")
     parser.add_argument("--native", action="store_true", help="native frames too, sampled blocking (opt-in)")
     parser.add_argument("--quick", action="store_true", help="QUICK=1 windows (a smoke test, meaningless figures)")
+    parser.add_argument(
+        "--per-window",
+        action="store_true",
+        help="a py-spy per load window instead of one for the run: a profile per operation, load windows only",
+    )
     parser.add_argument(
         "--resummarise",
         action="store_true",
@@ -398,10 +463,13 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["QUICK"] = "1"
 
     box = Box()
-    windows = Windows(box)
+    spy_options = SpyOptions(run_dir / "windows", args.rate, args.native) if args.per_window else None
+    if spy_options is not None:
+        spy_options.directory.mkdir()
+    windows = Windows(box, spy_options)
     windows.install(module)
     load_before = f"{os.getloadavg()[0]:.1f}"
-    spy = start_py_spy(stacks, args.rate, args.native, run_dir / "py-spy.log")
+    spy = None if args.per_window else start_py_spy(stacks, args.rate, args.native, run_dir / "py-spy.log")
     box.snapshot()
     done = threading.Event()
 
@@ -419,7 +487,12 @@ def main(argv: list[str] | None = None) -> int:
         done.set()
         sampler.join()
         box.snapshot()
-        spy_status = stop_py_spy(spy)
+        spy_status = stop_py_spy(spy) if spy is not None else 0
+    if spy_options is not None:  # the run's stacks: all its windows'
+        parts = [Path(w.stacks).read_text() for w in windows.windows if w.stacks and Path(w.stacks).exists()]
+        stacks.write_text("\n".join(parts))
+        logs = sorted(spy_options.directory.glob("*.log"))
+        (run_dir / "py-spy.log").write_text("".join(log.read_text() for log in logs))
     spy_failed = spy_status != 0 or not stacks.exists()
     if spy_failed:  # the CPU per program is still worth writing: it does not come from py-spy
         print(f"py-spy exited with {spy_status}: no stacks; CPU per program only", file=sys.stderr)
@@ -431,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_after": f"{os.getloadavg()[0]:.1f}",
         "rate": args.rate,
         "native": args.native,
+        "per_window": args.per_window,
         "quick": args.quick,
         "postgres": latest["meta"]["postgres"],
         "py_spy": py_spy_summary(run_dir / "py-spy.log"),
@@ -467,13 +541,17 @@ def resummarise(sid: str, results: Path, stacks: Path) -> int:
 
 
 def py_spy_summary(log: Path) -> str:
-    """py-spy's own last word: "Samples: N Errors: M" (errors: stacks it could not read, e.g. a process exiting)."""
+    """py-spy's own last word: "Samples: N Errors: M" (errors: stacks it could not read, e.g. a process exiting),
+    summed over its runs (one per window with --per-window)."""
     try:
-        found = re.findall(r"Samples: \d+ Errors: \d+", log.read_text())
+        text = log.read_text()
     except OSError:
         return "py-spy log missing"
-    behind = log.read_text().count("behind in sampling")
-    return (found[-1] if found else "no sample count") + (f", fell behind {behind}×" if behind else "")
+    counts = [(int(a), int(b)) for a, b in re.findall(r"Samples: (\d+) Errors: (\d+)", text)]
+    behind = text.count("behind in sampling")
+    said = f"Samples: {sum(a for a, _ in counts)} Errors: {sum(b for _, b in counts)}" if counts else "no sample count"
+    runs = f" over {len(counts)} py-spy runs" if len(counts) > 1 else ""
+    return said + runs + (f", fell behind {behind}×" if behind else "")
 
 
 if __name__ == "__main__":
