@@ -117,7 +117,7 @@ class BookingService:
         self.waitlist = waitlist_service.WaitlistService(pool, clock, self._dispatcher, max_seats, claim_window)
         self._public_base_url = public_base_url
         self._lanes: group_commit.Lanes[UUID, _Pending, Booking | object] = group_commit.Lanes(
-            self._write_batch, _batchable, fatal=_unavailable
+            self._write_batch, _batchable, fatal=_unavailable, hold=lambda: db.connection(pool), benign=_refusal
         )
 
     async def _replay(self, conn: Conn, resource: str, user: User) -> Booking:
@@ -423,6 +423,11 @@ def _batchable(batch: list[_Pending], item: _Pending) -> bool:
 def _unavailable(exc: BaseException) -> bool:
     """The database is unreachable (UNAVAILABLE): every write would fail the same way now."""
     return isinstance(grpc_errors.as_domain_error(exc), errors.Unavailable)
+
+
+def _refusal(exc: BaseException) -> bool:
+    """A request's own refusal (sold out, already booked): the batch's connection is fine and is kept."""
+    return isinstance(exc, errors.DomainError) and not isinstance(exc, errors.Unavailable)
 
 
 def _written_error(exc: asyncpg.PostgresError, event: BookableEvent) -> BaseException:
