@@ -71,6 +71,11 @@ class Lanes(Generic[K, T, R]):
         """Whether a batch of ``key`` is being written (then :meth:`submit` queues)."""
         return key in self._lanes
 
+    def queued(self, key: K) -> int:
+        """How many requests of ``key`` wait for its next batch."""
+        lane = self._lanes.get(key)
+        return len(lane.queue) if lane is not None else 0
+
     async def submit(self, key: K, item: T, resource: Any = None) -> R:
         """``item``'s result. ``resource`` (e.g. the caller's database connection) is handed to ``run`` when the
         item is written at once, alone, in the caller's task; a queued item is written with ``None``."""
