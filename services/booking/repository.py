@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
@@ -18,7 +19,9 @@ from services.common.dbtypes import Conn
 #
 # CreateBooking (services/booking/service.py):
 #   EVENT_FOR_BOOKING, on its own (autocommit, no lock): everything a read can refuse is refused here, in one
-#   round trip and without touching the event row's lock — in particular a sold-out event.
+#   round trip and without touching the event row's lock — in particular a sold-out event. A request arriving
+#   while a write of its event is in flight skips it: it queues for the event's next batch, whose requests are read
+#   together (EVENTS_FOR_BOOKING, one statement) just before their write.
 #   Then CREATE_BOOKINGS: the whole write of one request or of a batch of one event's requests, one statement that
 #   is its own transaction (the function booking.create_bookings). It takes the event row's lock near its end, so
 #   the lock is held for server time and the commit only, once per batch. A hot event's throughput is bounded by
@@ -33,21 +36,38 @@ _EVENT_COLUMNS = """
     e.state, e.invite_token
 """
 
+
 # The event, whether the guest already holds a confirmed booking of it, and whether this caller already sent
 # this request id to CreateBooking (then the request is a retry: it must go to idempotency.claim to be replayed,
 # never be refused from this read). A plain MVCC read: never waits for the event row's lock.
-EVENT_FOR_BOOKING = f"""
-SELECT {_EVENT_COLUMNS},
+def _guest_columns(guest: str, request_id: str) -> str:
+    return f"""
     EXISTS (
-        SELECT 1 FROM booking.bookings b WHERE b.event_id = e.id AND b.guest_id = $2 AND b.state = 'CONFIRMED'
+        SELECT 1 FROM booking.bookings b WHERE b.event_id = e.id AND b.guest_id = {guest} AND b.state = 'CONFIRMED'
     ) AS already_booked,
-    $3::uuid IS NOT NULL AND EXISTS (
-        SELECT 1 FROM idem.requests r WHERE r.caller_id = $2 AND r.method = 'CreateBooking' AND r.request_id = $3
+    {request_id} IS NOT NULL AND EXISTS (
+        SELECT 1 FROM idem.requests r
+        WHERE r.caller_id = {guest} AND r.method = 'CreateBooking' AND r.request_id = {request_id}
     ) AS seen_request,
-    (SELECT g.display_name FROM account.users g WHERE g.id = $2) AS guest_name
+    (SELECT g.display_name FROM account.users g WHERE g.id = {guest}) AS guest_name"""
+
+
+EVENT_FOR_BOOKING = f"""
+SELECT {_EVENT_COLUMNS}, {_guest_columns("$2", "$3::uuid")}
 FROM event.events e
 JOIN account.users u ON u.id = e.host_id
 WHERE e.id = $1
+"""
+
+# The same read for several requests of one event (a hot event's queued requests: one statement for the batch),
+# one row per (guest, request id) pair in the order given; no row when the event doesn't exist.
+EVENTS_FOR_BOOKING = f"""
+SELECT {_EVENT_COLUMNS}, {_guest_columns("q.guest_id", "q.request_id")}
+FROM unnest($2::text[], $3::uuid[]) WITH ORDINALITY AS q(guest_id, request_id, pos)
+CROSS JOIN event.events e
+JOIN account.users u ON u.id = e.host_id
+WHERE e.id = $1
+ORDER BY q.pos
 """
 
 # Serialises one guest's bookings until the transaction ends, so that INSERT_BOOKING's overlap check (a later
@@ -263,8 +283,22 @@ async def event_for_booking(
     conn: Conn, event_id: UUID, guest_id: str, request_id: UUID | None
 ) -> EventForBooking | None:
     row = await conn.fetchrow(EVENT_FOR_BOOKING, event_id, guest_id, request_id)
-    if row is None:
-        return None
+    return _event_for_booking(row) if row is not None else None
+
+
+async def events_for_booking(
+    conn: Conn, event_id: UUID, requests: Sequence[tuple[str, UUID | None]]
+) -> list[EventForBooking | None]:
+    """:func:`event_for_booking` for several (guest, request id) pairs of one event, in one statement."""
+    rows = await conn.fetch(
+        EVENTS_FOR_BOOKING, event_id, [guest for guest, _ in requests], [request for _, request in requests]
+    )
+    if not rows:  # no such event
+        return [None for _ in requests]
+    return [_event_for_booking(row) for row in rows]
+
+
+def _event_for_booking(row: asyncpg.Record) -> EventForBooking:
     return EventForBooking(
         to_bookable_event(row), bool(row["already_booked"]), bool(row["seen_request"]), row["guest_name"]
     )

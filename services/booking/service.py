@@ -5,7 +5,10 @@ CreateBooking:
 1. read the event (one autocommit statement, no row lock) — event not found, host, invite, not bookable, already
    booked and "not enough seats left" are refused from this read alone, in one round trip and without ever
    queueing behind the event row's lock (a sold-out event under a rush stays cheap to refuse). A request whose id
-   was already used goes on instead, to be replayed by the idempotency claim (step 3).
+   was already used goes on instead, to be replayed by the idempotency claim (step 3). A request arriving while a
+   write of its event is in flight (a hot event) skips this read and queues for the next batch at once, holding
+   no connection: the batch's requests are read together in one statement (the same read) just before their
+   write, what that read refuses is answered, the rest written — two round trips per batch, not one per request.
 2. the write, in ONE statement that is its own transaction (``repository.create_bookings``, a server-side
    function): the request-id claim, the guest's advisory lock, ``users.remember``, the overlap and one-booking
    rules, then under the event row's lock THE conditional seat ``UPDATE`` and the rows a booking writes (the
@@ -21,6 +24,7 @@ CreateBooking:
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -117,7 +121,7 @@ class BookingService:
         self.waitlist = waitlist_service.WaitlistService(pool, clock, self._dispatcher, max_seats, claim_window)
         self._public_base_url = public_base_url
         self._lanes: group_commit.Lanes[UUID, _Pending, Booking | object] = group_commit.Lanes(
-            self._write_batch, _batchable, fatal=_unavailable
+            self._write_batch, _batchable, fatal=_unavailable, hold=lambda: db.connection(pool), benign=_refusal
         )
 
     async def _replay(self, conn: Conn, resource: str, user: User) -> Booking:
@@ -128,23 +132,25 @@ class BookingService:
     # ----------------------------------------------------------------- create
 
     async def create(self, cmd: CreateBooking) -> Booking:
-        now = self._clock.now()
-        request_id = cmd.request.request_id if cmd.request else None
-        async with db.connection(self._pool) as conn:
-            found = await bookings.event_for_booking(conn, cmd.event_id, cmd.user.id, request_id)
-            if found is not None and found.seen_request:
-                return await self._create_in_uow(cmd, found, conn)
-            event = self._ensure_can_book(cmd, found, now)
-            assert found is not None
-            renames = found.guest_name is not None and found.guest_name != _snapshot_name(cmd.user)
-            pending = _Pending(cmd, event, renames)
-            idle = not self._lanes.busy(event.id)
-            if idle:  # written at once, on this connection
-                result = await self._lanes.submit(event.id, pending, conn)
-        if not idle:  # queued for the event's next batch, holding no connection meanwhile
-            result = await self._lanes.submit(event.id, pending)
-        if result is _REPLAY:
-            return await self._create_in_uow(cmd, found)
+        if self._lanes.busy(cmd.event_id):
+            # A write of this event is in flight (a hot event): queue for its next batch at once, unread and holding
+            # no connection; the batch's requests are read together, in one statement, just before their write.
+            result = await self._lanes.submit(cmd.event_id, _Pending(cmd, None))
+        else:
+            now = self._clock.now()
+            async with db.connection(self._pool) as conn:
+                found = await bookings.event_for_booking(conn, cmd.event_id, cmd.user.id, _request_id(cmd))
+                if found is not None and found.seen_request:
+                    return await self._create_in_uow(cmd, found, conn)
+                self._ensure_can_book(cmd, found, now)
+                pending = _Pending(cmd, found)
+                idle = not self._lanes.busy(cmd.event_id)
+                if idle:  # written at once, on this connection
+                    result = await self._lanes.submit(cmd.event_id, pending, conn)
+            if not idle:  # queued for the event's next batch, holding no connection meanwhile
+                result = await self._lanes.submit(cmd.event_id, pending)
+        if isinstance(result, _Replay):
+            return await self._create_in_uow(cmd, result.found)
         assert isinstance(result, Booking)
         return result
 
@@ -165,24 +171,71 @@ class BookingService:
     async def _write_batch(
         self, event_id: UUID, batch: list[_Pending], conn: Conn | None = None
     ) -> list[Booking | object | BaseException]:
-        """Write a batch (one statement, its own transaction); one result per request, never raises. A batch that
-        fails as a whole on a server-side error (a deadlock, a constraint no rule foresaw) is written again one
-        request at a time, so the error stays with the request that caused it."""
+        """Write a batch; one result per request, in order, never raises. Requests queued unread are read first,
+        together (one statement): what that read refuses is answered without a write. The others are written in
+        one statement per distinct event times (one, unless the event moved while they queued)."""
+        results: list[Booking | object | BaseException | None] = [None for _ in batch]
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                if conn is None:
+                    conn = await stack.enter_async_context(db.connection(self._pool))
+                batch = await self._read_unread(conn, event_id, batch, results)
+            except Exception as exc:  # the pool or the network: every request of the batch gets it
+                return [exc for _ in batch]
+            groups: dict[tuple[datetime, datetime], list[int]] = {}
+            for i, p in enumerate(batch):
+                if results[i] is None:
+                    groups.setdefault((p.event.start_time, p.event.end_time), []).append(i)
+            for positions in groups.values():
+                written = await self._write_group(event_id, [batch[i] for i in positions], conn)
+                for i, result in zip(positions, written, strict=True):
+                    results[i] = result
+        done = [r for r in results if r is not None]
+        assert len(done) == len(batch)
+        return done
+
+    async def _read_unread(
+        self, conn: Conn, event_id: UUID, batch: list[_Pending], results: list[Booking | object | BaseException | None]
+    ) -> list[_Pending]:
+        """``batch`` with its unread requests read (one statement); a request the read refuses, or whose id was
+        seen (a retry, replayed in a unit of work), gets its result in ``results``."""
+        unread = [i for i, p in enumerate(batch) if p.found is None]
+        if not unread:
+            return batch
+        keys = [(batch[i].cmd.user.id, _request_id(batch[i].cmd)) for i in unread]
+        found = await bookings.events_for_booking(conn, event_id, keys)
+        now = self._clock.now()
+        batch = list(batch)
+        for i, f in zip(unread, found, strict=True):
+            batch[i] = replace(batch[i], found=f)
+            if f is not None and f.seen_request:
+                results[i] = _Replay(f)
+                continue
+            try:
+                self._ensure_can_book(batch[i].cmd, f, now)
+            except errors.DomainError as exc:
+                results[i] = exc
+        return batch
+
+    async def _write_group(
+        self, event_id: UUID, batch: list[_Pending], conn: Conn
+    ) -> list[Booking | object | BaseException]:
+        """Write requests that passed their read, with the same event times (one statement, its own transaction).
+        A batch that fails as a whole on a server-side error (a deadlock, a constraint no rule foresaw) is written
+        again one request at a time, so the error stays with the request that caused it."""
         try:
             return await self._write(event_id, batch, conn)
         except asyncpg.PostgresError as exc:
             if len(batch) == 1 or _unavailable(exc):
                 return [_written_error(exc, p.event) for p in batch]
-        except Exception as exc:  # the pool or the network: every request of the batch gets it
+        except Exception as exc:  # the network: every request of the batch gets it
             return [exc for _ in batch]
         results: list[Booking | object | BaseException] = []
         for p in batch:
-            results.extend(await self._write_batch(event_id, [p], conn))
+            results.extend(await self._write_group(event_id, [p], conn))
         return results
 
-    async def _write(
-        self, event_id: UUID, batch: list[_Pending], given: Conn | None
-    ) -> list[Booking | object | BaseException]:
+    async def _write(self, event_id: UUID, batch: list[_Pending], conn: Conn) -> list[Booking | object | BaseException]:
         now = self._clock.now()
         head = batch[0].event
         link = links.event_link(self._public_base_url, event_id)
@@ -208,7 +261,7 @@ class BookingService:
                     guest_id=p.cmd.user.id,
                     guest_name=_snapshot_name(p.cmd.user),
                     seats=p.cmd.seats,
-                    request_id=p.cmd.request.request_id if p.cmd.request else None,
+                    request_id=_request_id(p.cmd),
                     request_hash=p.cmd.request.request_hash if p.cmd.request else None,
                     outbox=[
                         r
@@ -222,32 +275,29 @@ class BookingService:
         seats_changed = SeatsChanged(event_id, True)
         held: list[DomainEvent] = [seats_changed, *(UserRenamed(p.cmd.user.id) for p in batch if p.renames)]
         trace_id = batch[0].cmd.trace_id
-        async with _connection(self._pool, given) as conn:
-            await self._dispatcher.in_transaction(conn, held, trace_id)
-            try:
-                outcomes = await bookings.create_bookings(conn, head, now, rows, _REMINDER_OFFSETS)
-            except BaseException:
-                await self._dispatcher.after_rollback(held)
-                raise
-            booked = any(o.outcome == "BOOKED" for o in outcomes)
-            late = [
-                UserRenamed(p.cmd.user.id) for p, o in zip(batch, outcomes, strict=True) if o.renamed and not p.renames
-            ]
-            if late:  # renamed since our read: drop what shows the old name now
-                await self._dispatcher.in_transaction(conn, late, trace_id)
-            await self._dispatcher.after_commit([*held[1:], *late] if not booked else [*held, *late])
-            if not booked:
-                await self._dispatcher.after_rollback([seats_changed])
-            closed = None
-            if any(o.outcome == "CLOSED" for o in outcomes):
-                closed = domain.seats_refusal(await bookings.event_state(conn, event_id), event_id, now)
+        await self._dispatcher.in_transaction(conn, held, trace_id)
+        try:
+            outcomes = await bookings.create_bookings(conn, head, now, rows, _REMINDER_OFFSETS)
+        except BaseException:
+            await self._dispatcher.after_rollback(held)
+            raise
+        booked = any(o.outcome == "BOOKED" for o in outcomes)
+        late = [UserRenamed(p.cmd.user.id) for p, o in zip(batch, outcomes, strict=True) if o.renamed and not p.renames]
+        if late:  # renamed since our read: drop what shows the old name now
+            await self._dispatcher.in_transaction(conn, late, trace_id)
+        await self._dispatcher.after_commit([*held[1:], *late] if not booked else [*held, *late])
+        if not booked:
+            await self._dispatcher.after_rollback([seats_changed])
+        closed = None
+        if any(o.outcome == "CLOSED" for o in outcomes):
+            closed = domain.seats_refusal(await bookings.event_state(conn, event_id), event_id, now)
         results: list[Booking | object | BaseException] = []
         for p, o, booking in zip(batch, outcomes, made, strict=True):
             match o.outcome:
                 case "BOOKED":
                     results.append(booking)
                 case "REPLAY":
-                    results.append(_REPLAY)
+                    results.append(_Replay(p.found))
                 case "ALREADY_BOOKED":
                     results.append(domain.already_booked_error(p.event))
                 case "OVERLAP":
@@ -379,21 +429,37 @@ class BookingService:
             return replace(target.access.booking, attendance=cmd.attendance)
 
 
-_REPLAY = object()
-"""The request's id was claimed already: it is replayed in a unit of work of its own."""
+@dataclass(frozen=True, slots=True)
+class _Replay:
+    """The request's id was claimed already: it is replayed in a unit of work of its own."""
+
+    found: bookings.EventForBooking | None  # what the request's read saw
+
 
 _REMINDER_OFFSETS = {str(kind): offset.total_seconds() for kind, offset in outbox.REMINDER_OFFSETS.items()}
 
 
 @dataclass(frozen=True, slots=True)
 class _Pending:
-    """A CreateBooking that passed every check a read can make, waiting for its write."""
+    """A CreateBooking waiting for its write: read, having passed every check a read can make, or queued unread
+    (``found`` is None until its batch reads it)."""
 
     cmd: CreateBooking
-    event: BookableEvent  # as the request's own read saw it
-    renames: bool  # its display name differs from the snapshot: the write will rename the user
+    found: bookings.EventForBooking | None
     # The request's own span (tracing on), taken in its task: a batch is written in another request's task.
     traceparent: str | None = field(default_factory=tracing.current_traceparent)
+
+    @property
+    def event(self) -> BookableEvent:
+        """The event as the request's read saw it (only once read)."""
+        assert self.found is not None
+        return self.found.event
+
+    @property
+    def renames(self) -> bool:
+        """Its display name differs from the snapshot: the write will rename the user."""
+        assert self.found is not None
+        return self.found.guest_name is not None and self.found.guest_name != _snapshot_name(self.cmd.user)
 
 
 @asynccontextmanager
@@ -411,18 +477,23 @@ def _snapshot_name(user: User) -> str:
     return user.display_name[:200] or user.id
 
 
+def _request_id(cmd: CreateBooking) -> UUID | None:
+    return cmd.request.request_id if cmd.request else None
+
+
 def _batchable(batch: list[_Pending], item: _Pending) -> bool:
-    """One request per guest per batch (a guest's requests are decided one after the other), and the event
-    times the batch's checks and reminders use."""
-    head = batch[0].event
-    return (item.event.start_time, item.event.end_time) == (head.start_time, head.end_time) and all(
-        p.cmd.user.id != item.cmd.user.id for p in batch
-    )
+    """One request per guest per batch: a guest's requests are decided one after the other."""
+    return all(p.cmd.user.id != item.cmd.user.id for p in batch)
 
 
 def _unavailable(exc: BaseException) -> bool:
     """The database is unreachable (UNAVAILABLE): every write would fail the same way now."""
     return isinstance(grpc_errors.as_domain_error(exc), errors.Unavailable)
+
+
+def _refusal(exc: BaseException) -> bool:
+    """A request's own refusal (sold out, already booked): the batch's connection is fine and is kept."""
+    return isinstance(exc, errors.DomainError) and not isinstance(exc, errors.Unavailable)
 
 
 def _written_error(exc: asyncpg.PostgresError, event: BookableEvent) -> BaseException:

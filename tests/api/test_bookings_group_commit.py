@@ -238,3 +238,85 @@ async def test_one_statement_gives_seats_first_fit_in_arrival_order(
         [g.id for g in guests],
     )
     assert reminders_rows == 4  # 24 h and 1 h for the two booked guests
+
+
+async def test_requests_queued_behind_a_write_are_read_together_and_each_answered(
+    served: tuple[BookingApp, list[booking_grpc.BookingServiceAsyncStub]],
+    events: event_grpc.EventServiceAsyncStub,
+    clock: ManualClock,
+    db_pool,
+):
+    """While a write of the event is in flight (here: waiting for the event row's lock), later requests queue for
+    the next batch without reading; that batch's one read refuses what a read refuses, the write the rest."""
+    app, stubs = served
+    event = await new_event(events, clock, capacity=5, start_in=timedelta(days=72))
+    event_id = uid(event.name)
+    already, first = new_caller(), new_caller()
+    await stubs[0].CreateBooking(book(event, 1), metadata=already.metadata)  # 4 seats left
+    fresh = [new_caller() for _ in range(5)]
+    greedy = new_caller()
+    batches_before = app.bookings._lanes.batches
+    async with db_pool.acquire() as locker, locker.transaction():
+        await locker.execute("SELECT 1 FROM event.events WHERE id = $1 FOR UPDATE", event_id)
+        head = asyncio.create_task(outcome(stubs[0].CreateBooking(book(event, 1), metadata=first.metadata)))
+        for _ in range(500):
+            if app.bookings._lanes.busy(event_id):
+                break
+            await asyncio.sleep(0.01)
+        calls = [(book(event, 1), g) for g in fresh] + [(book(event, 1), already), (book(event, 4), greedy)]
+        queued = [
+            asyncio.create_task(outcome(stubs[n % len(stubs)].CreateBooking(r, metadata=c.metadata, timeout=60)))
+            for n, (r, c) in enumerate(calls)
+        ]
+        for _ in range(500):
+            if app.bookings._lanes.queued(event_id) == len(calls):
+                break
+            await asyncio.sleep(0.01)
+        # every one of them queued unread: even the ones a read refuses wait for the write in flight
+        assert app.bookings._lanes.queued(event_id) == len(calls)
+        assert not head.done() and not any(t.done() for t in queued)
+    assert isinstance(await head, booking_pb2.Booking)  # 3 seats left for the queue
+    results = await asyncio.gather(*queued)
+    assert results[5] == "ALREADY_BOOKED"  # from the batch's read
+    assert results[6] == "EVENT_SOLD_OUT"  # 4 seats asked, 3 left at the read
+    assert Counter(r if isinstance(r, str) else "OK" for r in results[:5]) == {"OK": 3, "EVENT_SOLD_OUT": 2}
+    assert app.bookings._lanes.batches - batches_before == 2  # the first request's write, then one for the queue
+    assert await seat_counts(db_pool, event.name) == (5, 5, 5)
+
+
+async def test_one_read_for_a_batch_says_what_each_requests_own_read_says(
+    served: tuple[BookingApp, list[booking_grpc.BookingServiceAsyncStub]],
+    events: event_grpc.EventServiceAsyncStub,
+    clock: ManualClock,
+    db_pool,
+):
+    """EVENTS_FOR_BOOKING for several (guest, request id) pairs == EVENT_FOR_BOOKING for each, in the order given;
+    an event that doesn't exist reads as None for every request."""
+    _, stubs = served
+    event = await new_event(events, clock, capacity=10, start_in=timedelta(days=73))
+    event_id = uid(event.name)
+    booked, replayed, fresh = new_caller(), new_caller(), new_caller()
+    await stubs[0].CreateBooking(book(event, 2), metadata=booked.metadata)
+    seen = uuid.uuid4()
+    await stubs[0].CreateBooking(book(event, 1, request_id=str(seen)), metadata=replayed.metadata)
+    keys = [
+        (fresh.id, uuid.uuid4()),  # never seen: no name on record
+        (replayed.id, seen),  # its request id was used
+        (booked.id, None),  # holds a booking
+        (replayed.id, None),
+        ("nobody-" + uuid.uuid4().hex, None),
+    ]
+    async with db_pool.acquire() as conn:
+        together = await bookings.events_for_booking(conn, event_id, keys)
+        one_by_one = [await bookings.event_for_booking(conn, event_id, g, r) for g, r in keys]
+        missing = await bookings.events_for_booking(conn, uuid.uuid4(), keys[:2])
+    assert together == one_by_one
+    assert [(f.already_booked, f.seen_request) for f in together if f] == [
+        (False, False),
+        (True, True),
+        (True, False),
+        (True, False),
+        (False, False),
+    ]
+    assert together[1] is not None and together[1].guest_name == replayed.name
+    assert missing == [None, None]

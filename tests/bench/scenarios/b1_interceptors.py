@@ -27,23 +27,14 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 
+from tests.bench.echo import ECHO_METHOD, ECHO_SERVICE, echo_handler
 from tests.bench.harness import BenchContext, LoadResult, Row, channels, closed_loop, fmt_ms, fmt_rate, open_loop
 
 ID = "B1"
-ECHO_SERVICE = "cowatch.bench.v1.Echo"
-ECHO_METHOD = f"/{ECHO_SERVICE}/Echo"
 CONCURRENCY = 32
 GOAL = 0.8
 PAYLOAD = b"\n(events/7d9f0c1e-3c5e-4a55-9a43-2f9a8f4f2a11" + b"\x12\x00"
 BARE_ENV = "COWATCH_BENCH_BARE"
-
-
-async def _echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-    return request
-
-
-def _echo_handler() -> grpc.GenericRpcHandler:
-    return grpc.method_handlers_generic_handler(ECHO_SERVICE, {"Echo": grpc.unary_unary_rpc_method_handler(_echo)})
 
 
 class EchoApp:
@@ -54,7 +45,7 @@ class EchoApp:
     anonymous_methods = frozenset({ECHO_METHOD})
 
     def register(self, server: grpc.aio.Server) -> None:
-        server.add_generic_rpc_handlers([_echo_handler()])
+        server.add_generic_rpc_handlers([echo_handler()])
 
     async def start(self) -> None:
         return None
@@ -68,7 +59,7 @@ class EchoApp:
 
 async def _serve_bare(port: int) -> None:
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers([_echo_handler()])
+    server.add_generic_rpc_handlers([echo_handler()])
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()

@@ -32,6 +32,7 @@ from cowatch.event.v1 import service_pb2, service_pb2_grpc
 from services.common.server import run as run_server
 from services.dev.processes import free_port
 from services.event.app import EventApp, EventSettings
+from tests.bench.echo import ECHO_METHOD, echo_handler
 from tests.bench.harness import (
     BenchContext,
     LoadResult,
@@ -47,8 +48,6 @@ from tests.support.factories import create_request
 from tests.support.redis_server import RedisServer
 
 ID = "B2"
-ECHO_SERVICE = "cowatch.bench.v1.Echo"
-ECHO_METHOD = f"/{ECHO_SERVICE}/Echo"
 CONCURRENCY = 32
 EVENTS = 200
 PAGE_SIZE = 10
@@ -69,13 +68,7 @@ class EchoEventApp(EventApp):
 
     def register(self, server: grpc.aio.Server) -> None:
         super().register(server)
-
-        async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-            return request
-
-        server.add_generic_rpc_handlers(
-            [grpc.method_handlers_generic_handler(ECHO_SERVICE, {"Echo": grpc.unary_unary_rpc_method_handler(echo)})]
-        )
+        server.add_generic_rpc_handlers([echo_handler()])
 
 
 # ---------------------------------------------------------------------------------------------- helpers

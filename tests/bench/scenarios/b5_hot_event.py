@@ -10,6 +10,11 @@ must all equal the capacity), and the latency of refusals once sold out, in open
 refusal capacity — once plainly, once while another transaction holds the event row locked (FOR UPDATE) for the
 whole window: refusals must not queue behind that lock. Two rows: ``B5`` on the run's server and ``B5-durable`` on
 a server with durable commits (fsync and synchronous_commit on), where the goals must hold too.
+
+The RPC floor, for the notes: each round also sends 2,000 simultaneous calls of a bare echo method added to the same
+BookingService process (same channels, same tokens, behind the same interceptors, no database) and reads when the
+500th and the last answer arrived. The naive reference pays no RPC at all; when the echo herd alone takes longer
+than the reference, no booking logic behind this gRPC stack on this machine can meet the ratio, and the notes say so.
 """
 
 from __future__ import annotations
@@ -19,18 +24,30 @@ import statistics
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import grpc
 from cowatch.booking.v1 import resources_pb2, service_pb2, service_pb2_grpc
 
+from services.booking.app import BookingApp, BookingSettings
+from services.common.server import run as run_server
 from tests.bench import naive_reference
+from tests.bench.echo import ECHO_METHOD, echo_handler
 from tests.bench.harness import BenchContext, Row, channels, closed_loop, fmt_ms, open_loop, stats
 
 ID = "B5"
 POOL = 10  # the service's default db_pool_max_size
 GOAL = 1.0  # against the naive reference
 REFUSAL_P99_MS = 10.0
+
+
+class EchoBookingApp(BookingApp):
+    """The BookingService process plus the bare echo method, authenticated like CreateBooking."""
+
+    def register(self, server: grpc.aio.Server) -> None:
+        super().register(server)
+        server.add_generic_rpc_handlers([echo_handler()])
 
 
 async def new_event(pool: asyncpg.Pool, host: str, capacity: int) -> uuid.UUID:
@@ -124,6 +141,23 @@ async def grpc_herd(
     return (max(sold_at) if sold_at else float("nan")), len(sold_at), other, refusal_latency
 
 
+async def echo_herd(
+    chans: list[grpc.aio.Channel], payload: bytes, metadata: list[tuple[tuple[str, str], ...]], nth: int
+) -> tuple[float, float]:
+    """Seconds until the ``nth`` and the last of ``len(metadata)`` simultaneous echo calls answered."""
+    echoes: list[Any] = [c.unary_unary(ECHO_METHOD) for c in chans]
+    answered: list[float] = []
+    started = time.perf_counter()
+
+    async def one(i: int) -> None:
+        await echoes[i % len(echoes)](payload, metadata=metadata[i], timeout=120)
+        answered.append(time.perf_counter() - started)
+
+    await asyncio.gather(*(one(i) for i in range(len(metadata))))
+    answered.sort()
+    return answered[min(nth, len(answered)) - 1], answered[-1]
+
+
 async def run(ctx: BenchContext) -> list[Row]:
     rows = [await measure(ctx, ID)]
     async with ctx.durable() as durable:
@@ -145,17 +179,20 @@ async def measure(ctx: BenchContext, row_id: str) -> Row:
     raw_times: list[float] = []
     grpc_times: list[float] = []
     herd_refusals: list[float] = []
+    echo_nth: list[float] = []
+    echo_all: list[float] = []
 
     async with ctx.pool(POOL) as pool:
         await pool.execute("INSERT INTO account.users (id, display_name) VALUES ($1, 'Bench Host')", host)
         async with ctx.service(
-            "services.booking",
+            "tests.bench.scenarios.b5_hot_event",
             db_pool_min_size=POOL,
             db_pool_max_size=POOL,
             max_concurrent_rpcs=4 * clients,
             db_acquire_timeout_seconds=60,
         ) as svc:
-            stubs = [service_pb2_grpc.BookingServiceStub(c) for c in channels(svc.address, 8)]
+            chans = channels(svc.address, 8)
+            stubs = [service_pb2_grpc.BookingServiceStub(c) for c in chans]
             # warm-up: connections and prepared statements on both sides
             warm = await new_event(pool, host, 50)
             await grpc_herd(stubs, f"events/{warm}", [ctx.metadata(f"b5-w-{tag}-{i}") for i in range(60)])
@@ -190,6 +227,14 @@ async def measure(ctx: BenchContext, row_id: str) -> Row:
                 herd_refusals += refusals
                 last_event = event_id
                 ctx.log(f"  {row_id} grpc: sold {sold}/{capacity} in {seconds * 1000:.0f} ms, other answers {other}")
+
+                # the RPC floor: the same herd of calls to a method that does nothing
+                payload = service_pb2.CreateBookingRequest(
+                    booking=resources_pb2.Booking(event=f"events/{event_id}", seats=1), request_id=str(uuid.uuid4())
+                ).SerializeToString()
+                nth, last = await echo_herd(chans, payload, metadata, capacity)
+                echo_nth.append(nth)
+                echo_all.append(last)
 
             # refusals after sell-out: capacity, then open loop at 50 % of it, then the same with the row locked
             name = f"events/{last_event}"
@@ -228,6 +273,8 @@ async def measure(ctx: BenchContext, row_id: str) -> Row:
 
     raw_time = statistics.median(raw_times)
     grpc_time = statistics.median(grpc_times)
+    floor_nth, floor_all = statistics.median(echo_nth), statistics.median(echo_all)
+    floor_ratio = raw_time / floor_nth if floor_nth else None
     ratio = raw_time / grpc_time if grpc_time else None
     herd = stats(herd_refusals, 1.0)
     latency_ok = plain.stats.p99_ms <= REFUSAL_P99_MS and locked.stats.p99_ms <= REFUSAL_P99_MS
@@ -245,7 +292,10 @@ async def measure(ctx: BenchContext, row_id: str) -> Row:
         f"{capacity_run.stats.rate:,.0f}/s): p50 {fmt_ms(plain.stats.p50_ms)} p99 {fmt_ms(plain.stats.p99_ms)}, "
         f"with the event row locked FOR UPDATE meanwhile: p50 {fmt_ms(locked.stats.p50_ms)} "
         f"p99 {fmt_ms(locked.stats.p99_ms)} (not queued behind the lock); refusals during the herd p50 "
-        f"{fmt_ms(herd.p50_ms)} p99 {fmt_ms(herd.p99_ms)} (closed burst, includes waiting for the pool)"
+        f"{fmt_ms(herd.p50_ms)} p99 {fmt_ms(herd.p99_ms)} (closed burst, includes waiting for the pool); "
+        f"RPC floor: {clients} echo calls at once to the same process answer the {capacity}th after "
+        f"{floor_nth * 1000:,.0f} ms, the last after {floor_all * 1000:,.0f} ms — a handler doing no work at all would "
+        f"score {floor_ratio or 0:.2f} here"
     )
     if correctness["cancelled_by_grpc"]:
         notes += (
@@ -267,6 +317,9 @@ async def measure(ctx: BenchContext, row_id: str) -> Row:
             "postgres": ctx.pg_description,
             "naive_sellout_seconds": raw_times,
             "grpc_sellout_seconds": grpc_times,
+            "echo_nth_seconds": echo_nth,
+            "echo_all_seconds": echo_all,
+            "rpc_floor_ratio": floor_ratio,
             "refusal_capacity_per_s": capacity_run.stats.rate,
             "refusal_offered_per_s": offered,
             "refusals_plain": vars(plain.stats),
@@ -277,3 +330,7 @@ async def measure(ctx: BenchContext, row_id: str) -> Row:
             "pool": POOL,
         },
     )
+
+
+if __name__ == "__main__":
+    run_server(EchoBookingApp, BookingSettings)

@@ -1,12 +1,15 @@
 """Group commit lanes (services/booking/group_commit.py) with a fake writer: an idle key writes at once in the
 caller's task with the caller's resource; what queues meanwhile is written as the next batch, in arrival order,
 with incompatible items left for a later one; a fatal failure fails the queue behind it; a waiter that left is
-dropped."""
+dropped; the drainer holds one pooled resource across batches and gives it back when a result says it may be
+broken or when the queue is empty."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+import contextvars
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -27,7 +30,15 @@ class Writer:
         await self.gate.wait()
         if self.fail_with is not None:
             return [self.fail_with for _ in batch]
-        return [f"done:{item}" if not item.startswith("bad") else ValueError(item) for item in batch]
+        return [self._result(item) for item in batch]
+
+    @staticmethod
+    def _result(item: str) -> str | BaseException:
+        if item.startswith("bad"):
+            return ValueError(item)  # a refusal
+        if item.endswith("lost"):
+            return ConnectionResetError(item)  # the connection broke
+        return f"done:{item}"
 
 
 def one_per_guest(batch: list[str], item: str) -> bool:
@@ -90,3 +101,120 @@ async def test_a_waiter_that_left_before_its_turn_is_not_written():
     assert await first == "done:a/1"
     assert await stays == "done:c/1"
     assert [batch for _, batch, _ in writer.batches] == [["a/1"], ["c/1"]]
+
+
+class Pool:
+    """A stand-in for the connection pool: counts what is taken and given back."""
+
+    def __init__(self) -> None:
+        self.taken = 0
+        self.returned = 0
+        self.fail: BaseException | None = None
+        self.release_gate = asyncio.Event()
+        self.release_gate.set()
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[str]:
+        if self.fail is not None:
+            raise self.fail
+        self.taken += 1
+        try:
+            yield f"pooled-{self.taken}"
+        finally:
+            await self.release_gate.wait()
+            self.returned += 1
+
+
+def held_lanes(writer: Writer, pool: Pool) -> Lanes[str, str, str]:
+    return Lanes(writer, one_per_guest, hold=pool.connection, benign=lambda exc: isinstance(exc, ValueError))
+
+
+async def test_the_drainer_keeps_one_connection_across_batches_and_renews_it_after_a_failure():
+    writer = Writer()
+    pool = Pool()
+    lanes = held_lanes(writer, pool)
+    first = asyncio.create_task(lanes.submit("e", "a/1", "caller"))
+    await asyncio.sleep(0)
+    queued = [asyncio.create_task(lanes.submit("e", item)) for item in ("b/1", "b/2", "bad/1", "b/3")]
+    await asyncio.sleep(0)
+    writer.gate.set()
+    results = await asyncio.gather(first, *queued, return_exceptions=True)
+    assert results[:3] == ["done:a/1", "done:b/1", "done:b/2"]
+    assert isinstance(results[3], ValueError) and results[4] == "done:b/3"
+    # one pooled connection for the three queued batches (a refusal keeps it), given back once the queue is empty
+    assert [resource for _, _, resource in writer.batches] == ["caller", "pooled-1", "pooled-1", "pooled-1"]
+    assert (pool.taken, pool.returned) == (1, 1)
+    assert not lanes.busy("e")
+
+    # a result that is not benign (the connection may be broken) gives it back; the next batch takes a fresh one
+    writer.gate.clear()
+    first = asyncio.create_task(lanes.submit("e", "a/2", "caller"))
+    await asyncio.sleep(0)
+    broken = asyncio.create_task(lanes.submit("e", "c/lost"))
+    after = asyncio.create_task(lanes.submit("e", "c/2"))  # the same guest: the batch after
+    await asyncio.sleep(0)
+    writer.gate.set()
+    again = await asyncio.gather(first, broken, after, return_exceptions=True)
+    assert again[0] == "done:a/2" and isinstance(again[1], ConnectionResetError) and again[2] == "done:c/2"
+    assert [resource for _, _, resource in writer.batches[-3:]] == ["caller", "pooled-2", "pooled-3"]
+    assert (pool.taken, pool.returned) == (3, 3)
+
+
+async def test_no_connection_for_the_drainer_is_the_answer_of_its_batch():
+    writer = Writer()
+    pool = Pool()
+    pool.fail = TimeoutError("no pooled connection in time")
+    lanes = held_lanes(writer, pool)
+    first = asyncio.create_task(lanes.submit("e", "a/1", "caller"))
+    await asyncio.sleep(0)
+    queued = [asyncio.create_task(lanes.submit("e", item)) for item in ("b/1", "c/1")]
+    await asyncio.sleep(0)
+    writer.gate.set()
+    assert await first == "done:a/1"
+    for task in queued:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(task, 5)
+    assert len(writer.batches) == 1 and not lanes.busy("e")
+
+
+async def test_a_request_arriving_while_the_drainer_gives_its_connection_back_is_written():
+    writer = Writer()
+    pool = Pool()
+    lanes = held_lanes(writer, pool)
+    first = asyncio.create_task(lanes.submit("e", "a/1", "caller"))
+    await asyncio.sleep(0)
+    queued = asyncio.create_task(lanes.submit("e", "b/1"))
+    await asyncio.sleep(0)
+    pool.release_gate.clear()  # the drainer's release stalls (asyncpg's reset is a round trip)
+    writer.gate.set()
+    assert await first == "done:a/1"
+    assert await asyncio.wait_for(queued, 5) == "done:b/1"
+    late = asyncio.create_task(lanes.submit("e", "c/1", "late-caller"))
+    assert await asyncio.wait_for(late, 5) == "done:c/1"  # not queued behind a drainer that is leaving
+    pool.release_gate.set()
+    await asyncio.sleep(0)
+    assert pool.returned == 1 and not lanes.busy("e")
+
+
+async def test_the_drainer_runs_outside_the_first_callers_context():
+    seen: list[str] = []
+    who: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
+    writer = Writer()
+
+    async def run(key: str, batch: list[str], resource: Any) -> Sequence[str | BaseException]:
+        seen.append(who.get())
+        return await writer(key, batch, resource)
+
+    lanes: Lanes[str, str, str] = Lanes(run, one_per_guest)
+
+    async def caller(item: str) -> str:
+        who.set(item)
+        return await lanes.submit("e", item)
+
+    first = asyncio.create_task(caller("a/1"))
+    await asyncio.sleep(0)
+    queued = asyncio.create_task(caller("b/1"))
+    await asyncio.sleep(0)
+    writer.gate.set()
+    assert list(await asyncio.gather(first, queued)) == ["done:a/1", "done:b/1"]
+    assert seen == ["a/1", "nobody"]  # the queued batch is not written under a/1's deadline or request id
