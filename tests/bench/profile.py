@@ -38,11 +38,11 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 
@@ -53,6 +53,7 @@ from tests.bench.profile_summary import ProcessProfile, cpu_shares, summarise
 SELF = os.getpid()
 PY_SPY = Path(sys.executable).with_name("py-spy")
 OTHER = "other processes (not this run)"
+N = TypeVar("N", int, float)
 
 
 def program_of(proc: psutil.Process, ours: bool) -> str:
@@ -243,7 +244,7 @@ def window_table(windows: list[Window], whole: dict[str, float]) -> list[str]:
     for w in windows:
         grouped[w.label].append(w)
     totals = {
-        label: (sum(w.seconds for w in ws), sum(w.calls for w in ws), _sum_cpu(w.cpu for w in ws))
+        label: (sum(w.seconds for w in ws), sum(w.calls for w in ws), _summed(w.cpu for w in ws))
         for label, ws in grouped.items()
     }
     programs = sorted(whole, key=lambda p: -whole[p])
@@ -261,7 +262,7 @@ def window_table(windows: list[Window], whole: dict[str, float]) -> list[str]:
             cells.append(f"{_pct(share)}, {per_call:,.0f} µs/call" if share >= 0.05 else "—")
         if any(c != "—" for c in cells[2:]) or whole_share.get(program, 0) >= 0.05:
             lines.append("| " + " | ".join(cells) + " |")
-    failed = [_sum_errors(w.errors for w in ws) for ws in grouped.values()]
+    failed = [_summed(w.errors for w in ws) for ws in grouped.values()]
     if any(failed):
         cells = ["*failed calls*", ""] + [", ".join(f"{k} {v}" for k, v in f.items()) or "0" for f in failed]
         lines.append("| " + " | ".join(cells) + " |")
@@ -291,20 +292,13 @@ def own_share_table(totals: dict[str, tuple[float, int, dict[str, float]]]) -> l
     return lines
 
 
-def _sum_errors(items: Any) -> dict[str, int]:
-    out: dict[str, int] = defaultdict(int)
-    for errors in items:
-        for kind, count in errors.items():
-            out[kind] += count
-    return dict(out)
-
-
-def _sum_cpu(items: Any) -> dict[str, float]:
-    out: dict[str, float] = defaultdict(float)
-    for cpu in items:
-        for program, seconds in cpu.items():
-            out[program] += seconds
-    return dict(out)
+def _summed(items: Iterable[Mapping[str, N]]) -> dict[str, N]:
+    """Key-wise sums of several mappings (errors by kind, CPU seconds by program)."""
+    out: dict[str, N] = {}
+    for mapping in items:
+        for key, value in mapping.items():
+            out[key] = out[key] + value if key in out else value
+    return out
 
 
 def process_section(profile: ProcessProfile, label: str, top: int) -> list[str]:
