@@ -130,8 +130,11 @@ def as_domain_error(exc: BaseException) -> DomainError | None:
         # discards such a connection on release; a retry gets a fresh one.
         return _db_unavailable()
     if isinstance(exc, asyncpg.exceptions.InterfaceError):
+        # "released back to the pool": asyncpg detaches a pooled connection from the code holding it when the
+        # server closes that connection (PostgreSQL shutting down between two statements of one request); our code
+        # uses a pooled connection only inside the block that holds it, so this means the connection died.
         text = str(exc).lower()
-        if any(marker in text for marker in ("closed", "closing", "not initialized")):
+        if any(marker in text for marker in ("closed", "closing", "not initialized", "released back to the pool")):
             return _db_unavailable()
         return None
     if isinstance(exc, OSError) and not isinstance(exc, _LOCAL_OS_ERRORS):

@@ -106,6 +106,10 @@ def test_unknown_exception_is_internal_without_its_message():
         asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"),
         asyncpg.exceptions.InterfaceError("connection is closed"),
         asyncpg.exceptions.InterfaceError("pool is closing"),
+        # what a pooled connection's next call raises once the server has closed it (PostgreSQL shutting down)
+        asyncpg.exceptions.InterfaceError(
+            "cannot call Connection.fetch(): connection has been released back to the pool"
+        ),
     ],
 )
 def test_database_connection_failures_are_unavailable(exc: BaseException):
