@@ -13,8 +13,9 @@ a server with durable commits (fsync and synchronous_commit on), where the goals
 
 The RPC floor, for the notes: each round also sends 2,000 simultaneous calls of a bare echo method added to the same
 BookingService process (same channels, same tokens, behind the same interceptors, no database) and reads when the
-500th and the last answer arrived. The naive reference pays no RPC at all; when the echo herd alone takes longer
-than the reference, no booking logic behind this gRPC stack on this machine can meet the ratio, and the notes say so.
+500th and the last answer arrived. The naive reference pays no RPC at all: the notes print the ratio a handler
+doing no work would score against it (naive time ÷ the 500th echo answer), the ceiling for any booking logic behind
+this gRPC stack on this machine.
 """
 
 from __future__ import annotations
