@@ -71,7 +71,7 @@ test-fast: install ## unit + API tests not marked slow (no e2e, fault tests or b
 run: install ## the whole stack: PostgreSQL, migrations, services, worker, notification stand-in, Envoy
 	$(PY) -m services.dev.run
 
-bench: tools ## benchmarks (make bench QUICK=1 for a seconds-long smoke run)
+bench: tools ## benchmarks (make bench QUICK=1 for a smoke run of every scenario, 1–2 min)
 	$(if $(QUICK),QUICK=$(QUICK) )$(PY) -m tests.bench
 
 profile: tools ## profile one benchmark scenario: make profile BENCH=B3 (py-spy; docs/performance.md)

@@ -2,7 +2,7 @@
 ``tests/bench/results/latest.md`` and ``latest.json``.
 
 Environment:
-  QUICK=1           a seconds-long smoke run (CI); its figures mean nothing.
+  QUICK=1           a smoke run of every scenario, half-second windows (1–2 min; CI); its figures mean nothing.
   BENCH_ONLY=B4,B5  run only these scenario ids.
   BENCH_RESULTS_DIR where to write the results (default tests/bench/results).
   DATABASE_URL      a PostgreSQL server to create the bench databases on; unset, an embedded PostgreSQL is started
