@@ -24,7 +24,6 @@ CreateBooking:
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -174,22 +173,26 @@ class BookingService:
         """Write a batch; one result per request, in order, never raises. Requests queued unread are read first,
         together (one statement): what that read refuses is answered without a write. The others are written in
         one statement per distinct event times (one, unless the event moved while they queued)."""
+        try:
+            async with _connection(self._pool, conn) as conn:
+                return await self._read_and_write(event_id, batch, conn)
+        except Exception as exc:  # no pooled connection, or the batch's read failed: every request gets it
+            return [exc for _ in batch]
+
+    async def _read_and_write(
+        self, event_id: UUID, batch: list[_Pending], conn: Conn
+    ) -> list[Booking | object | BaseException]:
+        """:meth:`_write_batch` on a connection; only the read raises (the writes answer per request)."""
         results: list[Booking | object | BaseException | None] = [None for _ in batch]
-        async with contextlib.AsyncExitStack() as stack:
-            try:
-                if conn is None:
-                    conn = await stack.enter_async_context(db.connection(self._pool))
-                batch = await self._read_unread(conn, event_id, batch, results)
-            except Exception as exc:  # the pool or the network: every request of the batch gets it
-                return [exc for _ in batch]
-            groups: dict[tuple[datetime, datetime], list[int]] = {}
-            for i, p in enumerate(batch):
-                if results[i] is None:
-                    groups.setdefault((p.event.start_time, p.event.end_time), []).append(i)
-            for positions in groups.values():
-                written = await self._write_group(event_id, [batch[i] for i in positions], conn)
-                for i, result in zip(positions, written, strict=True):
-                    results[i] = result
+        batch = await self._read_unread(conn, event_id, batch, results)
+        groups: dict[tuple[datetime, datetime], list[int]] = {}
+        for i, p in enumerate(batch):
+            if results[i] is None:
+                groups.setdefault((p.event.start_time, p.event.end_time), []).append(i)
+        for positions in groups.values():
+            written = await self._write_group(event_id, [batch[i] for i in positions], conn)
+            for i, result in zip(positions, written, strict=True):
+                results[i] = result
         done = [r for r in results if r is not None]
         assert len(done) == len(batch)
         return done
