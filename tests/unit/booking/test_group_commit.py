@@ -125,14 +125,17 @@ class Pool:
             self.returned += 1
 
 
-def held_lanes(writer: Writer, pool: Pool) -> Lanes[str, str, str]:
-    return Lanes(writer, one_per_guest, hold=pool.connection, benign=lambda exc: isinstance(exc, ValueError))
+def held_lanes() -> tuple[Writer, Pool, Lanes[str, str, str]]:
+    """Lanes whose drainer holds a connection of a fresh pool; a ValueError (a refusal) keeps it."""
+    writer, pool = Writer(), Pool()
+    lanes: Lanes[str, str, str] = Lanes(
+        writer, one_per_guest, hold=pool.connection, benign=lambda exc: isinstance(exc, ValueError)
+    )
+    return writer, pool, lanes
 
 
 async def test_the_drainer_keeps_one_connection_across_batches_and_renews_it_after_a_failure():
-    writer = Writer()
-    pool = Pool()
-    lanes = held_lanes(writer, pool)
+    writer, pool, lanes = held_lanes()
     first = asyncio.create_task(lanes.submit("e", "a/1", "caller"))
     await asyncio.sleep(0)
     queued = [asyncio.create_task(lanes.submit("e", item)) for item in ("b/1", "b/2", "bad/1", "b/3")]
@@ -161,10 +164,8 @@ async def test_the_drainer_keeps_one_connection_across_batches_and_renews_it_aft
 
 
 async def test_no_connection_for_the_drainer_is_the_answer_of_its_batch():
-    writer = Writer()
-    pool = Pool()
+    writer, pool, lanes = held_lanes()
     pool.fail = TimeoutError("no pooled connection in time")
-    lanes = held_lanes(writer, pool)
     first = asyncio.create_task(lanes.submit("e", "a/1", "caller"))
     await asyncio.sleep(0)
     queued = [asyncio.create_task(lanes.submit("e", item)) for item in ("b/1", "c/1")]
@@ -178,9 +179,7 @@ async def test_no_connection_for_the_drainer_is_the_answer_of_its_batch():
 
 
 async def test_a_request_arriving_while_the_drainer_gives_its_connection_back_is_written():
-    writer = Writer()
-    pool = Pool()
-    lanes = held_lanes(writer, pool)
+    writer, pool, lanes = held_lanes()
     first = asyncio.create_task(lanes.submit("e", "a/1", "caller"))
     await asyncio.sleep(0)
     queued = asyncio.create_task(lanes.submit("e", "b/1"))
